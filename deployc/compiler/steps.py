@@ -1,0 +1,115 @@
+"""A plan step: a named unit of work whose result is cached under a content hash of everything it reads.
+
+A step's key hashes its id, its parameters, the content of its input files, the keys of the steps it depends on,
+and the versions of deployc and of the libraries it uses. The key is known before anything runs, so `deployc
+plan` can say which steps the cache already holds. `run` writes files into `ctx.out_dir` and returns a JSON-able
+result (figures for the report); both are cached together.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from deployc.schema.spec import DataSet, DeploySpec
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    dir: Path  # the step's cached output folder
+    result: dict[str, Any]  # what `run` returned
+
+
+@dataclass
+class StepContext:
+    out_dir: Path
+    deps: dict[str, StepOutput]
+    spec: DeploySpec
+    spec_dir: Path
+    log: Callable[[str], None] = print
+
+    def data(self, which: str) -> tuple[Any, Any]:
+        """(x, y) of `data.<which>` as numpy arrays; y is None when the spec names no labels."""
+        ds: DataSet | None = getattr(self.spec.data, which)
+        if ds is None:
+            raise ValueError(f"data.{which} is not set")
+        return load_dataset(self.spec_dir, ds)
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str  # unique in the plan, e.g. "convert", "optimize[0].quantize", "evaluate:final"
+    description: str
+    run: Callable[[StepContext], dict[str, Any]]
+    deps: tuple[str, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    input_files: tuple[Path, ...] = ()  # files or folders whose content feeds the key
+    libs: tuple[str, ...] = ()  # distributions whose versions feed the key
+
+
+def load_dataset(spec_dir: Path, ds: DataSet) -> tuple[Any, Any]:
+    import numpy as np
+
+    from deployc.errors import InputError
+
+    path = spec_dir / ds.path
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in (ds.x, ds.y) if k is not None and k not in npz.files]
+            if missing:
+                raise InputError(f"{ds.path}: no array named {missing[0]!r} (it has: {', '.join(npz.files)})")
+            x = npz[ds.x]
+            y = npz[ds.y] if ds.y is not None else None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{ds.path}: not a readable .npz file ({exc})") from None
+    if ds.limit is not None:
+        x = x[: ds.limit]
+        y = y[: ds.limit] if y is not None else None
+    if y is not None and len(y) != len(x):
+        raise InputError(f"{ds.path}: {ds.x} has {len(x)} rows but {ds.y} has {len(y)}")
+    return x, y
+
+
+@lru_cache(maxsize=None)
+def lib_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def hash_path(path: Path) -> str:
+    """sha256 of a file, or of a folder's relative paths and file contents (sorted)."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+            h.update(_file_digest(p).encode())
+    else:
+        h.update(_file_digest(path).encode())
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def step_key(step: Step, dep_keys: Mapping[str, str], deployc_version: str) -> str:
+    doc = {
+        "id": step.id,
+        "params": step.params,
+        "deps": {d: dep_keys[d] for d in step.deps},
+        "files": [hash_path(p) for p in step.input_files],
+        "libs": {d: lib_version(d) for d in sorted(step.libs)},
+        "deployc": deployc_version,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
