@@ -1,0 +1,92 @@
+"""The one place that creates the Jinja environment.
+
+Sandboxed (a template cannot reach Python internals), StrictUndefined (a missing value is an error, not an empty
+string), trailing newlines kept, and no autoescape: values must enter through `tojson` (JSON is valid YAML), so a
+spec value can never change the structure of the rendered file. Every rendered YAML/JSON is parsed back by
+`render_yaml` / `render_json` before it is returned.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from io import StringIO
+from typing import Any
+
+from deployc.errors import DeploycError
+
+
+class TemplateError(DeploycError):
+    """A template failed to render or rendered something that does not parse."""
+
+
+def _tojson(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)
+
+
+@lru_cache(maxsize=1)
+def _env() -> Any:
+    from jinja2 import PackageLoader, StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(
+        loader=PackageLoader("deployc", "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["tojson"] = _tojson
+    return env
+
+
+def render_template(target: str, name: str, **values: Any) -> str:
+    """Render `deployc/templates/<target>/<name>`; errors name the template."""
+    from jinja2 import TemplateError as JinjaError
+
+    where = f"templates/{target}/{name}"
+    try:
+        return str(_env().get_template(f"{target}/{name}").render(**values))
+    except JinjaError as exc:
+        raise TemplateError(f"{where}: {exc}") from None
+
+
+def render_yaml(target: str, name: str, **values: Any) -> tuple[str, Any]:
+    """Render a YAML template and parse it back (safe loader); returns (text, parsed)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    text = render_template(target, name, **values)
+    try:
+        parsed = YAML(typ="safe", pure=True).load(StringIO(text))
+    except YAMLError as exc:
+        raise TemplateError(f"templates/{target}/{name} rendered invalid YAML: {exc}") from None
+    return text, parsed
+
+
+def render_json(target: str, name: str, **values: Any) -> tuple[str, Any]:
+    text = render_template(target, name, **values)
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TemplateError(f"templates/{target}/{name} rendered invalid JSON: {exc}") from None
+
+
+def dump_json(data: Any) -> bytes:
+    """The canonical serialization of generated JSON: sorted keys, 2-space indent, trailing newline."""
+    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def dump_yaml(data: Any, header: str | None = None) -> bytes:
+    """Block-style YAML of plain data (dict key order kept), with an optional `# ...` header."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.width = 4096
+    yaml.allow_unicode = True
+    buf = StringIO()
+    if header:
+        buf.write("".join(f"# {line}\n" for line in header.splitlines()))
+    yaml.dump(data, buf)
+    return buf.getvalue().encode()
