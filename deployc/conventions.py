@@ -48,3 +48,8 @@ SLO_PERIOD_DAYS = "deployc:slo_time_period:days"
 SLO_BURN_RATE = "deployc:slo_current_burn_rate:ratio"
 SLO_BUDGET_REMAINING = "deployc:slo_period_error_budget_remaining:ratio"
 LABEL_SLO = "slo"
+
+# --- SageMaker ------------------------------------------------------------------------------------------------
+SAGEMAKER_VARIANT_NAME = "AllTraffic"
+SAGEMAKER_PORT = 8080
+CLOUDWATCH_NAMESPACE = "AWS/SageMaker"
