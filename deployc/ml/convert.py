@@ -1,0 +1,164 @@
+"""Model loading and conversion to ONNX. tensorflow / tf2onnx / onnx are imported inside the functions."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deployc.errors import InputError
+
+OPSET = 17
+ONNX_DATATYPES = {  # onnx.TensorProto enum -> Open Inference Protocol datatype
+    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16",
+    11: "FP64", 12: "UINT32", 13: "UINT64", 8: "BYTES",
+}
+SPEC_DTYPES = {"float32": "float32", "float16": "float16", "float64": "float64", "int8": "int8", "uint8": "uint8",
+               "int32": "int32", "int64": "int64", "bool": "bool"}
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up chatter out of build logs."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def load_keras(path: Path) -> Any:
+    """Load a .keras/.h5 model with safe_mode (no Lambda bytecode, no arbitrary objects)."""
+    quiet_tensorflow()
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # keras raises many types for bad files; all are input errors here
+        raise InputError(f"{path.name}: cannot load the Keras model ({type(exc).__name__}: {exc})") from None
+
+
+def keras_to_onnx(src: Path, dst: Path, inputs: list[Any] | None = None) -> dict[str, Any]:
+    """Convert a Keras 3 model through a tf.function (tf2onnx's from_keras does not accept Keras 3)."""
+    quiet_tensorflow()
+    import tensorflow as tf
+    import tf2onnx
+
+    model = load_keras(src)
+    if len(model.inputs) != 1 and inputs is None:
+        raise InputError(f"{src.name}: models with {len(model.inputs)} inputs need model.inputs in the spec")
+    signature = _signature(tf, model, inputs)
+    single = len(signature) == 1
+
+    def call(*args: Any) -> Any:
+        return model(args[0] if single else list(args), training=False)
+
+    fn = tf.function(call, input_signature=signature)
+    try:
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
+    except Exception as exc:
+        raise InputError(f"{src.name}: conversion to ONNX failed ({type(exc).__name__}: {exc})") from None
+    return _finish(proto, dst)
+
+
+def savedmodel_to_onnx(src: Path, dst: Path) -> dict[str, Any]:
+    """Convert a SavedModel folder's serving_default signature."""
+    quiet_tensorflow()
+    import tensorflow as tf
+    import tf2onnx
+
+    try:
+        loaded = tf.saved_model.load(str(src))
+        fn = loaded.signatures["serving_default"]
+    except Exception as exc:
+        raise InputError(f"{src.name}: cannot load the SavedModel's serving_default signature ({exc})") from None
+    _, kwargs = fn.structured_input_signature
+    signature = [tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in sorted(kwargs.items())]
+
+    def call(*args: Any) -> Any:
+        out = fn(**{s.name: a for s, a in zip(signature, args)})
+        return [out[k] for k in sorted(out)]
+
+    proto, _ = tf2onnx.convert.from_function(tf.function(call, input_signature=signature), input_signature=signature,
+                                             opset=OPSET)
+    return _finish(proto, dst)
+
+
+def copy_onnx(src: Path, dst: Path) -> dict[str, Any]:
+    """Check an ONNX input (external data must stay beside it) and store it normalized."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(src), load_external_data=False)
+        for t in _external_tensors(proto):
+            loc = dict((e.key, e.value) for e in t.external_data).get("location", "")
+            target = (src.parent / loc).resolve()
+            if not target.is_relative_to(src.parent.resolve()):
+                raise InputError(f"{src.name}: external data location {loc!r} leaves the model's folder")
+        proto = onnx.load(str(src))
+        onnx.checker.check_model(proto)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{src.name}: not a valid ONNX model ({exc})") from None
+    return _finish(proto, dst, rename=False)
+
+
+def _external_tensors(proto: Any) -> list[Any]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+
+
+def _signature(tf: Any, model: Any, inputs: list[Any] | None) -> list[Any]:
+    if inputs:
+        return [tf.TensorSpec([None if d == -1 else d for d in t.shape], getattr(tf, t.dtype), name=t.name)
+                for t in inputs]
+    out = []
+    for i, t in enumerate(model.inputs):
+        name = (getattr(t, "name", "") or f"input_{i}").split(":")[0]
+        out.append(tf.TensorSpec(t.shape, t.dtype, name=name))
+    return out
+
+
+def _finish(proto: Any, dst: Path, rename: bool = True) -> dict[str, Any]:
+    import onnx
+
+    if rename:
+        outs = list(proto.graph.output)
+        names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+        for out, new in zip(outs, names):
+            _rename_value(proto.graph, out.name, new)
+    proto.producer_name = "deployc"
+    proto.producer_version = ""
+    proto.doc_string = ""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(dst))
+    inputs, outputs = onnx_io(dst)
+    return {"inputs": inputs, "outputs": outputs, "opset": max(o.version for o in proto.opset_import),
+            "ir_version": proto.ir_version}
+
+
+def _rename_value(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, n in enumerate(node.input):
+            if n == old:
+                node.input[i] = new
+        for i, n in enumerate(node.output):
+            if n == old:
+                node.output[i] = new
+    for vi in list(graph.output) + list(graph.value_info):
+        if vi.name == old:
+            vi.name = new
+
+
+def onnx_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Inputs and outputs of an ONNX model as [{name, datatype, shape}] (-1 for a free axis)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in proto.graph.initializer}
+
+    def info(vi: Any) -> dict[str, Any]:
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tt.shape.dim]
+        return {"name": vi.name, "datatype": ONNX_DATATYPES.get(tt.elem_type, "BYTES"), "shape": shape}
+
+    return ([info(v) for v in proto.graph.input if v.name not in initializers],
+            [info(v) for v in proto.graph.output])
