@@ -85,13 +85,12 @@ def lib_version(dist: str) -> str:
 
 def hash_path(path: Path) -> str:
     """sha256 of a file, or of a folder's relative paths and file contents (sorted)."""
+    if not path.is_dir():
+        return _file_digest(path)
     h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(p.relative_to(path).as_posix().encode() + b"\0")
-            h.update(_file_digest(p).encode())
-    else:
-        h.update(_file_digest(path).encode())
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode() + b"\0")
+        h.update(_file_digest(p).encode())
     return h.hexdigest()
 
 

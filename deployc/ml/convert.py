@@ -37,9 +37,11 @@ def load_keras(path: Path) -> Any:
 def keras_to_onnx(src: Path, dst: Path, inputs: list[Any] | None = None) -> dict[str, Any]:
     """Convert a Keras 3 model through a tf.function (tf2onnx's from_keras does not accept Keras 3)."""
     quiet_tensorflow()
+    import keras
     import tensorflow as tf
     import tf2onnx
 
+    keras.backend.clear_session()  # layer names (and so ONNX node names) must not depend on earlier loads
     model = load_keras(src)
     if len(model.inputs) != 1 and inputs is None:
         raise InputError(f"{src.name}: models with {len(model.inputs)} inputs need model.inputs in the spec")
@@ -128,11 +130,24 @@ def _finish(proto: Any, dst: Path, rename: bool = True) -> dict[str, Any]:
     proto.producer_name = "deployc"
     proto.producer_version = ""
     proto.doc_string = ""
+    proto.graph.doc_string = ""
+    _stable_dim_names(proto.graph)
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(dst))
     inputs, outputs = onnx_io(dst)
     return {"inputs": inputs, "outputs": outputs, "opset": max(o.version for o in proto.opset_import),
             "ir_version": proto.ir_version}
+
+
+def _stable_dim_names(graph: Any) -> None:
+    """tf2onnx names free axes after a process-wide counter (unk__7); rename them in order of appearance."""
+    names: dict[str, str] = {}
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+            if dim.HasField("dim_param"):
+                if dim.dim_param not in names:
+                    names[dim.dim_param] = "batch" if axis == 0 and not names else f"dim{len(names)}"
+                dim.dim_param = names[dim.dim_param]
 
 
 def _rename_value(graph: Any, old: str, new: str) -> None:

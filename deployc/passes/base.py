@@ -23,6 +23,7 @@ class PassInput:
     evaluate: Callable[[Path], dict[str, Any]]  # figures of a candidate ONNX model vs the reference on data.eval
     gates: Any  # deployc.schema.spec.Gates
     log: Callable[[str], None] = print
+    spec_dir: Path | None = None  # the folder of deploy.yaml (paths in the pass config are relative to it)
 
 
 @dataclass(frozen=True)

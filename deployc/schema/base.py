@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 class SpecModel(BaseModel):
     """Mirrors a deploy.yaml mapping exactly: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False, use_attribute_docstrings=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -69,6 +69,14 @@ class Measure(SpecModel):
 
 
 class Targets(SpecModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, value: Any) -> Any:
+        # `local:` with nothing under it asks for the target with its defaults.
+        if isinstance(value, dict):
+            return {k: ({} if v is None else v) for k, v in value.items()}
+        return value
+
     local: LocalTarget | None = Field(None, description="A bundle `deployc serve` runs.")
     sagemaker: SageMakerTarget | None = Field(None, description="A SageMaker endpoint.")
     tflite: TFLiteTarget | None = Field(None, description="A LiteRT bundle for devices.")

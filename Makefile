@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine (Python 3.11, make, apt): `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SPEC := examples/digits/deploy.yaml
+
+.PHONY: demo test install system-deps bench schema clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages some tests use (promtool and the Prometheus server, wrk). Without root or apt the tests
+# that need them skip and say why.
+system-deps:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null) \
+	    || echo "note: could not install prometheus/wrk; tests that need them will skip"; \
+	  pkill -x prometheus 2>/dev/null || true; \
+	else echo "note: not root or no apt-get: install Debian's prometheus and wrk for the full test suite"; fi
+
+demo: install system-deps
+	$(BIN)/python examples/digits/train.py
+	$(BIN)/deployc validate $(SPEC)
+	$(BIN)/deployc plan $(SPEC)
+	$(BIN)/deployc build $(SPEC)
+	@cat build/digits/report.md
+	@echo
+	@echo "Serve it:   $(BIN)/deployc serve build/digits"
+	@echo "Query it:   curl -s localhost:8080/v2/models/digits/infer -H 'content-type: application/json' \\"
+	@echo "              -d '{\"inputs\":[{\"name\":\"pixels\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[$$(python3 -c 'print(",".join(["0.5"]*64))')]}]}'"
+
+test: install system-deps
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/cli.py
+
+schema: install
+	$(BIN)/python -m deployc.schema.jsonschema
+
+clean:
+	rm -rf build .pytest_cache

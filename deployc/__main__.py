@@ -1,0 +1,5 @@
+import sys
+
+from deployc.cli import main
+
+sys.exit(main())

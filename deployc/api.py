@@ -1,0 +1,100 @@
+"""The Python API behind the CLI: `validate`, `plan`, `build`. Each returns a result object."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployc import __version__
+from deployc import conventions as c
+from deployc.compiler.cache import Cache, default_cache_dir
+from deployc.compiler.load import load_spec
+from deployc.compiler.plan import Plan, make_plan
+from deployc.compiler.validate import validate as _validate
+from deployc.errors import GateError
+from deployc.schema.spec import DeploySpec
+
+VERSIONED_LIBS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def validate(spec_path: Path) -> DeploySpec:
+    return _validate(load_spec(spec_path))
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: Plan
+    cached: dict[str, bool]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.plan.to_json(self.cached)
+
+
+def plan(spec_path: Path, cache_dir: Path | None = None) -> PlanResult:
+    loaded = load_spec(spec_path)
+    p = make_plan(_validate(loaded), spec_path, loaded.text)
+    cache = Cache(cache_dir or default_cache_dir())
+    return PlanResult(p, {s.id: cache.has(p.keys[s.id]) for s in p.steps})
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: Path
+    files: dict[str, bytes]
+    cached: dict[str, bool]
+    report: dict[str, Any]
+    gates: list[Any] = field(default_factory=list)
+
+    @property
+    def all_cached(self) -> bool:
+        return all(self.cached.values())
+
+
+def default_out_dir(spec: DeploySpec) -> Path:
+    return Path("build") / spec.name
+
+
+def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
+          log: Callable[[str], None] = _quiet) -> BuildResult:
+    """Run the plan (cached steps are reused), check the gates, emit every target, write atomically."""
+    from deployc.compiler import emit, gates, report
+    from deployc.compiler.execute import execute
+    from deployc.compiler.steps import lib_version
+    from deployc.compiler.write import check_replaceable, recover, write_output
+    from deployc.manifest import make_manifest
+    from deployc.render import dump_json
+
+    loaded = load_spec(spec_path)
+    spec = _validate(loaded)
+    p = make_plan(spec, spec_path, loaded.text)
+    out = out_dir or default_out_dir(spec)
+    recover(out)
+    check_replaceable(out)
+    outputs, cached = execute(p, Cache(cache_dir or default_cache_dir()), log)
+
+    checks = []
+    ref = outputs.get("reference")
+    for sid in p.shipped:
+        r = outputs[sid].result
+        checks += gates.check(spec.gates, ref.result["evaluation"] if ref else {}, r["evaluation"], r["artifact"])
+    rep = report.make_report(p, outputs, checks)
+    failed = [ch for ch in checks if not ch.passed]
+    if failed:
+        raise GateError(f"{len(failed)} verification gate(s) failed; {out} was left unchanged",
+                        gates.table(checks))
+
+    files = emit.emit_all(p, outputs, spec_file=str(spec_path))
+    files[c.REPORT_JSON] = dump_json(rep)
+    files[c.REPORT_MD] = report.render_markdown(rep, str(spec_path)).encode()
+    files[c.PLAN_JSON] = dump_json(p.to_json())
+    versions = {"deployc": __version__, **{d: lib_version(d) for d in VERSIONED_LIBS}}
+    manifest = make_manifest(files, name=spec.name, version=spec.version, spec_sha256=p.spec_sha256,
+                             versions=versions)
+    files[c.MANIFEST] = dump_json(manifest)
+    write_output(out, files, check=emit.post_write_check(p))
+    return BuildResult(out_dir=out, files=files, cached=cached, report=rep, gates=checks)

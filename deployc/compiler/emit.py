@@ -1,0 +1,76 @@
+"""Stage 5: build the EmitContext once and run every target's emitter (monitoring first)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from deployc import conventions as c
+from deployc.compiler.ops import model_path
+from deployc.compiler.plan import Plan
+from deployc.compiler.steps import StepOutput, hash_path
+from deployc.targets import EmitContext, TensorInfo, get_target
+
+
+def _io(plan: Plan, outputs: dict[str, StepOutput]) -> tuple[list[dict], list[dict]]:
+    for sid in ("convert", "source"):
+        if sid in outputs and "inputs" in outputs[sid].result:
+            return outputs[sid].result["inputs"], outputs[sid].result["outputs"]
+    raise AssertionError("the plan has no step that records the model's inputs and outputs")
+
+
+def labels(plan: Plan) -> tuple[str, ...] | None:
+    if not plan.spec.model.labels:
+        return None
+    text = (plan.spec_dir / plan.spec.model.labels).read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def latency_buckets(plan: Plan) -> tuple[float, ...]:
+    try:
+        from deployc.monitoring import latency_buckets as buckets
+    except ImportError:
+        return tuple(c.DEFAULT_LATENCY_BUCKETS)
+    return tuple(buckets(plan.spec))
+
+
+def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict[str, bytes]:
+    ins, outs = _io(plan, outputs)
+    onnx_model = model_path(outputs[plan.final_step])
+    ref = outputs.get("reference")
+    files: dict[str, bytes] = {}  # shared with the context: a later emitter reads what earlier ones produced
+    ctx = EmitContext(
+        spec=plan.spec,
+        spec_file=spec_file,
+        onnx_model=onnx_model,
+        onnx_sha256=hash_path(onnx_model),
+        inputs=tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in ins),
+        outputs=tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in outs),
+        labels=labels(plan),
+        reference_distribution=tuple(ref.result["distribution"]) if ref and "distribution" in ref.result else None,
+        latency_buckets=latency_buckets(plan),
+        step_outputs={k: Path(v.dir) for k, v in outputs.items()},
+        step_results={k: v.result for k, v in outputs.items()},
+        files=files,
+    )
+    if plan.spec.slos:
+        from deployc.monitoring import compile_monitoring
+
+        files.update(compile_monitoring(plan.spec, spec_file=spec_file,
+                                        reference_distribution=ctx.reference_distribution,
+                                        class_names=ctx.labels))
+    for name in plan.targets:
+        files.update(get_target(name).emit(ctx))
+    return files
+
+
+def post_write_check(plan: Plan) -> Callable[[Path], None] | None:
+    """Checks run on the written temporary folder before it replaces the old build (promtool on rules)."""
+    if not plan.spec.slos:
+        return None
+
+    def check(tmp: Path) -> None:
+        from deployc.monitoring import run_promtool
+
+        run_promtool(tmp / c.MONITORING_DIR)
+
+    return check

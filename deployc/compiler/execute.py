@@ -1,0 +1,54 @@
+"""Stage 4: run the plan's steps in order, each looked up in the cache by its key first."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from deployc.compiler.cache import Cache
+from deployc.compiler.plan import Plan
+from deployc.compiler.steps import StepContext, StepOutput
+from deployc.errors import DeploycError
+
+
+class StepError(DeploycError):
+    """A step failed on an unexpected error (a model deployc cannot handle, a library fault)."""
+
+
+def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[str, StepOutput], dict[str, bool]]:
+    outputs: dict[str, StepOutput] = {}
+    cached: dict[str, bool] = {}
+    n = len(plan.steps)
+    for i, step in enumerate(plan.steps, 1):
+        key = plan.keys[step.id]
+        hit = cache.get(key)
+        if hit is not None:
+            outputs[step.id] = StepOutput(hit[0], hit[1])
+            cached[step.id] = True
+            log(f"[{i}/{n}] {step.id}: cached ({key[:12]})")
+            continue
+        log(f"[{i}/{n}] {step.id}: {step.description}")
+        t0 = time.perf_counter()
+        staged = cache.staging()
+        ctx = StepContext(out_dir=staged, deps={d: outputs[d] for d in step.deps}, spec=plan.spec,
+                          spec_dir=plan.spec_dir, log=lambda m, sid=step.id: log(f"      {sid}: {m}"))
+        try:
+            result = _normalized(step.run(ctx))
+        except DeploycError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        except Exception as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise StepError(f"step {step.id} failed: {type(exc).__name__}: {exc}") from exc
+        final = cache.put(key, staged, result)
+        outputs[step.id] = StepOutput(final, result)
+        cached[step.id] = False
+        log(f"      {step.id}: done in {time.perf_counter() - t0:.1f}s")
+    return outputs, cached
+
+
+def _normalized(result: Any) -> dict[str, Any]:
+    """What a cache hit would return: the JSON round trip (tuples -> lists, numpy scalars refused)."""
+    return json.loads(json.dumps(result, sort_keys=True))

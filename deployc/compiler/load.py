@@ -1,0 +1,203 @@
+"""Stage 1: read deploy.yaml safely, keeping every key's position for error messages.
+
+Safe means: a size limit, UTF-8 only, no tags beyond YAML's core schema (no Python objects, no custom
+constructors), duplicate keys are errors, and aliases are bounded (a billion-laughs file fails at once).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from deployc.errors import Problem, SpecError
+
+MAX_BYTES = 1024 * 1024
+MAX_EXPANDED_NODES = 50_000
+CORE_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")}
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    path: Path  # as given
+    display: str  # how errors name the file
+    text: str
+    tree: Any  # ruamel CommentedMap (positions in .lc)
+    data: Any  # the same document as plain dict/list/str/int/float/bool/None
+
+
+def load_spec(path: Path) -> LoadedSpec:
+    display = str(path)
+
+    def fail(msg: str, line: int = 1, col: int = 1) -> SpecError:
+        return SpecError([Problem(display, line, col, "", msg)])
+
+    try:
+        if path.is_dir():
+            raise fail("is a folder; give the path of a deploy.yaml file")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise fail(f"file is {size} bytes; deploy.yaml files are limited to {MAX_BYTES} bytes")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except PermissionError:
+        raise fail("permission denied") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise fail(f"not UTF-8 text (byte {exc.start})", line) from None
+    if not text.strip() or all(ln.strip().startswith("#") or not ln.strip() for ln in text.splitlines()):
+        raise fail("file is empty: expected a mapping with apiVersion, name and model")
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    yaml = YAML(typ="rt", pure=True)
+    try:
+        nodes = list(yaml.compose_all(StringIO(text)))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        msg = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise fail(f"invalid YAML: {msg}", mark.line + 1 if mark else 1, mark.column + 1 if mark else 1) from None
+    except YAMLError as exc:
+        raise fail(f"invalid YAML: {exc}") from None
+    if len(nodes) != 1:
+        raise fail(f"expected one YAML document, found {len(nodes)}")
+    problems = _check_nodes(nodes[0], display)
+    if problems:
+        raise SpecError(problems)
+    try:
+        tree = yaml.load(StringIO(text))
+    except MarkedYAMLError as exc:  # e.g. a value the constructor rejects
+        mark = exc.problem_mark or exc.context_mark
+        raise fail(f"invalid YAML: {exc.problem}", mark.line + 1 if mark else 1,
+                   mark.column + 1 if mark else 1) from None
+    if not isinstance(tree, dict):
+        raise fail(f"the document must be a mapping (apiVersion, name, model, ...), not a {_kind(tree)}")
+    return LoadedSpec(path=path, display=display, text=text, tree=tree, data=plain(tree))
+
+
+def _check_nodes(root: Any, display: str) -> list[Problem]:
+    """Refuse non-core tags and duplicate keys, and bound alias expansion, before anything is constructed."""
+    from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+    problems: list[Problem] = []
+    budget = [MAX_EXPANDED_NODES]
+    stack: set[int] = set()
+
+    def at(node: Any) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    def walk(node: Any) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise SpecError([Problem(display, *at(root), "", f"the document expands to more than "
+                                     f"{MAX_EXPANDED_NODES} nodes (aliases nested too deeply?)")])
+        if id(node) in stack:
+            raise SpecError([Problem(display, *at(node), "", "a recursive alias refers to itself")])
+        if node.tag not in CORE_TAGS:
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            problems.append(Problem(display, *at(node), "", f"tag {tag} is not allowed: deploy.yaml holds "
+                                    "plain mappings, lists, strings, numbers and booleans"))
+            return
+        if isinstance(node, (MappingNode, SequenceNode)):
+            stack.add(id(node))
+            if isinstance(node, MappingNode):
+                seen: dict[Any, Any] = {}
+                for k, v in node.value:
+                    if k.tag == "tag:yaml.org,2002:merge":
+                        problems.append(Problem(display, *at(k), "", "merge keys (<<) are not supported"))
+                        continue
+                    key = getattr(k, "value", None)
+                    if isinstance(key, str) and key in seen:
+                        first = seen[key]
+                        problems.append(Problem(display, *at(k), "", f"duplicate key {key!r} (first at line "
+                                                f"{first.start_mark.line + 1})"))
+                    elif isinstance(key, str):
+                        seen[key] = k
+                    walk(k)
+                    walk(v)
+            else:
+                for item in node.value:
+                    walk(item)
+            stack.discard(id(node))
+
+    walk(root)
+    return problems
+
+
+def plain(value: Any) -> Any:
+    """ruamel's round-trip types -> plain Python (a YAML `true` must not pass as the integer 1)."""
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, bool) or type(value).__name__ == "ScalarBoolean":
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number"}.get(type(plain(value)), type(value).__name__)
+
+
+def position(tree: Any, loc: tuple[Any, ...]) -> tuple[int, int, str]:
+    """Walk `loc` (a pydantic error location) through the tree: (line, col, dotted path) of the deepest match.
+
+    Elements that are not keys of the tree (pydantic's union tags, e.g. `quantize` twice) are skipped. For a
+    missing key, the position is the mapping that should hold it.
+    """
+    node = tree
+    line, col = 1, 1
+    parts: list[str] = []
+    for i, elem in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and isinstance(elem, str) and elem in node:
+            try:
+                ln, cl = node.lc.key(elem)
+                line, col = ln + 1, cl + 1
+            except (AttributeError, KeyError, TypeError):
+                pass
+            parts.append(elem)
+            node = node[elem]
+        elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node):
+            try:
+                ln, cl = node.lc.item(elem)
+                line, col = ln + 1, cl + 1
+            except (AttributeError, KeyError, TypeError):
+                pass
+            parts[-1:] = [f"{parts[-1]}[{elem}]"] if parts else [f"[{elem}]"]
+            node = node[elem]
+        elif last and isinstance(node, dict):
+            parts.append(str(elem))  # a missing key: point at the mapping that should hold it
+        elif not isinstance(node, (dict, list)):
+            break
+        # else: a union tag pydantic adds to the location (e.g. `quantize` in optimize[0].quantize.quantize)
+    return line, col, ".".join(parts)
+
+
+def value_position(tree: Any, path: tuple[Any, ...]) -> tuple[int, int]:
+    """Position of the value at an exact key path (for checks made after validation, e.g. paths on disk)."""
+    node = tree
+    pos = (1, 1)
+    for elem in path:
+        try:
+            if isinstance(node, dict):
+                ln, cl = node.lc.value(elem)
+            else:
+                ln, cl = node.lc.item(elem)
+            pos = (ln + 1, cl + 1)
+            node = node[elem]
+        except (AttributeError, KeyError, IndexError, TypeError):
+            break
+    return pos

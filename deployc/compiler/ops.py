@@ -1,0 +1,135 @@
+"""What the built-in plan steps run. Heavy libraries are imported inside, so planning stays fast."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deployc.compiler.steps import StepContext
+from deployc.schema.spec import resolved_format
+
+REFERENCE = "reference"
+
+
+def model_path(out: Any) -> Path:
+    """The model file (or folder) a model-producing step left in its output folder."""
+    return Path(out.dir) / out.result["model"]
+
+
+def source(ctx: StepContext) -> dict[str, Any]:
+    """Copy the user's model into the cache, so later steps read a stable, content-addressed file."""
+    src = ctx.spec_dir / ctx.spec.model.path
+    fmt = resolved_format(ctx.spec.model)
+    if fmt == "onnx":
+        from deployc.ml.convert import copy_onnx
+
+        info = copy_onnx(src, ctx.out_dir / "model.onnx")
+        return {"model": "model.onnx", "format": "onnx", "inputs": info["inputs"], "outputs": info["outputs"]}
+    if fmt == "savedmodel":
+        shutil.copytree(src, ctx.out_dir / "saved_model")
+        return {"model": "saved_model", "format": "savedmodel"}
+    name = "model" + (src.suffix if src.suffix in (".keras", ".h5") else ".keras")
+    shutil.copyfile(src, ctx.out_dir / name)
+    return {"model": name, "format": "keras"}
+
+
+def convert(ctx: StepContext, prev: str) -> dict[str, Any]:
+    from deployc.ml.convert import keras_to_onnx, savedmodel_to_onnx
+
+    out = ctx.deps[prev]
+    dst = ctx.out_dir / "model.onnx"
+    ctx.log("converting to ONNX")
+    if out.result["format"] == "savedmodel":
+        info = savedmodel_to_onnx(model_path(out), dst)
+    else:
+        info = keras_to_onnx(model_path(out), dst, ctx.spec.model.inputs)
+    return {"model": "model.onnx", "format": "onnx", "inputs": info["inputs"], "outputs": info["outputs"],
+            "opset": info["opset"]}
+
+
+def reference(ctx: StepContext) -> dict[str, Any]:
+    """The original model's outputs on data.eval: what every artifact is checked against."""
+    import numpy as np
+
+    from deployc.ml.evaluate import class_distribution, compare, predict
+
+    out = ctx.deps["source"]
+    x, y = ctx.data("eval")
+    fmt = out.result["format"]
+    if fmt == "savedmodel":  # run SavedModels through their ONNX conversion's source: the signature itself
+        pred = _predict_savedmodel(model_path(out), x)
+    else:
+        pred = predict(model_path(out), fmt, x)
+    np.save(ctx.out_dir / "predictions.npy", pred, allow_pickle=False)
+    figures = compare(pred, pred, y, ctx.spec.model.task)
+    figures.pop("agreement", None)
+    figures.pop("max_abs_error", None)
+    result: dict[str, Any] = {"evaluation": figures}
+    if "agreement" in compare(pred, pred, None, ctx.spec.model.task):
+        result["distribution"] = class_distribution(pred)
+    return result
+
+
+def _predict_savedmodel(path: Path, x: Any) -> Any:
+    import numpy as np
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    _, kwargs = fn.structured_input_signature
+    (name,) = list(kwargs)
+    outs = fn(**{name: tf.constant(np.asarray(x, dtype=np.float32))})
+    return np.asarray(outs[sorted(outs)[0]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """Evaluate one ONNX model against the reference (used by evaluate steps and by `auto` passes)."""
+
+    ctx: StepContext
+
+    def __call__(self, model: Path) -> dict[str, Any]:
+        import numpy as np
+
+        from deployc.compiler.gates import failures
+        from deployc.ml.evaluate import compare, measure_onnx, predict_onnx, sizes
+
+        x, y = self.ctx.data("eval")
+        ref_out = self.ctx.deps[REFERENCE]
+        ref = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
+        pred = predict_onnx(model, x)
+        figures = compare(ref, pred, y, self.ctx.spec.model.task)
+        figures.update(sizes(model))
+        m = self.ctx.spec.measure
+        figures.update(measure_onnx(model, x, threads=m.threads, batch_size=m.batch_size,
+                                    min_seconds=m.min_seconds))
+        figures["gate_failures"] = [str(f) for f in failures(self.ctx.spec.gates, ref_out.result["evaluation"],
+                                                             figures)]
+        return figures
+
+
+def evaluate(ctx: StepContext, artifact_step: str, artifact: str) -> dict[str, Any]:
+    figures = Evaluator(ctx)(model_path(ctx.deps[artifact_step]))
+    figures.pop("gate_failures")
+    return {"artifact": artifact, "evaluation": figures}
+
+
+def run_pass(ctx: StepContext, name: str, index: int, prev: str) -> dict[str, Any]:
+    from deployc.passes import get_pass
+    from deployc.passes.base import PassInput
+
+    p = get_pass(name)
+    cfg = getattr(ctx.spec.optimize[index], name)
+
+    def data(which: str) -> tuple[Any, Any]:
+        return ctx.data(which)
+
+    ev = Evaluator(ctx) if REFERENCE in ctx.deps else _no_eval
+    result = p.apply(PassInput(model=model_path(ctx.deps[prev]), out_dir=ctx.out_dir, config=cfg, data=data,
+                               evaluate=ev, gates=ctx.spec.gates, log=ctx.log, spec_dir=ctx.spec_dir))
+    return {"model": result.model.relative_to(ctx.out_dir).as_posix(), "format": p.output_format,
+            "details": result.details}
+
+
+def _no_eval(model: Path) -> dict[str, Any]:
+    raise ValueError("data.eval is not set")

@@ -1,0 +1,104 @@
+"""report.json and report.md: what each step did and measured, reference vs every artifact."""
+from __future__ import annotations
+
+from typing import Any
+
+from deployc.compiler.gates import GateCheck
+from deployc.compiler.plan import Plan
+from deployc.compiler.steps import StepOutput
+
+COLUMNS = (  # (figure key, column title, format)
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("agreement", "agreement", "{:.4f}"),
+    ("max_abs_error", "max abs err", "{:.2e}"),
+    ("size_bytes", "size", "bytes"),
+    ("gzip_bytes", "gzip", "bytes"),
+    ("latency_p50_ms", "p50 ms", "{:.3f}"),
+    ("latency_p99_ms", "p99 ms", "{:.3f}"),
+    ("throughput_rows_s", "rows/s", "{:,.0f}"),
+)
+
+
+def make_report(plan: Plan, outputs: dict[str, StepOutput], checks: list[GateCheck]) -> dict[str, Any]:
+    ref = outputs.get("reference")
+    artifacts = []
+    base: dict[str, Any] | None = None
+    for sid in plan.evaluations:
+        r = outputs[sid].result
+        ev = dict(r["evaluation"])
+        if base is None:
+            base = ev
+        if base.get("size_bytes") and ev.get("size_bytes"):
+            ev["size_ratio"] = round(ev["size_bytes"] / base["size_bytes"], 4)
+        if base.get("latency_p50_ms") and ev.get("latency_p50_ms"):
+            ev["speedup_p50"] = round(base["latency_p50_ms"] / ev["latency_p50_ms"], 3)
+        artifacts.append({"artifact": r["artifact"], "step": sid, "shipped": sid in plan.shipped, "evaluation": ev})
+    passes = [{"step": s.id, "details": outputs[s.id].result.get("details", {})}
+              for s in plan.steps if s.id.startswith("optimize[")]
+    return {
+        "name": plan.spec.name,
+        "version": plan.spec.version,
+        "spec_sha256": plan.spec_sha256,
+        "reference": ref.result["evaluation"] if ref else None,
+        "artifacts": artifacts,
+        "passes": passes,
+        "gates": [{"artifact": c.artifact, "gate": c.gate, "limit": c.limit, "value": c.value, "passed": c.passed}
+                  for c in checks],
+        "steps": [{"id": s.id, "description": s.description, "key": plan.keys[s.id]} for s in plan.steps],
+        "targets": list(plan.targets),
+    }
+
+
+def _fmt(value: Any, how: str) -> str:
+    if value is None:
+        return "–"
+    if how == "bytes":
+        return f"{value / 1024:,.1f} KiB" if value < 1024 * 1024 else f"{value / 1048576:,.2f} MiB"
+    return how.format(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: dict[str, Any], spec_file: str) -> str:
+    lines = [f"# deployc build report: {report['name']} {report['version']}", "",
+             f"Spec `{_cell(spec_file)}` (sha256 `{report['spec_sha256'][:16]}`).", ""]
+    if report["artifacts"] or report["reference"]:
+        lines += ["## Verification (data.eval, this machine)", ""]
+        cols = [c for c in COLUMNS if any(c[0] in a["evaluation"] for a in report["artifacts"])
+                or (report["reference"] and c[0] in report["reference"])]
+        head = ["artifact"] + [t for _, t, _ in cols] + ["size ×", "speed-up"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        if report["reference"]:
+            ref = report["reference"]
+            lines.append("| reference (original) | " + " | ".join(_fmt(ref.get(k), f) for k, _, f in cols)
+                         + " | – | – |")
+        for a in report["artifacts"]:
+            ev = a["evaluation"]
+            name = a["artifact"] + (" **(shipped)**" if a["shipped"] else "")
+            ratio = f"{ev['size_ratio']:.3f}" if "size_ratio" in ev else "–"
+            speed = f"{ev['speedup_p50']:.2f}x" if "speedup_p50" in ev else "–"
+            lines.append(f"| {_cell(name)} | " + " | ".join(_fmt(ev.get(k), f) for k, _, f in cols)
+                         + f" | {ratio} | {speed} |")
+        lines.append("")
+    if report["gates"]:
+        lines += ["## Gates", "", "| artifact | gate | limit | measured | result |", "|---|---|---|---|---|"]
+        for g in report["gates"]:
+            shown = "n/a" if g["value"] is None else f"{g['value']:g}"
+            lines.append(f"| {_cell(g['artifact'])} | {g['gate']} | {g['limit']:g} | {shown} | "
+                         f"{'pass' if g['passed'] else '**FAIL**'} |")
+        lines.append("")
+    if report["passes"]:
+        lines += ["## Passes", ""]
+        for p in report["passes"]:
+            lines.append(f"- `{p['step']}`: " + ", ".join(f"{k}={_short(v)}" for k, v in sorted(p["details"].items())))
+        lines.append("")
+    lines += ["## Steps", "", "| step | what | key |", "|---|---|---|"]
+    lines += [f"| `{s['id']}` | {_cell(s['description'])} | `{s['key'][:12]}` |" for s in report["steps"]]
+    return "\n".join(lines) + "\n"
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return _cell(text if len(text) <= 120 else text[:117] + "...")

@@ -1,0 +1,107 @@
+"""Stage 2: validate the loaded document against the schema and the filesystem; collect every problem."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from deployc.compiler.load import LoadedSpec, position, value_position
+from deployc.errors import Problem, SpecError
+from deployc.schema.base import NAME_RE
+from deployc.schema.spec import CrossFieldErrors, DeploySpec
+
+
+def validate(loaded: LoadedSpec) -> DeploySpec:
+    """The validated spec, or a SpecError listing every problem with file:line:col."""
+    try:
+        spec = DeploySpec.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise SpecError(_problems(loaded, exc)) from None
+    problems = check_paths(loaded, spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def _problems(loaded: LoadedSpec, exc: ValidationError) -> list[Problem]:
+    out: list[Problem] = []
+    seen: set[tuple[int, int, str, str]] = set()
+    for err in exc.errors(include_url=False):
+        cross = (err.get("ctx") or {}).get("error")
+        items = ([(tuple(err["loc"]) + loc, msg) for loc, msg in cross.problems]
+                 if isinstance(cross, CrossFieldErrors) else [(tuple(err["loc"]), _message(err))])
+        for loc, msg in items:
+            line, col, path = position(loaded.tree, loc)
+            key = (line, col, path, msg)
+            if key not in seen:
+                seen.add(key)
+                out.append(Problem(loaded.display, line, col, path, msg))
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_RE:
+        return "use lower-case letters, digits and '-' (at most 63, starting and ending with a letter or digit)"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    if kind == "union_tag_invalid":
+        return f"unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {ctx.get('tag')!r}: use one of " \
+               f"{ctx.get('expected_tags')}"
+    if kind == "literal_error":
+        return f"{msg} (got {err.get('input')!r})"
+    got = err.get("input")
+    if kind.endswith("_type") and not isinstance(got, (dict, list)):
+        return f"{msg} (got {got!r})"
+    return msg
+
+
+def check_paths(loaded: LoadedSpec, spec: DeploySpec) -> list[Problem]:
+    """Every path is relative to the spec's folder, stays inside it (symlinks resolved) and exists."""
+    base = loaded.path.parent.resolve()
+    wanted: list[tuple[tuple[Any, ...], str, str]] = [(("model", "path"), spec.model.path, "any")]
+    if spec.model.labels:
+        wanted.append((("model", "labels"), spec.model.labels, "file"))
+    for which in ("eval", "calibration", "train"):
+        ds = getattr(spec.data, which)
+        if ds is not None:
+            wanted.append((("data", which, "path"), ds.path, "file"))
+    for i, item in enumerate(spec.optimize):
+        student = getattr(getattr(item, "distill", None), "student", None)
+        if student:
+            wanted.append((("optimize", i, "distill", "student"), student, "file"))
+    problems = []
+    for loc, rel, kind in wanted:
+        msg = path_problem(base, rel, kind)
+        if msg:
+            line, col = value_position(loaded.tree, loc)
+            problems.append(Problem(loaded.display, line, col, _dotted(loc), msg))
+    return problems
+
+
+def path_problem(base: Path, rel: str, kind: str) -> str | None:
+    p = Path(rel)
+    if p.is_absolute() or rel.startswith("~"):
+        return f"{rel!r} is absolute; paths are relative to the folder of deploy.yaml"
+    target = (base / p).resolve()
+    if not target.is_relative_to(base):
+        how = "through a symbolic link" if ".." not in p.parts else "with '..'"
+        return f"{rel!r} leaves the folder of deploy.yaml ({how})"
+    if not target.exists():
+        return f"{rel!r} does not exist"
+    if kind == "file" and not target.is_file():
+        return f"{rel!r} is not a file"
+    return None
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for elem in loc:
+        out += f"[{elem}]" if isinstance(elem, int) else (f".{elem}" if out else str(elem))
+    return out

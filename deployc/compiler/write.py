@@ -1,0 +1,68 @@
+"""Stage 6: write the build folder atomically. Nothing is ever half-written.
+
+Files go to a temporary sibling folder, are checked (optional callback), then swapped into place with renames.
+A crash between the two renames leaves the previous build in `.<name>.old-*`, which the next build restores.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from deployc import conventions as c
+from deployc.errors import InputError
+
+
+def recover(out: Path) -> None:
+    """Restore the previous build if a crash happened mid-swap; drop leftovers of interrupted builds."""
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{out.name}.old-*"))
+    if olds and not out.exists():
+        os.rename(olds[-1], out)
+        olds = olds[:-1]
+    for leftover in olds + sorted(parent.glob(f".{out.name}.tmp-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_replaceable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / c.MANIFEST).is_file():
+        raise InputError(f"{out}: refusing to replace a folder that is not a deployc build (no {c.MANIFEST})")
+
+
+def write_output(out: Path, files: dict[str, bytes], check: Callable[[Path], None] | None = None) -> None:
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for rel, data in sorted(files.items()):
+            p = tmp / rel
+            if not p.resolve().is_relative_to(tmp.resolve()):
+                raise InputError(f"refusing to write {rel!r} outside the build folder")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_tree(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}

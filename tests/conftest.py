@@ -1,0 +1,54 @@
+"""Shared fixtures: the digits example trained once per session, and a `deployc` subprocess runner."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "digits"
+
+
+def deployc_env(cache_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.pop("DEPLOYC_DEBUG", None)
+    if cache_dir is not None:
+        env["DEPLOYC_CACHE_DIR"] = str(cache_dir)
+    env.update(extra)
+    return env
+
+
+def run_deployc(*args: str, cwd: Path | None = None, cache_dir: Path | None = None, timeout: float = 600,
+                **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m deployc ARGS` in a real process (exit codes and stderr as a user sees them)."""
+    return subprocess.run([sys.executable, "-m", "deployc", *args], cwd=cwd, env=deployc_env(cache_dir, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example's model and data, trained once (few epochs) in a session folder; never modify it."""
+    out = tmp_path_factory.mktemp("digits-trained")
+    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), str(out)], check=True, env=deployc_env(),
+                   capture_output=True, timeout=600)
+    return out
+
+
+@pytest.fixture
+def digits(trained_digits: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained example folder with the example's deploy.yaml, for one test."""
+    d = tmp_path / "digits"
+    shutil.copytree(trained_digits, d)
+    shutil.copyfile(EXAMPLE / "deploy.yaml", d / "deploy.yaml")
+    return d
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("deployc-cache")
