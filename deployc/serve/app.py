@@ -16,11 +16,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from deployc import __version__
 from deployc import conventions as C
 from deployc.errors import InputError
 from deployc.serve import codec
@@ -140,6 +139,8 @@ def _endpoint(state: ServerState, route: str, fn: Handler, protected: bool) -> H
                 resp = await fn(request)
         except ClientError as e:
             resp = error_response(e.status, e.message, {"Connection": "close"} if e.status == 413 else None)
+        except ClientDisconnect:  # the client left mid-body: nothing to answer, counted as nginx's 499
+            resp = Response(status_code=499)
         except Exception:
             log.exception("internal error on %s", request.url.path)
             resp = error_response(500, "internal server error (see the server log)")
