@@ -147,6 +147,14 @@ def _break(bundle: Path, how: str) -> None:
     elif how == "wrong format_version":
         cfg = json.loads((local / "serving.json").read_text())
         (local / "serving.json").write_text(json.dumps({**cfg, "format_version": 99}))
+    elif how == "model path leaves the bundle":
+        cfg = json.loads((local / "serving.json").read_text())
+        cfg["model"]["path"] = "../../../etc/passwd"
+        (local / "serving.json").write_text(json.dumps(cfg))
+    elif how == "name missing":
+        cfg = json.loads((local / "serving.json").read_text())
+        del cfg["name"]
+        (local / "serving.json").write_text(json.dumps(cfg))
     elif how == "input name differs from the model":
         cfg = json.loads((local / "serving.json").read_text())
         cfg["model"]["inputs"][0]["name"] = "pixels"
@@ -157,6 +165,8 @@ def _break(bundle: Path, how: str) -> None:
     ("missing serving.json", "no local/serving.json"), ("invalid JSON", "not valid JSON"),
     ("sha256 mismatch", "sha256 does not match"), ("missing model", "does not exist"),
     ("wrong format_version", "format_version 99 is not supported"),
+    ("model path leaves the bundle", "model.path: '../../../etc/passwd' leaves the bundle folder"),
+    ("name missing", "serving.json: name: missing"),
     ("input name differs from the model", "names ['pixels'] do not match the model's ['x']"),
 ])
 def test_bad_bundle_exits_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str,

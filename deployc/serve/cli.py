@@ -112,7 +112,10 @@ def _serve_many(cfg: ServingConfig, log_level: str) -> int:
     from deployc.serve.app import auth_token
     from deployc.serve.metrics import MULTIPROC_ENV
 
-    auth_token(cfg)  # fail before spawning anything
+    from deployc.serve.runtime import ModelRunner
+
+    auth_token(cfg)  # fail before spawning anything: a worker that cannot start would be restarted forever
+    ModelRunner(cfg).warm_up()
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = tempfile.mkdtemp(prefix="deployc-metrics-")

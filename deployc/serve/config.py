@@ -79,15 +79,18 @@ def find_serving_json(bundle: str | Path) -> Path:
 
 
 def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    """d[key] checked against `kind`; `where` is "file:" for top-level keys, "file: section" otherwise."""
+    at = f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
     if key not in d or d[key] is None:
         if default is ...:
-            raise InputError(f"{where}.{key}: missing")
+            raise InputError(f"{at}: missing")
         return default
     value = d[key]
     if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise InputError(f"{where}.{key}: expected a number, got {value!r}")
+        raise InputError(f"{at}: expected a number, got {value!r}")
     if not isinstance(value, kind):
-        raise InputError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise InputError(f"{at}: expected {names}, got {value!r}")
     return value
 
 
@@ -138,7 +141,7 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
     if fv != C.SERVING_CONFIG_VERSION:
         raise InputError(f"{w}: format_version {fv!r} is not supported (expected {C.SERVING_CONFIG_VERSION})")
     root = path.parent
-    model = _get(raw, "model", dict, w)
+    model = _get(raw, "model", dict, f"{w}:")
     model_path = _inside(root, _get(model, "path", str, f"{w}: model"), f"{w}: model.path")
     if not model_path.is_file():
         raise InputError(f"{w}: model.path: {model_path} does not exist")
@@ -147,22 +150,22 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
         raise InputError(f"{model_path}: sha256 does not match serving.json (the model changed after the build)")
     labels = None
     if raw.get("labels") is not None:
-        labels_path = _inside(root, _get(raw, "labels", str, w), f"{w}: labels")
+        labels_path = _inside(root, _get(raw, "labels", str, f"{w}:"), f"{w}: labels")
         if not labels_path.is_file():
             raise InputError(f"{w}: labels: {labels_path} does not exist")
         labels = tuple(x.strip() for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip())
-    server = _get(raw, "server", dict, w, {})
-    runtime = _get(raw, "runtime", dict, w, {})
-    batching = _get(raw, "batching", dict, w, {})
-    metrics = _get(raw, "metrics", dict, w, {})
+    server = _get(raw, "server", dict, f"{w}:", {})
+    runtime = _get(raw, "runtime", dict, f"{w}:", {})
+    batching = _get(raw, "batching", dict, f"{w}:", {})
+    metrics = _get(raw, "metrics", dict, f"{w}:", {})
     ws, wr, wb = f"{w}: server", f"{w}: runtime", f"{w}: batching"
     buckets = _get(metrics, "latency_buckets", list, f"{w}: metrics", list(C.DEFAULT_LATENCY_BUCKETS))
     if not buckets or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0
                               and math.isfinite(b) for b in buckets):
         raise InputError(f"{w}: metrics.latency_buckets: expected positive numbers, got {buckets!r}")
     cfg = ServingConfig(
-        root=root, name=_get(raw, "name", str, w), version=str(_get(raw, "version", (str, int), w)),
-        task=_get(raw, "task", str, w, "other"), model_path=model_path, model_sha256=sha,
+        root=root, name=_get(raw, "name", str, f"{w}:"), version=str(_get(raw, "version", (str, int), f"{w}:")),
+        task=_get(raw, "task", str, f"{w}:", "other"), model_path=model_path, model_sha256=sha,
         inputs=_tensors(model.get("inputs"), f"{w}: model.inputs"),
         outputs=_tensors(model.get("outputs"), f"{w}: model.outputs"), labels=labels,
         host=_get(server, "host", str, ws, "127.0.0.1"), port=_get(server, "port", int, ws, 8080),
