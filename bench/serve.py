@@ -107,24 +107,26 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: skipping the HTTP rows (Debian: apt-get install -y wrk)")
     else:
-        with Server(bundle) as srv:
-            for c in concs:
-                run_wrk(f"http://127.0.0.1:{srv.port}/v2/models/mlp/infer", lua, c, 1)  # warm the connections
-                rows.append(("deployc serve", str(c), run_wrk(f"http://127.0.0.1:{srv.port}/v2/models/mlp/infer",
-                                                              lua, c, args.duration)))
         try:
-            proc, port = start_fastapi(model)
+            fastapi: tuple[subprocess.Popen[bytes], int] | None = start_fastapi(model)
         except (RuntimeError, ImportError) as e:
             print(f"plain FastAPI app skipped: {e}")
-        else:
-            try:
+            fastapi = None
+        try:
+            with Server(bundle) as srv:
+                targets = [("deployc serve", srv.port)] + ([("plain FastAPI + onnxruntime", fastapi[1])]
+                                                           if fastapi else [])
+                # interleaved per concurrency level, so load from other processes hits both alike
                 for c in concs:
-                    run_wrk(f"http://127.0.0.1:{port}/v2/models/mlp/infer", lua, c, 1)
-                    rows.append(("plain FastAPI + onnxruntime", str(c),
-                                 run_wrk(f"http://127.0.0.1:{port}/v2/models/mlp/infer", lua, c, args.duration)))
-            finally:
-                proc.terminate()
-                proc.wait()
+                    for name, port in targets:
+                        url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+                        run_wrk(url, lua, c, 1)  # warm the connections and the batch sizes
+                        rows.append((name, str(c), run_wrk(url, lua, c, args.duration)))
+        finally:
+            if fastapi:
+                fastapi[0].terminate()
+                fastapi[0].wait()
+    rows[1:] = sorted(rows[1:], key=lambda r: (r[0] != "deployc serve", int(r[1])))
     print(f"\nwide MLP 64-1024-1024-1024-10, {os.cpu_count()} CPUs, {args.duration:g} s per row (wrk -t1)")
     print(f"{'server':30} {'conc':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, conc, r in rows:
