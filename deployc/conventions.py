@@ -53,3 +53,12 @@ LABEL_SLO = "slo"
 SAGEMAKER_VARIANT_NAME = "AllTraffic"
 SAGEMAKER_PORT = 8080
 CLOUDWATCH_NAMESPACE = "AWS/SageMaker"
+
+# --- `deployc serve` route label values (the `route` label of METRIC_REQUESTS / METRIC_REQUEST_DURATION) -------
+ROUTE_INFER = "infer"  # POST /v2/models/{m}[/versions/{v}]/infer
+ROUTE_INVOCATIONS = "invocations"  # POST /invocations (SageMaker)
+ROUTE_METADATA = "metadata"  # GET /v2, /v2/models/{m}[/versions/{v}]
+ROUTE_HEALTH = "health"  # GET /v2/health/*, /v2/models/{m}/ready, /ping
+ROUTE_METRICS = "metrics"  # GET /metrics
+ROUTE_OTHER = "other"  # anything else (404s)
+SERVE_AUTH_HEADER = "Authorization"  # "Bearer <token>" when the serving config names auth_token_env

@@ -1,0 +1,195 @@
+"""The ASGI app: Open Inference Protocol (KServe v2) REST, the SageMaker container contract and /metrics.
+
+Handlers are plain Starlette endpoints wrapped by `_endpoint`, which does auth, error mapping (client mistakes
+-> 4xx `{"error": ...}`, never a traceback) and the request metrics in one place, without middleware overhead.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from deployc import conventions as C
+from deployc.errors import InputError
+from deployc.serve import codec
+from deployc.serve.batcher import Batcher
+from deployc.serve.codec import ClientError
+from deployc.serve.config import ServingConfig
+from deployc.serve.metrics import ServerMetrics
+from deployc.serve.runtime import ModelRunner
+
+log = logging.getLogger("deployc.serve")
+JSON = "application/json"
+NPY = "application/x-npy"
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class ServerState:
+    cfg: ServingConfig
+    runner: ModelRunner
+    batcher: Batcher
+    metrics: ServerMetrics
+    token: bytes | None
+    draining: bool = False
+    started: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining
+
+
+def auth_token(cfg: ServingConfig) -> bytes | None:
+    """The bearer token from the environment variable serving.json names; refusing to start beats serving open."""
+    if cfg.auth_token_env is None:
+        return None
+    value = os.environ.get(cfg.auth_token_env, "")
+    if not value:
+        raise InputError(f"{cfg.config_path}: server.auth_token_env names {cfg.auth_token_env}, which is not set "
+                         "(or empty): refusing to start without the token")
+    return value.encode()
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(codec.dumps(obj), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": message}, status, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, answering 413 as soon as it passes `limit` (from Content-Length, or while streaming)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ClientError(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise ClientError(413, f"the body ({declared} bytes) is larger than the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"the body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(cfg: ServingConfig, runner: ModelRunner | None = None) -> Starlette:
+    """Load and warm up the model (unless given), then build the app; the port opens only after this."""
+    token = auth_token(cfg)
+    runner = runner or ModelRunner(cfg)
+    runner.warm_up()
+    metrics = ServerMetrics(cfg)
+    batcher = Batcher(runner, cfg.batching, cfg.max_batch_size, cfg.max_delay_ms, metrics.observe_batch)
+    state = ServerState(cfg, runner, batcher, metrics, token)
+    routes = _routes(state)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        batcher.start()
+        state.started = True
+        log.info("serving %s %s (batching %s)", cfg.name, cfg.version, "on" if batcher.enabled else "off")
+        yield
+        state.started = False
+        await batcher.stop()
+        if metrics.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            msg = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 404:
+            msg = f"no route {request.url.path}"
+        else:
+            msg = str(exc.detail)
+        resp = error_response(exc.status_code, msg, dict(exc.headers or {}))
+        metrics.observe_request(C.ROUTE_OTHER, exc.status_code, 0.0)
+        return resp
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.serving = state
+    return app
+
+
+def _endpoint(state: ServerState, route: str, fn: Handler, protected: bool) -> Handler:
+    metrics, token = state.metrics, state.token
+
+    async def handler(request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            if protected and token is not None and not _authorized(request, token):
+                resp = error_response(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                                      {"WWW-Authenticate": "Bearer"})
+            else:
+                resp = await fn(request)
+        except ClientError as e:
+            resp = error_response(e.status, e.message, {"Connection": "close"} if e.status == 413 else None)
+        except ClientDisconnect:  # the client left mid-body: nothing to answer, counted as nginx's 499
+            resp = Response(status_code=499)
+        except Exception:
+            log.exception("internal error on %s", request.url.path)
+            resp = error_response(500, "internal server error (see the server log)")
+        metrics.observe_request(route, resp.status_code, time.perf_counter() - t0)
+        return resp
+
+    return handler
+
+
+def _authorized(request: Request, token: bytes) -> bool:
+    header = request.headers.get(C.SERVE_AUTH_HEADER, "")
+    scheme, _, given = header.partition(" ")
+    # compare_digest runs in time independent of where the strings differ
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
+
+def _routes(state: ServerState) -> list[Route]:
+    from deployc.serve import handlers as h
+
+    table: list[tuple[str, str, Callable[[ServerState, Request], Awaitable[Response]], str, bool]] = [
+        ("/v2/health/live", "GET", h.live, C.ROUTE_HEALTH, False),
+        ("/v2/health/ready", "GET", h.ready, C.ROUTE_HEALTH, False),
+        ("/ping", "GET", h.ping, C.ROUTE_HEALTH, False),
+        ("/v2", "GET", h.server_metadata, C.ROUTE_METADATA, True),
+        ("/v2/models/{name}", "GET", h.model_metadata, C.ROUTE_METADATA, True),
+        ("/v2/models/{name}/versions/{version}", "GET", h.model_metadata, C.ROUTE_METADATA, True),
+        ("/v2/models/{name}/ready", "GET", h.model_ready, C.ROUTE_HEALTH, False),
+        ("/v2/models/{name}/versions/{version}/ready", "GET", h.model_ready, C.ROUTE_HEALTH, False),
+        ("/v2/models/{name}/infer", "POST", h.infer, C.ROUTE_INFER, True),
+        ("/v2/models/{name}/versions/{version}/infer", "POST", h.infer, C.ROUTE_INFER, True),
+        ("/invocations", "POST", h.invocations, C.ROUTE_INVOCATIONS, True),
+        ("/metrics", "GET", h.metrics, C.ROUTE_METRICS, False),
+    ]
+    routes = []
+    for path, method, fn, route, protected in table:
+        bound = _bind(fn, state)
+        routes.append(Route(path, _endpoint(state, route, bound, protected), methods=[method]))
+    return routes
+
+
+def _bind(fn: Callable[[ServerState, Request], Awaitable[Response]], state: ServerState) -> Handler:
+    async def call(request: Request) -> Response:
+        return await fn(state, request)
+
+    return call
+
+
+def outputs_json(state: ServerState, outs: list[np.ndarray], wanted: list[str] | None) -> list[dict[str, Any]]:
+    specs = state.cfg.outputs
+    chosen = [i for i, s in enumerate(specs) if wanted is None or s.name in wanted]
+    return [{"name": specs[i].name, "datatype": codec.v2_datatype(outs[i]), "shape": list(outs[i].shape),
+             "data": np.ascontiguousarray(outs[i]).ravel()} for i in chosen]

@@ -1,0 +1,152 @@
+"""`deployc serve BUNDLE`: check the bundle, load and warm the model, bind, serve, drain on SIGTERM, exit 0.
+
+Everything that can go wrong before serving (bundle, model hash, auth token, port) is checked before the port
+opens and reported as one line on stderr with exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import replace
+from typing import Any
+
+from deployc.errors import EXIT_OK, DeploycError, InputError
+from deployc.serve.config import ServingConfig, load_config
+
+BUNDLE_ENV = "DEPLOYC_SERVE_BUNDLE"  # how `--workers N` passes the bundle to its worker processes
+log = logging.getLogger("deployc.serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deployc serve", description="Serve a deployc build's local bundle over "
+                                "HTTP (Open Inference Protocol v2, SageMaker /invocations, Prometheus /metrics).")
+    p.add_argument("bundle", metavar="BUNDLE", help="build/<name>/ (reads local/serving.json) or its local/ folder")
+    p.add_argument("--host", help="bind address (default: serving.json's server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: serving.json's server.port; 0 picks a free one)")
+    p.add_argument("--workers", type=int, help="server processes (default: serving.json's server.workers)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="log level; 'debug' also writes an access log line per request")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse already printed the usage error
+        return int(e.code or 0)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.bundle)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+                     if v is not None}
+        cfg = replace(cfg, **overrides)
+        if not 0 <= cfg.port <= 65535 or cfg.workers < 1:
+            raise InputError("--port must be 0..65535 and --workers >= 1")
+        if cfg.workers == 1:
+            return _serve_one(cfg, args.log_level)
+        return _serve_many(cfg, args.log_level)
+    except DeploycError as e:
+        for line in e.lines():
+            print(f"deployc serve: error: {line}", file=sys.stderr)
+        return e.exit_code
+
+
+def _bind(cfg: ServingConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(app: Any, cfg: ServingConfig, log_level: str, **extra: Any) -> Any:
+    import uvicorn
+
+    # loop/http "auto" pick uvloop and httptools when installed (measured faster: see bench/serve.py).
+    return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", lifespan="on",
+                          timeout_graceful_shutdown=30, server_header=False, **extra)
+
+
+def _serve_one(cfg: ServingConfig, log_level: str) -> int:
+    import uvicorn
+
+    from deployc.serve.app import create_app
+
+    app = create_app(cfg)  # loads + warms up the model; errors here happen before the port opens
+    state = app.state.serving
+    sock = _bind(cfg)
+
+    class DrainingServer(uvicorn.Server):
+        """Turns readiness off the moment a stop signal arrives, then lets uvicorn drain in-flight requests."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.draining = True
+            super().handle_exit(sig, frame)
+
+    server = DrainingServer(_uvicorn_config(app, cfg, log_level))
+    print(f"deployc serve: {cfg.name} {cfg.version} on http://{_addr(sock)}", file=sys.stderr, flush=True)
+    with _quiet_signals():  # uvicorn re-raises the stop signal after draining; we exit 0 instead
+        server.run(sockets=[sock])
+    sock.close()
+    if not server.started:
+        raise InputError("the server failed to start (see the log above)")
+    return EXIT_OK
+
+
+def _serve_many(cfg: ServingConfig, log_level: str) -> int:
+    """N worker processes share one socket; Prometheus samples are aggregated through a shared folder."""
+    from uvicorn.supervisors import Multiprocess
+
+    from deployc.serve.app import auth_token
+    from deployc.serve.metrics import MULTIPROC_ENV
+
+    from deployc.serve.runtime import ModelRunner
+
+    auth_token(cfg)  # fail before spawning anything: a worker that cannot start would be restarted forever
+    ModelRunner(cfg).warm_up()
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = tempfile.mkdtemp(prefix="deployc-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir
+    os.environ[BUNDLE_ENV] = str(cfg.config_path)
+    os.environ["DEPLOYC_SERVE_OVERRIDES"] = f"{cfg.host},{cfg.port},{cfg.workers}"
+    sock = _bind(cfg)
+    try:
+        config = _uvicorn_config("deployc.serve.worker:create_worker_app", cfg, log_level, factory=True,
+                                 workers=cfg.workers)
+        print(f"deployc serve: {cfg.name} {cfg.version} on http://{_addr(sock)} ({cfg.workers} workers)",
+              file=sys.stderr, flush=True)
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
+    return EXIT_OK
+
+
+def _addr(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _quiet_signals:
+    """Replace SIGINT/SIGTERM's default actions with no-ops while serving, restore them after."""
+
+    def __enter__(self) -> None:
+        self._saved = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._saved.items():
+            signal.signal(s, h)

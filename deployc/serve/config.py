@@ -1,0 +1,183 @@
+"""Reads and checks a `local/serving.json` bundle before anything binds a port.
+
+Every problem becomes an `InputError` naming the file and the field, so `deployc serve` fails with one line
+instead of a traceback. The result is a frozen, defaults-filled `ServingConfig` the server reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deployc import conventions as C
+from deployc.errors import InputError
+
+# Open Inference Protocol datatype -> numpy dtype name (BYTES is not served: models here take numbers).
+DATATYPES: dict[str, str] = {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 marks a free axis
+
+    @property
+    def batched(self) -> bool:
+        """True when the first axis is the (free) batch axis, the precondition for dynamic batching."""
+        return len(self.shape) > 0 and self.shape[0] == -1
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    root: Path  # the folder holding serving.json
+    name: str
+    version: str
+    task: str
+    model_path: Path
+    model_sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...] | None
+    host: str
+    port: int
+    workers: int
+    max_body_bytes: int
+    auth_token_env: str | None
+    intra_op_threads: int
+    inter_op_threads: int
+    batching: bool
+    max_batch_size: int
+    max_delay_ms: float
+    latency_buckets: tuple[float, ...]
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "serving.json"
+
+
+def find_serving_json(bundle: str | Path) -> Path:
+    """Accept `build/<name>/`, its `local/` folder, or the serving.json file itself."""
+    p = Path(bundle)
+    candidates = [p] if p.is_file() else [p / C.LOCAL_CONFIG, p / "serving.json"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if not p.exists():
+        raise InputError(f"{p}: no such bundle folder")
+    raise InputError(f"{p}: no {C.LOCAL_CONFIG} or serving.json found (is this a `deployc build` output?)")
+
+
+def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    """d[key] checked against `kind`; `where` is "file:" for top-level keys, "file: section" otherwise."""
+    at = f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+    if key not in d or d[key] is None:
+        if default is ...:
+            raise InputError(f"{at}: missing")
+        return default
+    value = d[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise InputError(f"{at}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise InputError(f"{at}: expected {names}, got {value!r}")
+    return value
+
+
+def _tensors(raw: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise InputError(f"{where}: expected a non-empty list of tensors")
+    specs = []
+    for i, t in enumerate(raw):
+        w = f"{where}[{i}]"
+        if not isinstance(t, dict):
+            raise InputError(f"{w}: expected an object with name, datatype, shape")
+        dt = _get(t, "datatype", str, w)
+        if dt not in DATATYPES:
+            raise InputError(f"{w}.datatype: {dt!r} is not one of {', '.join(DATATYPES)}")
+        shape = _get(t, "shape", list, w)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and (s == -1 or s > 0) for s in shape):
+            raise InputError(f"{w}.shape: axes must be positive integers or -1, got {shape!r}")
+        specs.append(TensorSpec(_get(t, "name", str, w), dt, tuple(shape)))
+    return tuple(specs)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _inside(root: Path, rel: str, where: str) -> Path:
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise InputError(f"{where}: {rel!r} leaves the bundle folder")
+    return target
+
+
+def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig:
+    """Parse, check and resolve serving.json; verify the model file's sha256 against the config."""
+    path = find_serving_json(bundle)
+    w = str(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{w}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{w}: expected a JSON object")
+    fv = raw.get("format_version")
+    if fv != C.SERVING_CONFIG_VERSION:
+        raise InputError(f"{w}: format_version {fv!r} is not supported (expected {C.SERVING_CONFIG_VERSION})")
+    root = path.parent
+    model = _get(raw, "model", dict, f"{w}:")
+    model_path = _inside(root, _get(model, "path", str, f"{w}: model"), f"{w}: model.path")
+    if not model_path.is_file():
+        raise InputError(f"{w}: model.path: {model_path} does not exist")
+    sha = _get(model, "sha256", str, f"{w}: model").lower()
+    if verify_sha256 and _sha256(model_path) != sha:
+        raise InputError(f"{model_path}: sha256 does not match serving.json (the model changed after the build)")
+    labels = None
+    if raw.get("labels") is not None:
+        labels_path = _inside(root, _get(raw, "labels", str, f"{w}:"), f"{w}: labels")
+        if not labels_path.is_file():
+            raise InputError(f"{w}: labels: {labels_path} does not exist")
+        labels = tuple(x.strip() for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip())
+    server = _get(raw, "server", dict, f"{w}:", {})
+    runtime = _get(raw, "runtime", dict, f"{w}:", {})
+    batching = _get(raw, "batching", dict, f"{w}:", {})
+    metrics = _get(raw, "metrics", dict, f"{w}:", {})
+    ws, wr, wb = f"{w}: server", f"{w}: runtime", f"{w}: batching"
+    buckets = _get(metrics, "latency_buckets", list, f"{w}: metrics", list(C.DEFAULT_LATENCY_BUCKETS))
+    if not buckets or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0
+                              and math.isfinite(b) for b in buckets):
+        raise InputError(f"{w}: metrics.latency_buckets: expected positive numbers, got {buckets!r}")
+    cfg = ServingConfig(
+        root=root, name=_get(raw, "name", str, f"{w}:"), version=str(_get(raw, "version", (str, int), f"{w}:")),
+        task=_get(raw, "task", str, f"{w}:", "other"), model_path=model_path, model_sha256=sha,
+        inputs=_tensors(model.get("inputs"), f"{w}: model.inputs"),
+        outputs=_tensors(model.get("outputs"), f"{w}: model.outputs"), labels=labels,
+        host=_get(server, "host", str, ws, "127.0.0.1"), port=_get(server, "port", int, ws, 8080),
+        workers=_get(server, "workers", int, ws, 1), max_body_bytes=_get(server, "max_body_bytes", int, ws, 8 << 20),
+        auth_token_env=_get(server, "auth_token_env", str, ws, None),
+        intra_op_threads=_get(runtime, "intra_op_threads", int, wr, 1),
+        inter_op_threads=_get(runtime, "inter_op_threads", int, wr, 1),
+        batching=_get(batching, "enabled", bool, wb, True), max_batch_size=_get(batching, "max_batch_size", int, wb, 32),
+        max_delay_ms=float(_get(batching, "max_delay_ms", (int, float), wb, 2.0)),
+        latency_buckets=tuple(sorted(float(b) for b in buckets)),
+    )
+    if cfg.max_batch_size < 1 or cfg.max_delay_ms < 0 or cfg.max_body_bytes < 1 or cfg.workers < 1:
+        raise InputError(f"{w}: batching.max_batch_size, server.workers and server.max_body_bytes must be >= 1, "
+                         "batching.max_delay_ms >= 0")
+    return cfg

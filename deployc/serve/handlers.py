@@ -1,0 +1,153 @@
+"""Route handlers. Each takes the server state and the request and returns a response or raises ClientError."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployc import __version__
+from deployc.serve import codec
+from deployc.serve.app import JSON, NPY, ServerState, json_response, outputs_json, read_body
+from deployc.serve.codec import ClientError
+
+
+async def live(state: ServerState, request: Request) -> Response:
+    return json_response({"live": True})
+
+
+async def ready(state: ServerState, request: Request) -> Response:
+    return json_response({"ready": state.ready}, 200 if state.ready else 503)
+
+
+async def ping(state: ServerState, request: Request) -> Response:
+    """SageMaker's health check: 200 once the model is loaded and warm."""
+    return json_response({"status": "ok" if state.ready else "unavailable"}, 200 if state.ready else 503)
+
+
+async def server_metadata(state: ServerState, request: Request) -> Response:
+    return json_response({"name": "deployc", "version": __version__, "extensions": []})
+
+
+def _check_model(state: ServerState, request: Request) -> None:
+    cfg = state.cfg
+    name = request.path_params["name"]
+    if name != cfg.name:
+        raise ClientError(404, f"unknown model {name!r}; this server serves {cfg.name!r}")
+    version = request.path_params.get("version")
+    if version is not None and version != cfg.version:
+        raise ClientError(404, f"unknown version {version!r} of model {name!r}; this server serves {cfg.version!r}")
+
+
+async def model_metadata(state: ServerState, request: Request) -> Response:
+    _check_model(state, request)
+    cfg = state.cfg
+    return json_response({
+        "name": cfg.name, "versions": [cfg.version], "platform": "onnxruntime_onnx",
+        "inputs": [t.as_json() for t in cfg.inputs], "outputs": [t.as_json() for t in cfg.outputs],
+        "parameters": {"task": cfg.task, "sha256": cfg.model_sha256, "labels": list(cfg.labels or [])},
+    })
+
+
+async def model_ready(state: ServerState, request: Request) -> Response:
+    _check_model(state, request)
+    return json_response({"name": state.cfg.name, "ready": state.ready}, 200 if state.ready else 503)
+
+
+async def metrics(state: ServerState, request: Request) -> Response:
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+async def _run(state: ServerState, request: Request, decode: Any) -> tuple[Any, list[np.ndarray], Any]:
+    """Read + decode (counted as `arriving` so the batcher knows to wait), then infer through the batcher."""
+    batcher, gauge = state.batcher, state.metrics.in_flight_child
+    batcher.arriving += 1
+    gauge.inc()
+    submitted = False
+    try:
+        body = await read_body(request, state.cfg.max_body_bytes)
+        feed, extra = decode(body)
+        rows = codec.rows_of(feed, state.cfg.inputs)
+        batcher.arrived()
+        submitted = True
+        outs = await batcher.infer(feed, rows)
+    finally:
+        if not submitted:
+            batcher.arrived()
+        gauge.dec()
+    state.metrics.observe_predictions(outs[0])
+    return feed, outs, extra
+
+
+async def infer(state: ServerState, request: Request) -> Response:
+    _check_model(state, request)
+    cfg = state.cfg
+
+    def decode(body: bytes) -> tuple[dict[str, np.ndarray], Any]:
+        req = codec.parse_json(body)
+        feed, wanted = codec.decode_v2(req, cfg.inputs, cfg.outputs)
+        return feed, (req, wanted)
+
+    _, outs, (req, wanted) = await _run(state, request, decode)
+    return json_response(_v2_response(state, req, outs, wanted))
+
+
+def _v2_response(state: ServerState, req: dict[str, Any], outs: list[np.ndarray], wanted: list[str] | None
+                 ) -> dict[str, Any]:
+    resp: dict[str, Any] = {"model_name": state.cfg.name, "model_version": state.cfg.version,
+                            "outputs": outputs_json(state, outs, wanted)}
+    if "id" in req:
+        resp["id"] = req["id"]
+    return resp
+
+
+def _accept(request: Request) -> str:
+    """JSON unless the client asks for npy first; 406 when it accepts neither."""
+    header = request.headers.get("accept", "")
+    if not header.strip():
+        return JSON
+    for part in header.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in (JSON, "*/*", "application/*"):
+            return JSON
+        if media == NPY:
+            return NPY
+    raise ClientError(406, f"cannot answer in {header!r}; accepted: {JSON}, {NPY}")
+
+
+async def invocations(state: ServerState, request: Request) -> Response:
+    """SageMaker: JSON (`instances` or a KServe v2 body) or an .npy array in; JSON or .npy out, per Accept."""
+    cfg = state.cfg
+    accept = _accept(request)
+    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    if ctype not in (JSON, NPY):
+        raise ClientError(415, f"unsupported Content-Type {ctype!r}; send {JSON} or {NPY}")
+
+    def decode(body: bytes) -> tuple[dict[str, np.ndarray], Any]:
+        if ctype == NPY:
+            return codec.decode_npy(body, cfg.inputs), ("npy", None)
+        req = codec.parse_json(body)
+        if isinstance(req, list):
+            req = {"instances": req}
+        if isinstance(req, dict) and "instances" in req:
+            return codec.decode_instances(req, cfg.inputs), ("instances", None)
+        if isinstance(req, dict) and "inputs" in req:
+            feed, wanted = codec.decode_v2(req, cfg.inputs, cfg.outputs)
+            return feed, ("v2", (req, wanted))
+        raise ClientError(400, 'expected {"instances": [...]}, a KServe v2 body with "inputs", or a JSON list')
+
+    _, outs, (kind, extra) = await _run(state, request, decode)
+    if accept == NPY:
+        index = 0
+        if kind == "v2" and extra[1]:
+            index = [s.name for s in cfg.outputs].index(extra[1][0])
+        return Response(codec.encode_npy(outs[index]), media_type=NPY)
+    if kind == "v2":
+        return json_response(_v2_response(state, extra[0], outs, extra[1]))
+    if len(outs) == 1:
+        return json_response({"predictions": outs[0]})
+    rows = [{s.name: o[i].tolist() for s, o in zip(cfg.outputs, outs)} for i in range(outs[0].shape[0])]
+    return json_response({"predictions": rows})
+

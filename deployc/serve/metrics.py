@@ -1,0 +1,78 @@
+"""The server's Prometheus metrics, named in `deployc.conventions` so the SLO rules and dashboards match.
+
+Each app gets its own registry (tests can run several servers in one process). With `--workers N` the CLI sets
+`PROMETHEUS_MULTIPROC_DIR` before the workers start; each worker then writes its samples to that folder and
+`/metrics` aggregates them across workers (gauges: in-flight summed over live workers, model info max).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from deployc import conventions as C
+from deployc.serve.config import ServingConfig
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class ServerMetrics:
+    def __init__(self, cfg: ServingConfig):
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.registry = CollectorRegistry(auto_describe=True)
+        base = (C.LABEL_MODEL, C.LABEL_VERSION)
+        self._base = (cfg.name, cfg.version)
+        r = self.registry
+        self.requests = Counter(C.METRIC_REQUESTS, "HTTP requests answered.", base + (C.LABEL_ROUTE, C.LABEL_CODE),
+                                registry=r)
+        self.duration = Histogram(C.METRIC_REQUEST_DURATION, "Time from request start to response, in seconds.",
+                                  base + (C.LABEL_ROUTE,), buckets=cfg.latency_buckets, registry=r)
+        self.batch = Histogram(C.METRIC_BATCH_SIZE, "Rows per model run (after dynamic batching).", base,
+                               buckets=C.BATCH_SIZE_BUCKETS, registry=r)
+        self.in_flight = Gauge(C.METRIC_IN_FLIGHT, "Inference requests being served.", base, registry=r,
+                               multiprocess_mode="livesum")
+        info = Gauge(C.METRIC_MODEL_INFO, "The served model (value 1).", base + ("sha256",), registry=r,
+                     multiprocess_mode="max")
+        info.labels(cfg.name, cfg.version, cfg.model_sha256).set(1)
+        self._predictions: Counter | None = None
+        self._class_names: list[str] = []
+        if cfg.task == "classification":
+            self._predictions = Counter(C.METRIC_PREDICTIONS, "Predicted classes (argmax of the first output).",
+                                        base + (C.LABEL_CLASS,), registry=r)
+            n = cfg.outputs[0].shape[-1] if cfg.outputs[0].shape and cfg.outputs[0].shape[-1] > 0 else 0
+            self._class_names = list(cfg.labels or [])
+            self._class_names += [str(i) for i in range(len(self._class_names), n)]
+        self._children: dict[tuple[str, ...], Any] = {}
+        self.batch_child = self.batch.labels(*self._base)
+        self.in_flight_child = self.in_flight.labels(*self._base)
+
+    def observe_request(self, route: str, code: int, seconds: float) -> None:
+        key = (route, str(code))
+        child = self._children.get(key)
+        if child is None:  # labels() is a dict lookup plus a lock: cache the children on the hot path
+            child = self._children[key] = (self.requests.labels(*self._base, route, str(code)),
+                                           self.duration.labels(*self._base, route))
+        child[0].inc()
+        child[1].observe(seconds)
+
+    def observe_batch(self, rows: int) -> None:
+        self.batch_child.observe(rows)
+
+    def observe_predictions(self, first_output: np.ndarray) -> None:
+        if self._predictions is None or first_output.ndim != 2 or first_output.shape[1] == 0:
+            return
+        counts = np.bincount(first_output.argmax(axis=1), minlength=first_output.shape[1])
+        for idx in np.flatnonzero(counts):
+            name = self._class_names[idx] if idx < len(self._class_names) else str(idx)
+            self._predictions.labels(*self._base, name).inc(int(counts[idx]))
+
+    def render(self) -> tuple[bytes, str]:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

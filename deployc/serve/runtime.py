@@ -1,0 +1,70 @@
+"""The onnxruntime session behind the server: built from serving.json, checked against it, warmed up."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from deployc.errors import InputError
+from deployc.serve.config import DATATYPES, ServingConfig, TensorSpec
+
+# onnxruntime's type strings for the datatypes serving.json may name.
+_ORT_TYPES = {f"tensor({t})": dt for dt, t in {
+    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float", "FP64": "double"}.items()}
+
+
+class ModelRunner:
+    """Owns the session. `run` is called from a worker thread: onnxruntime releases the GIL while it computes."""
+
+    def __init__(self, cfg: ServingConfig):
+        import onnxruntime as ort
+
+        self.cfg = cfg
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.intra_op_threads
+        opts.inter_op_num_threads = cfg.inter_op_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(cfg.model_path), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise InputError(f"{cfg.model_path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
+        self._check("inputs", cfg.inputs, self.session.get_inputs())
+        self._check("outputs", cfg.outputs, self.session.get_outputs())
+        self.input_dtypes = {t.name: np.dtype(DATATYPES[t.datatype]) for t in cfg.inputs}
+        self.output_names = [t.name for t in cfg.outputs]
+        # Batching needs every input and output to carry the batch axis first.
+        self.batchable = all(t.batched for t in cfg.inputs + cfg.outputs)
+
+    def _check(self, kind: str, declared: tuple[TensorSpec, ...], actual: list[Any]) -> None:
+        where = f"{self.cfg.config_path}: model.{kind}"
+        got = {a.name: a for a in actual}
+        if set(got) != {t.name for t in declared}:
+            raise InputError(f"{where}: names {sorted(t.name for t in declared)} do not match the model's "
+                             f"{sorted(got)}")
+        for t in declared:
+            a = got[t.name]
+            if _ORT_TYPES.get(a.type) != t.datatype:
+                raise InputError(f"{where}: {t.name!r} is {t.datatype} in serving.json but {a.type} in the model")
+            if len(a.shape) != len(t.shape):
+                raise InputError(f"{where}: {t.name!r} has rank {len(t.shape)} in serving.json but "
+                                 f"{len(a.shape)} in the model")
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """All outputs, in serving.json order."""
+        return self.session.run(self.output_names, feed)
+
+    def warm_up(self) -> None:
+        """One inference at batch 1 (and at the largest batch when batching) so the first request is not slow."""
+        sizes = [1] + ([self.cfg.max_batch_size] if self.batchable and self.cfg.batching else [])
+        for n in sizes:
+            feed = {t.name: np.zeros([n if i == 0 and s == -1 else (1 if s == -1 else s)
+                                      for i, s in enumerate(t.shape)], dtype=self.input_dtypes[t.name])
+                    for t in self.cfg.inputs}
+            try:
+                self.run(feed)
+            except Exception as e:
+                raise InputError(f"{self.cfg.model_path}: warm-up inference failed ({str(e).splitlines()[0]})") from None
