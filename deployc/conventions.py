@@ -53,3 +53,6 @@ LABEL_SLO = "slo"
 SAGEMAKER_VARIANT_NAME = "AllTraffic"
 SAGEMAKER_PORT = 8080
 CLOUDWATCH_NAMESPACE = "AWS/SageMaker"
+
+# --- CloudWatch alarms (written by the monitoring emitter, placed by the sagemaker target) --------------------
+CLOUDWATCH_ALARMS = "monitoring/cloudwatch-alarms.json"  # JSON list of {"logical_id", "properties"}
