@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from deployc.errors import InputError
 from deployc.manifest import sha256_bytes
-from deployc.render import render_yaml  # noqa: F401  (the loader the emitter uses)
 from deployc.targets.sagemaker import SageMakerTarget
 
 VPC = {"subnets": ["subnet-0123abcd", "subnet-0123456789abcdef0"], "security_groups": ["sg-0123abcd"]}

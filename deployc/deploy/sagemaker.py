@@ -57,6 +57,7 @@ def deploy(build_dir: Path, *, dry_run: bool = False, endpoint_url: str | None =
         for call in plan["calls"]:
             log(f"would call {call['service']}.{call['operation']} ({call['when']}): "
                 f"{json.dumps(call['parameters'], sort_keys=True)}")
+        log(f"dry run: nothing was called; endpoint {plan['endpoint_name']} would run {plan['endpoint_config_name']}")
         return _result(plan, dry_run=True, actions=[])
     runner = _Runner(plan, build_dir, clients or client_factory(plan["region"], endpoint_url), log,
                      wait_timeout_s, poll_s)

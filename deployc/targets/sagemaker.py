@@ -25,7 +25,7 @@ from deployc.targets.local import serving_files
 
 MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks ModelDataUrl
 BASE_IMAGE = "python:3.12-slim"
-ALARMS_FILE = f"{c.MONITORING_DIR}/cloudwatch-alarms.json"
+ALARMS_FILE = c.CLOUDWATCH_ALARMS
 _LOGICAL_ID = re.compile(r"^[A-Za-z0-9]{1,255}$")
 _RESERVED_IDS = {"Model", "EndpointConfig", "Endpoint", "ScalableTarget", "ScalingPolicy"}
 _ALARM_KEYS_OWNED_HERE = {"ActionsEnabled", "Tags"}  # set by the template/plan, not by the alarms document
