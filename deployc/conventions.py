@@ -62,3 +62,6 @@ ROUTE_HEALTH = "health"  # GET /v2/health/*, /v2/models/{m}/ready, /ping
 ROUTE_METRICS = "metrics"  # GET /metrics
 ROUTE_OTHER = "other"  # anything else (404s)
 SERVE_AUTH_HEADER = "Authorization"  # "Bearer <token>" when the serving config names auth_token_env
+
+# --- CloudWatch alarms (written by the monitoring emitter, placed by the sagemaker target) --------------------
+CLOUDWATCH_ALARMS = "monitoring/cloudwatch-alarms.json"  # JSON list of {"logical_id", "properties"}

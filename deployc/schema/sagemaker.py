@@ -1,29 +1,64 @@
 """`targets.sagemaker`: a real-time (or serverless) SageMaker endpoint, its autoscaling and alarms."""
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import math
+import re
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from deployc.schema.base import SpecModel
+from deployc.schema.sagemaker_instance_types import INSTANCE_TYPES
 
-ROLE_ARN = r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}$"
+ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}$"
 S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_!\-.*'()/=+]*)?$"
-REGION = r"^(us|eu|ap|sa|ca|me|af|il|mx)(-gov)?-(north|south|east|west|central|northeast|southeast|northwest|southwest)-\d$"
-KMS_KEY = r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9_/-]+|[0-9a-f-]{36}|alias/[A-Za-z0-9_/-]+)$"
+REGION = (r"^(us|eu|ap|sa|ca|me|af|il|mx|cn)(-gov|-iso|-isob)?-"
+          r"(north|south|east|west|central|northeast|southeast|northwest|southwest)-\d{1,2}$")
+KMS_KEY = (r"^(arn:aws(-cn|-us-gov|-iso|-iso-b)?:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9_/-]+"
+           r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|alias/[A-Za-z0-9_/-]+)$")
+# registry/repository[:tag|@sha256:digest]; SageMaker pulls from ECR (or a private registry inside a VPC)
+IMAGE_URI = r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?$"
+SUBNET = r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"
+SECURITY_GROUP = r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+DEFAULT_INSTANCE_TYPE = "ml.c6i.large"
+MAX_ROLLOUT_S = 28800  # BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds upper bound
+PROVISIONING_S = 1800  # time allowed for the new fleet to start, on top of the traffic-shift waits
+
+# Credentials never belong in a spec: the deploy uses the standard AWS credential chain.
+_ACCESS_KEY_ID = re.compile(r"(?<![A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
+_SECRET_KEY_NAME = re.compile(r"secret|private[_-]?key|credential", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+_SECRET_INLINE = re.compile(r"secret[A-Za-z_]*[\"']?\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+                            re.IGNORECASE)
+
+
+def credential_problem(key: str, value: str) -> str | None:
+    """Why `key: value` looks like an AWS credential, or None."""
+    for text in (key, value):
+        if _ACCESS_KEY_ID.search(text):
+            return (f"{key!r} holds what looks like an AWS access key id; credentials never go in the spec "
+                    "(deployc deploy uses the standard AWS credential chain: environment, profile, role)")
+    if (_SECRET_KEY_NAME.search(key) and _SECRET_VALUE.search(value)) or _SECRET_INLINE.search(value):
+        return (f"{key!r} holds what looks like an AWS secret access key; credentials never go in the spec "
+                "(use an IAM role, or a secret store the container reads at start)")
+    return None
 
 
 class Serverless(SpecModel):
-    memory_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = Field(2048)
-    max_concurrency: int = Field(10, ge=1, le=200)
+    memory_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = Field(2048, description="Memory per concurrent "
+                                                                    "invocation (ServerlessConfig.MemorySizeInMB).")
+    max_concurrency: int = Field(10, ge=1, le=200, description="Concurrent invocations before throttling.")
 
 
 class Autoscaling(SpecModel):
-    min_instances: int = Field(1, ge=1, le=1000)
-    max_instances: int = Field(4, ge=1, le=1000)
-    target_invocations_per_instance: float = Field(..., gt=0)
-    scale_in_cooldown_s: int = Field(300, ge=0, le=86400)
-    scale_out_cooldown_s: int = Field(60, ge=0, le=86400)
+    min_instances: int = Field(1, ge=1, le=1000, description="Scale-in floor.")
+    max_instances: int = Field(4, ge=1, le=1000, description="Scale-out ceiling.")
+    target_invocations_per_instance: float = Field(..., gt=0, description="Target of the SageMakerVariant"
+                                                   "InvocationsPerInstance tracking policy (per minute).")
+    scale_in_cooldown_s: int = Field(300, ge=0, le=86400, description="Wait after a scale-in before another.")
+    scale_out_cooldown_s: int = Field(60, ge=0, le=86400, description="Wait after a scale-out before another.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "Autoscaling":
@@ -33,38 +68,156 @@ class Autoscaling(SpecModel):
 
 
 class Vpc(SpecModel):
-    subnets: list[str] = Field(..., min_length=1, max_length=16)
-    security_groups: list[str] = Field(..., min_length=1, max_length=5)
+    subnets: list[str] = Field(..., min_length=1, max_length=16, description="Subnet ids (subnet-...).")
+    security_groups: list[str] = Field(..., min_length=1, max_length=5, description="Security group ids (sg-...).")
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, v: list[str]) -> list[str]:
+        return _all_match(v, SUBNET, "a subnet id (subnet- and 8 or 17 hex digits)")
+
+    @field_validator("security_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return _all_match(v, SECURITY_GROUP, "a security group id (sg- and 8 or 17 hex digits)")
 
 
 class DataCapture(SpecModel):
-    sampling_percent: int = Field(..., ge=0, le=100)
-    destination: str = Field(..., pattern=S3_URI)
-    capture: list[Literal["Input", "Output"]] = Field(default_factory=lambda: ["Input", "Output"])
+    sampling_percent: int = Field(..., ge=0, le=100, description="Share of requests captured.")
+    destination: str = Field(..., pattern=S3_URI, description="s3:// URI the captured requests go to.")
+    capture: list[Literal["Input", "Output"]] = Field(default_factory=lambda: ["Input", "Output"],
+                                                      min_length=1, description="What is captured.")
 
 
 class Rollout(SpecModel):
-    strategy: Literal["all-at-once", "canary", "linear"] = Field("all-at-once")
-    canary_percent: float | None = Field(None, gt=0, lt=100, description="canary: traffic share of the first step.")
-    linear_step_percent: float | None = Field(None, gt=0, lt=100, description="linear: traffic share per step.")
+    strategy: Literal["all-at-once", "canary", "linear"] = Field("all-at-once", description="Blue/green traffic "
+                                                                 "shifting of an endpoint update.")
+    canary_percent: int | None = Field(None, ge=1, le=99, description="canary: traffic share of the first step.")
+    linear_step_percent: int | None = Field(None, ge=1, le=99, description="linear: traffic share per step.")
     wait_s: int = Field(300, ge=0, le=3600, description="Wait between traffic shifts.")
-    termination_wait_s: int = Field(600, ge=0, le=3600)
-    rollback_on_alarms: bool = Field(True, description="Roll back when a generated CloudWatch alarm fires.")
+    termination_wait_s: int = Field(600, ge=0, le=3600, description="Keep the old fleet this long after the "
+                                    "last shift (rollback stays instant meanwhile).")
+    rollback_on_alarms: bool = Field(True, description="Roll back when a generated CloudWatch page alarm fires.")
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> "Rollout":
+        if self.strategy == "canary" and self.canary_percent is None:
+            raise ValueError("strategy canary needs canary_percent")
+        if self.strategy == "linear" and self.linear_step_percent is None:
+            raise ValueError("strategy linear needs linear_step_percent")
+        if self.strategy != "canary" and self.canary_percent is not None:
+            raise ValueError(f"canary_percent only applies to strategy canary, not {self.strategy}")
+        if self.strategy != "linear" and self.linear_step_percent is not None:
+            raise ValueError(f"linear_step_percent only applies to strategy linear, not {self.strategy}")
+        if self.shift_wait_s() + self.termination_wait_s + PROVISIONING_S > MAX_ROLLOUT_S:
+            raise ValueError(f"the rollout waits {self.shift_wait_s() + self.termination_wait_s}s, more than "
+                             f"SageMaker's {MAX_ROLLOUT_S}s limit leaves ({PROVISIONING_S}s are kept for "
+                             "provisioning): use larger steps or shorter waits")
+        return self
+
+    def shift_wait_s(self) -> int:
+        """Seconds spent between traffic shifts (the baking periods before the last shift)."""
+        if self.strategy == "canary":
+            return self.wait_s
+        if self.strategy == "linear" and self.linear_step_percent:
+            return self.wait_s * (math.ceil(100 / self.linear_step_percent) - 1)
+        return 0
 
 
 class SageMakerTarget(SpecModel):
-    region: str = Field(..., pattern=REGION)
+    region: str = Field(..., pattern=REGION, description="AWS region of the endpoint (us-east-1).")
     role_arn: str = Field(..., pattern=ROLE_ARN, description="Execution role SageMaker assumes.")
-    image_uri: str = Field(..., min_length=1, description="The `deployc serve` image (the bundle ships its Dockerfile).")
+    image_uri: str = Field(..., max_length=255, pattern=IMAGE_URI,
+                           description="The `deployc serve` image (the bundle ships its Dockerfile).")
     s3_prefix: str = Field(..., pattern=S3_URI, description="Where model.tar.gz is uploaded, keyed by its hash.")
-    instance_type: str | None = Field("ml.c6i.large")
-    initial_instance_count: int = Field(1, ge=1, le=1000)
+    instance_type: str | None = Field(None, description=f"Instance type (default {DEFAULT_INSTANCE_TYPE}); "
+                                      "not with serverless.")
+    initial_instance_count: int | None = Field(None, ge=1, le=1000, description="Instances at creation "
+                                               "(default 1, or autoscaling.min_instances); not with serverless.")
     serverless: Serverless | None = Field(None, description="Serverless endpoint instead of instances.")
-    autoscaling: Autoscaling | None = None
-    kms_key: str | None = Field(None, pattern=KMS_KEY)
-    vpc: Vpc | None = None
-    network_isolation: bool = False
-    data_capture: DataCapture | None = None
-    rollout: Rollout = Field(default_factory=Rollout)
-    tags: dict[str, str] = Field(default_factory=dict)
-    environment: dict[str, str] = Field(default_factory=dict)
+    autoscaling: Autoscaling | None = Field(None, description="Target-tracking autoscaling of the instance count.")
+    kms_key: str | None = Field(None, pattern=KMS_KEY, description="KMS key (id, ARN or alias) for the endpoint's "
+                                "storage volume and the data capture files.")
+    vpc: Vpc | None = Field(None, description="Run the model containers inside these subnets.")
+    network_isolation: bool = Field(False, description="No outbound network access from the container.")
+    data_capture: DataCapture | None = Field(None, description="Capture requests/responses to S3.")
+    rollout: Rollout = Field(default_factory=Rollout, description="How an update shifts traffic.")
+    tags: dict[str, str] = Field(default_factory=dict, max_length=50, description="Tags on every resource.")
+    environment: dict[str, str] = Field(default_factory=dict, max_length=100,
+                                        description="Container environment (never credentials).")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, v: str | None) -> str | None:
+        if v is not None and v not in INSTANCE_TYPES:
+            close = difflib.get_close_matches(v, sorted(INSTANCE_TYPES), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else " (see docs/sagemaker.md)"
+            raise ValueError(f"{v!r} is not a SageMaker inference instance type{hint}")
+        return v
+
+    @field_validator("serverless")
+    @classmethod
+    def _serverless_exclusive(cls, v: Serverless | None, info: ValidationInfo) -> Serverless | None:
+        if v is not None:
+            for other in ("instance_type", "initial_instance_count"):
+                if info.data.get(other) is not None:
+                    raise ValueError(f"serverless and {other} are exclusive: a serverless endpoint has no instances")
+        return v
+
+    @field_validator("autoscaling", "data_capture")
+    @classmethod
+    def _not_serverless(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and info.data.get("serverless") is not None:
+            raise ValueError(f"{info.field_name} needs instances; serverless endpoints do not support it")
+        return v
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _initial_in_range(cls, v: Autoscaling | None, info: ValidationInfo) -> Autoscaling | None:
+        n = info.data.get("initial_instance_count")
+        if v is not None and n is not None and not v.min_instances <= n <= v.max_instances:
+            raise ValueError(f"initial_instance_count {n} is outside min_instances..max_instances "
+                             f"({v.min_instances}..{v.max_instances})")
+        return v
+
+    @field_validator("image_uri")
+    @classmethod
+    def _image_no_credentials(cls, v: str) -> str:
+        problem = credential_problem("image_uri", v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("environment", "tags")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for key, value in v.items():
+            problem = credential_problem(key, value)
+            if problem:
+                raise ValueError(problem)
+            if info.field_name == "environment" and not ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, _)")
+            if info.field_name == "tags":
+                if not 1 <= len(key) <= 128 or len(value) > 256 or key.lower().startswith("aws:"):
+                    raise ValueError(f"tag {key!r}: keys have 1-128 characters and may not start with aws:, "
+                                     "values at most 256")
+        return v
+
+    def resolved_instance_type(self) -> str | None:
+        return None if self.serverless else (self.instance_type or DEFAULT_INSTANCE_TYPE)
+
+    def resolved_instance_count(self) -> int | None:
+        if self.serverless:
+            return None
+        if self.initial_instance_count is not None:
+            return self.initial_instance_count
+        return self.autoscaling.min_instances if self.autoscaling else 1
+
+
+def _all_match(values: list[str], pattern: str, what: str) -> list[str]:
+    bad = [v for v in values if not re.match(pattern, v)]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))}: not {what}")
+    if len(set(values)) != len(values):
+        raise ValueError("listed more than once")
+    return values

@@ -1,0 +1,162 @@
+"""The SageMaker deploy plan: the exact boto3 calls `deployc deploy` makes, computed at build time.
+
+The target writes it as `sagemaker/deploy-plan.json`; the CloudFormation template is rendered from the same
+pieces, so the template and the boto3 deploy always describe the same resources. Pure data, no boto3 here.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from deployc import conventions as c
+from deployc.schema.sagemaker import PROVISIONING_S, SageMakerTarget
+
+PLAN_FORMAT_VERSION = 1
+ARTIFACT_FILE = f"{c.SAGEMAKER_DIR}/model.tar.gz"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
+MAX_ROLLBACK_ALARMS = 10  # AutoRollbackConfiguration.Alarms holds at most 10
+_NAME_STEM = 50  # 50 + "-" + 12 hex digits = 63, SageMaker's name limit
+
+
+def content_name(name: str, params: dict[str, Any]) -> str:
+    """`<name>-<12 hex>` from the parameters that define an immutable resource: a change gets a new name."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{name[:_NAME_STEM].rstrip('-')}-{digest}"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key.strip("/")
+
+
+def artifact_location(cfg: SageMakerTarget, name: str, sha256: str) -> tuple[str, str]:
+    """(bucket, key) of model.tar.gz: keyed by its hash, so an identical build uploads nothing."""
+    bucket, prefix = split_s3_uri(cfg.s3_prefix)
+    return bucket, "/".join(p for p in (prefix, name, sha256, "model.tar.gz") if p)
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def rollback_alarm_ids(alarms: list[dict[str, Any]]) -> list[str]:
+    """Logical ids of the alarms that roll an update back: the fast-burn (page) tier.
+
+    Slow-burn alarms look at days of traffic, so they say nothing about a rollout of minutes and may already be
+    firing when it starts.
+    """
+    return [a["logical_id"] for a in alarms if "Page" in a["logical_id"]][:MAX_ROLLBACK_ALARMS]
+
+
+def deployment_config(cfg: SageMakerTarget, rollback_alarm_names: list[str]) -> dict[str, Any]:
+    r = cfg.rollout
+    routing: dict[str, Any] = {"Type": r.strategy.upper().replace("-", "_"), "WaitIntervalInSeconds": r.wait_s}
+    if r.strategy == "canary":
+        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": r.canary_percent}
+    elif r.strategy == "linear":
+        routing["LinearStepSize"] = {"Type": "CAPACITY_PERCENT", "Value": r.linear_step_percent}
+    timeout = max(600, r.shift_wait_s() + r.termination_wait_s + PROVISIONING_S)
+    out: dict[str, Any] = {"BlueGreenUpdatePolicy": {
+        "TrafficRoutingConfiguration": routing,
+        "TerminationWaitInSeconds": r.termination_wait_s,
+        "MaximumExecutionTimeoutInSeconds": timeout,
+    }}
+    if r.rollback_on_alarms and rollback_alarm_names:
+        out["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": n} for n in rollback_alarm_names]}
+    return out
+
+
+def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256: str, artifact_size: int,
+               alarms: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole plan: names, the artifact's S3 location and the ordered calls."""
+    bucket, key = artifact_location(cfg, name, artifact_sha256)
+    model_data_url = f"s3://{bucket}/{key}"
+    tags = {"Tags": tag_list(cfg.tags)} if cfg.tags else {}
+
+    model: dict[str, Any] = {
+        "ExecutionRoleArn": cfg.role_arn,
+        "PrimaryContainer": {"Image": cfg.image_uri, "ModelDataUrl": model_data_url,
+                             "Environment": dict(sorted(cfg.environment.items()))},
+        "EnableNetworkIsolation": cfg.network_isolation,
+    }
+    if cfg.vpc:
+        model["VpcConfig"] = {"SecurityGroupIds": list(cfg.vpc.security_groups), "Subnets": list(cfg.vpc.subnets)}
+    model_name = content_name(name, model)
+    model = {"ModelName": model_name, **model, **tags}
+
+    variant: dict[str, Any] = {"VariantName": c.SAGEMAKER_VARIANT_NAME, "ModelName": model_name,
+                               "InitialVariantWeight": 1.0}
+    if cfg.serverless:
+        variant["ServerlessConfig"] = {"MemorySizeInMB": cfg.serverless.memory_mb,
+                                       "MaxConcurrency": cfg.serverless.max_concurrency}
+    else:
+        variant["InstanceType"] = cfg.resolved_instance_type()
+        variant["InitialInstanceCount"] = cfg.resolved_instance_count()
+    endpoint_config: dict[str, Any] = {"ProductionVariants": [variant]}
+    if cfg.kms_key:
+        endpoint_config["KmsKeyId"] = cfg.kms_key
+    if cfg.data_capture:
+        dc = cfg.data_capture
+        capture: dict[str, Any] = {"EnableCapture": True, "InitialSamplingPercentage": dc.sampling_percent,
+                                   "DestinationS3Uri": dc.destination,
+                                   "CaptureOptions": [{"CaptureMode": m} for m in dc.capture]}
+        if cfg.kms_key:
+            capture["KmsKeyId"] = cfg.kms_key
+        endpoint_config["DataCaptureConfig"] = capture
+    config_name = content_name(name, endpoint_config)
+    endpoint_config = {"EndpointConfigName": config_name, **endpoint_config, **tags}
+
+    names = {a["logical_id"]: a["properties"]["AlarmName"] for a in alarms}
+    rollback = [names[i] for i in rollback_alarm_ids(alarms)]
+    calls: list[dict[str, Any]] = [
+        _call("s3", "put_object", "absent", {
+            "Bucket": bucket, "Key": key, "Body": {"file": ARTIFACT_FILE}, "ContentType": "application/gzip",
+            "ChecksumSHA256": base64.b64encode(bytes.fromhex(artifact_sha256)).decode(),
+            "Metadata": {"sha256": artifact_sha256}}),
+        _call("sagemaker", "create_model", "absent", model),
+        _call("sagemaker", "create_endpoint_config", "absent", endpoint_config),
+    ]
+    # Alarms before the endpoint: an update's auto-rollback watches them from its first traffic shift.
+    for a in alarms:
+        calls.append(_call("cloudwatch", "put_metric_alarm", "changed", {**a["properties"], **tags}))
+    calls.append(_call("sagemaker", "create_endpoint", "absent-or-other-config", {
+        "EndpointName": name, "EndpointConfigName": config_name,
+        "DeploymentConfig": deployment_config(cfg, rollback), **tags}))
+    if cfg.autoscaling:
+        a = cfg.autoscaling
+        target = {"ServiceNamespace": "sagemaker", "ResourceId": scaling_resource_id(name),
+                  "ScalableDimension": SCALABLE_DIMENSION}
+        calls.append(_call("application-autoscaling", "register_scalable_target", "changed", {
+            **target, "MinCapacity": a.min_instances, "MaxCapacity": a.max_instances}))
+        calls.append(_call("application-autoscaling", "put_scaling_policy", "changed", {
+            "PolicyName": f"{name}-invocations-per-instance", **target, "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "TargetValue": float(a.target_invocations_per_instance),
+                "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
+                "ScaleInCooldown": a.scale_in_cooldown_s, "ScaleOutCooldown": a.scale_out_cooldown_s}}))
+    return {
+        "format_version": PLAN_FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "region": cfg.region,
+        "endpoint_name": name,
+        "variant_name": c.SAGEMAKER_VARIANT_NAME,
+        "model_name": model_name,
+        "endpoint_config_name": config_name,
+        "artifact": {"file": ARTIFACT_FILE, "sha256": artifact_sha256, "size": artifact_size,
+                     "s3_uri": model_data_url},
+        "calls": calls,
+    }
+
+
+def scaling_resource_id(endpoint_name: str) -> str:
+    return f"endpoint/{endpoint_name}/variant/{c.SAGEMAKER_VARIANT_NAME}"
+
+
+def _call(service: str, operation: str, when: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """One boto3 call. `when`: absent (skip if the resource exists), changed (skip if it already matches),
+    absent-or-other-config (create_endpoint, or update_endpoint when the endpoint runs another config)."""
+    return {"service": service, "operation": operation, "when": when, "parameters": parameters}

@@ -1,0 +1,206 @@
+"""`deployc deploy --target sagemaker`: run a bundle's deploy-plan.json against AWS, idempotently.
+
+Reads the built bundle only (never the spec): the manifest is verified first, so a bundle edited after the build
+is refused. Models and endpoint configs are immutable and named by content hash: they are created when absent and
+never deleted, so the endpoint always has its last good config to stay on (SageMaker rolls a failed update back
+to it). A second run of the same bundle finds every resource in place and changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deployc import conventions as c
+from deployc.deploy.aws import (
+    ClientFactory,
+    aws_errors,
+    client_factory,
+    describe_message,
+    is_not_found,
+    same,
+)
+from deployc.deploy.endpoint import update_or_create
+from deployc.deploy.plan import PLAN_FORMAT_VERSION
+from deployc.errors import DeployError, InputError
+from deployc.manifest import verify_build
+
+PLAN_FILE = f"{c.SAGEMAKER_DIR}/deploy-plan.json"
+SETTLED = {"InService", "Failed", "OutOfService"}
+
+
+def load_plan(build_dir: Path) -> dict[str, Any]:
+    """The verified bundle's deploy plan (InputError when the bundle is modified or has no sagemaker target)."""
+    verify_build(build_dir)
+    path = build_dir / PLAN_FILE
+    if not path.is_file():
+        raise InputError(f"{build_dir}: no {PLAN_FILE}; the spec has no targets.sagemaker")
+    plan = json.loads(path.read_text())
+    if plan.get("format_version") != PLAN_FORMAT_VERSION:
+        raise InputError(f"{path}: format_version {plan.get('format_version')!r}, this deployc reads "
+                         f"{PLAN_FORMAT_VERSION}; rebuild the bundle")
+    return plan
+
+
+def deploy(build_dir: Path, *, dry_run: bool = False, endpoint_url: str | None = None,
+           wait_timeout_s: float = 1800, log: Callable[[str], Any] = print,
+           clients: ClientFactory | None = None, poll_s: float = 15.0) -> dict[str, Any]:
+    """Deploy the bundle in `build_dir`; returns what was done (`changed`, `actions`) and the resource names.
+
+    Raises InputError for a bad bundle and DeployError when AWS fails (the endpoint stays on its last good config).
+    """
+    build_dir = Path(build_dir)
+    plan = load_plan(build_dir)
+    if dry_run:
+        for call in plan["calls"]:
+            log(f"would call {call['service']}.{call['operation']} ({call['when']}): "
+                f"{json.dumps(call['parameters'], sort_keys=True)}")
+        log(f"dry run: nothing was called; endpoint {plan['endpoint_name']} would run {plan['endpoint_config_name']}")
+        return _result(plan, dry_run=True, actions=[])
+    runner = _Runner(plan, build_dir, clients or client_factory(plan["region"], endpoint_url), log,
+                     wait_timeout_s, poll_s)
+    try:
+        runner.run()
+    except DeployError:
+        raise
+    except aws_errors() as exc:
+        raise DeployError(f"{runner.current}: {describe_message(exc)}. {runner.endpoint_state()}") from None
+    changed = any(a["status"] == "applied" for a in runner.actions)
+    log(f"endpoint {plan['endpoint_name']} runs {plan['endpoint_config_name']}: "
+        + ("deployed" if changed else "already up to date, nothing changed"))
+    return _result(plan, dry_run=False, actions=runner.actions)
+
+
+def _result(plan: dict[str, Any], *, dry_run: bool, actions: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "changed": any(a["status"] == "applied" for a in actions),
+        "endpoint_name": plan["endpoint_name"],
+        "endpoint_config_name": plan["endpoint_config_name"],
+        "model_name": plan["model_name"],
+        "model_data_url": plan["artifact"]["s3_uri"],
+        "region": plan["region"],
+        "actions": actions,
+        "planned": [f"{call['service']}.{call['operation']}" for call in plan["calls"]],
+    }
+
+
+class _Runner:
+    """Executes the plan's calls in order; each checks the current state first and skips what is in place."""
+
+    def __init__(self, plan: dict[str, Any], build_dir: Path, clients: ClientFactory, log: Callable[[str], Any],
+                 wait_timeout_s: float, poll_s: float):
+        self.plan, self.build_dir, self.client, self.log = plan, build_dir, clients, log
+        self.wait_timeout_s, self.poll_s = wait_timeout_s, poll_s
+        self.actions: list[dict[str, str]] = []
+        self.current = "deploy"
+        self.calls = {call["operation"]: call["parameters"] for call in plan["calls"]}
+
+    def run(self) -> None:
+        for call in self.plan["calls"]:
+            self.current = f"{call['service']}.{call['operation']}"
+            handler = getattr(self, f"_{call['operation']}")
+            handler(call["parameters"])
+
+    def _done(self, status: str, detail: str) -> None:
+        self.actions.append({"call": self.current, "status": status, "detail": detail})
+        self.log(f"{'applied ' if status == 'applied' else 'unchanged'} {self.current}: {detail}")
+
+    # --- immutable resources: created when absent -----------------------------------------------------------
+    def _put_object(self, p: dict[str, Any]) -> None:
+        s3, art = self.client("s3"), self.plan["artifact"]
+        try:
+            head = s3.head_object(Bucket=p["Bucket"], Key=p["Key"])
+        except aws_errors() as exc:
+            if not is_not_found(exc):
+                raise
+        else:
+            if head.get("ContentLength") != art["size"]:
+                raise DeployError(f"{art['s3_uri']} exists with {head.get('ContentLength')} bytes, not the "
+                                  f"build's {art['size']}: something else wrote to deployc's key; remove it")
+            return self._done("unchanged", f"{art['s3_uri']} already uploaded")
+        body = (self.build_dir / p["Body"]["file"]).read_bytes()
+        s3.put_object(**{**p, "Body": body})
+        self._done("applied", f"uploaded {art['s3_uri']} ({len(body)} bytes)")
+
+    def _create_model(self, p: dict[str, Any]) -> None:
+        self._create_absent("model", p["ModelName"], lambda: self.client("sagemaker").describe_model(
+            ModelName=p["ModelName"]), lambda: self.client("sagemaker").create_model(**p))
+
+    def _create_endpoint_config(self, p: dict[str, Any]) -> None:
+        name = p["EndpointConfigName"]
+        self._create_absent("endpoint config", name, lambda: self.client("sagemaker").describe_endpoint_config(
+            EndpointConfigName=name), lambda: self.client("sagemaker").create_endpoint_config(**p))
+
+    def _create_absent(self, what: str, name: str, describe: Callable[[], Any], create: Callable[[], Any]) -> None:
+        try:
+            describe()
+        except aws_errors() as exc:
+            if not is_not_found(exc):
+                raise
+            create()
+            return self._done("applied", f"created {what} {name}")
+        self._done("unchanged", f"{what} {name} exists")
+
+    # --- mutable settings: written when they differ ---------------------------------------------------------
+    def _put_metric_alarm(self, p: dict[str, Any]) -> None:
+        cw = self.client("cloudwatch")
+        found = cw.describe_alarms(AlarmNames=[p["AlarmName"]], AlarmTypes=["MetricAlarm"])["MetricAlarms"]
+        wanted = {k: v for k, v in p.items() if k != "Tags"}
+        if found and same(wanted, found[0]):
+            return self._done("unchanged", f"alarm {p['AlarmName']} is up to date")
+        cw.put_metric_alarm(**p)
+        self._done("applied", f"{'updated' if found else 'created'} alarm {p['AlarmName']}")
+
+    def _register_scalable_target(self, p: dict[str, Any]) -> None:
+        aas = self.client("application-autoscaling")
+        found = aas.describe_scalable_targets(ServiceNamespace=p["ServiceNamespace"], ResourceIds=[p["ResourceId"]],
+                                              ScalableDimension=p["ScalableDimension"])["ScalableTargets"]
+        if found and same(p, found[0]):
+            return self._done("unchanged", f"scalable target {p['ResourceId']} is up to date")
+        aas.register_scalable_target(**p)
+        self._done("applied", f"registered {p['ResourceId']} ({p['MinCapacity']}..{p['MaxCapacity']} instances)")
+
+    def _put_scaling_policy(self, p: dict[str, Any]) -> None:
+        aas = self.client("application-autoscaling")
+        found = aas.describe_scaling_policies(
+            ServiceNamespace=p["ServiceNamespace"], ResourceId=p["ResourceId"],
+            ScalableDimension=p["ScalableDimension"], PolicyNames=[p["PolicyName"]])["ScalingPolicies"]
+        if found and same(p, found[0]):
+            return self._done("unchanged", f"scaling policy {p['PolicyName']} is up to date")
+        aas.put_scaling_policy(**p)
+        self._done("applied", f"put scaling policy {p['PolicyName']}")
+
+    # --- the endpoint ------------------------------------------------------------------------------------------
+    def _create_endpoint(self, p: dict[str, Any]) -> None:
+        update_or_create(self, p)
+
+    def endpoint_state(self) -> str:
+        """Where the endpoint stands after a failure, for the error message."""
+        name = self.plan["endpoint_name"]
+        try:
+            d = self.client("sagemaker").describe_endpoint(EndpointName=name)
+        except aws_errors() as exc:
+            if is_not_found(exc):
+                return f"Endpoint {name} does not exist yet; nothing was deleted."
+            return f"The state of endpoint {name} is unknown ({describe_message(exc)}); nothing was deleted."
+        return (f"Endpoint {name} is {d['EndpointStatus']} on config {d['EndpointConfigName']}; "
+                "no config or model was deleted.")
+
+    def wait_settled(self, name: str) -> dict[str, Any]:
+        """describe_endpoint until the endpoint leaves Creating/Updating/RollingBack, or DeployError on timeout."""
+        deadline = time.monotonic() + self.wait_timeout_s
+        sm = self.client("sagemaker")
+        while True:
+            d = sm.describe_endpoint(EndpointName=name)
+            if d["EndpointStatus"] in SETTLED:
+                return dict(d)
+            if time.monotonic() >= deadline:
+                raise DeployError(
+                    f"endpoint {name} is still {d['EndpointStatus']} after {self.wait_timeout_s:g}s "
+                    f"(--wait-timeout). SageMaker goes on in the background; until the update completes the "
+                    f"endpoint serves its previous config {d.get('EndpointConfigName')}. Run deployc deploy again "
+                    "to resume (it waits, then finishes autoscaling).")
+            time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
