@@ -73,6 +73,10 @@ def reference(ctx: StepContext) -> dict[str, Any]:
 
 def _predict_savedmodel(path: Path, x: Any) -> Any:
     import numpy as np
+
+    from deployc.ml.convert import quiet_tensorflow
+
+    quiet_tensorflow()
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(path)).signatures["serving_default"]

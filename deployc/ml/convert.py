@@ -16,11 +16,23 @@ SPEC_DTYPES = {"float32": "float32", "float16": "float16", "float64": "float64",
 
 
 def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of build logs."""
+    """Import TensorFlow with its C++ start-up chatter (absl, oneDNN, CUDA probing) kept out of build logs."""
     import os
+    import sys
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def load_keras(path: Path) -> Any:
