@@ -116,7 +116,15 @@ def test_values_cannot_change_the_readme_structure(int8_build: Any) -> None:
     meta["inputs"][0]["name"] = "x\n```\n# Injected heading\n"
     text = readme(meta, "deploy.yaml\n-->\n# Also injected")
     assert "\n# Injected" not in text and "\n# Also injected" not in text
-    assert [ln for ln in text.splitlines() if ln.startswith("# ")] == ["# TFLite (LiteRT) bundle"]
+    headings, in_code = [], False
+    for line in text.splitlines():  # CommonMark: a fence opens/closes only at the start of a line
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            headings.append(line)
+    assert not in_code
+    assert headings == ["# TFLite (LiteRT) bundle", "## Input", "## Output", "## Run it (Python, `pip install "
+                        "ai-edge-litert`)", "## Measured by deployc"]
 
 
 def test_size_budget_fails_with_size_and_limit(tmp_path: Path) -> None:
