@@ -1,0 +1,239 @@
+"""`targets.tflite`: model.tflite converted from the Keras model, verified with the LiteRT interpreter on data.eval.
+
+Two cached steps: `tflite:convert` (for `auto`, it converts every candidate, evaluates each on data.eval and
+keeps the smallest that passes the gates) and `tflite:verify` (accuracy, agreement, error, size and latency of
+the kept model.tflite). The emitter reads their outputs; it never runs a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import deployc
+from deployc import conventions as c
+from deployc.compiler.steps import Step, StepContext
+from deployc.errors import GateError, InputError
+from deployc.render import dump_json, render_template
+from deployc.schema.spec import DeploySpec, Gates
+from deployc.schema.tflite import TFLiteTarget as TFLiteConfig
+from deployc.targets.base import EmitContext, Target
+
+CONVERT = "tflite:convert"
+VERIFY = "tflite:verify"
+REFERENCE = "reference"
+MODEL = "model.tflite"
+METADATA_VERSION = 1
+LIBS = ("tensorflow", "ai-edge-litert")
+
+
+def _gate_failures(gates: Gates, cfg: TFLiteConfig, reference: dict[str, Any], figures: dict[str, Any]
+                   ) -> list[str]:
+    """The gates a candidate fails (latency is measured only on the kept model, so it is not a criterion)."""
+    out = []
+    acc, ref_acc = figures.get("accuracy"), reference.get("accuracy")
+    checks = [
+        ("max_accuracy_drop", gates.max_accuracy_drop,
+         None if acc is None or ref_acc is None else round(ref_acc - acc, 6), True),
+        ("min_agreement", gates.min_agreement, figures.get("agreement"), False),
+        ("max_abs_error", gates.max_abs_error, figures.get("max_abs_error"), True),
+        ("max_size_mb", gates.max_size_mb, figures["size_bytes"] / 1e6, True),
+        ("max_size_kb", cfg.max_size_kb, figures["size_bytes"] / 1024, True),
+    ]
+    for name, limit, value, larger_is_worse in checks:
+        if limit is None:
+            continue
+        if value is None or (value > limit if larger_is_worse else value < limit):
+            shown = "not measured" if value is None else f"{value:g}"
+            out.append(f"{name}: limit {limit:g}, measured {shown}")
+    return out
+
+
+def _check_budget(cfg: TFLiteConfig, size: int, what: str) -> None:
+    if cfg.max_size_kb is not None and size > cfg.max_size_kb * 1024:
+        raise GateError(f"targets.tflite.max_size_kb: {what} is {size / 1024:.1f} KiB ({size} bytes), over the "
+                        f"limit of {cfg.max_size_kb:g} KiB")
+
+
+def _source(ctx: StepContext, dep: str) -> Path:
+    out = ctx.deps[dep]
+    return Path(out.dir) / out.result["model"]
+
+
+def _calibration(ctx: StepContext) -> Any:
+    return ctx.data("calibration")[0] if ctx.spec.data.calibration is not None else None
+
+
+def run_convert(ctx: StepContext, cfg: TFLiteConfig, source_step: str) -> dict[str, Any]:
+    from deployc.ml.tflite import candidate_modes, convert
+
+    src, calib = _source(ctx, source_step), _calibration(ctx)
+    inputs = list(ctx.spec.model.inputs) if ctx.spec.model.inputs else None
+    modes = candidate_modes(cfg)
+    if len(modes) == 1:
+        ctx.log(f"converting to TFLite ({modes[0]})")
+        info = convert(src, ctx.out_dir / MODEL, cfg, calib, mode=modes[0], inputs=inputs)
+        _check_budget(cfg, info["size_bytes"], MODEL)
+        return {"model": MODEL, **info, "candidates": []}
+    return _auto(ctx, cfg, src, calib, inputs, modes)
+
+
+def _auto(ctx: StepContext, cfg: TFLiteConfig, src: Path, calib: Any, inputs: Any, modes: list[str]
+          ) -> dict[str, Any]:
+    """Convert and evaluate every candidate; keep the smallest that passes the gates and the size budget."""
+    import numpy as np
+
+    from deployc.ml.evaluate import compare, sizes
+    from deployc.ml.tflite import convert, predict_tflite
+
+    x, y = ctx.data("eval")
+    ref_out = ctx.deps[REFERENCE]
+    reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
+    ref_eval = ref_out.result.get("evaluation", {})
+    cand_dir = ctx.out_dir / "candidates"
+    rows: list[dict[str, Any]] = []
+    infos: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        if mode == "int8" and calib is None:
+            rows.append({"mode": mode, "passed": False, "failed": ["skipped: int8 needs data.calibration"]})
+            continue
+        path = cand_dir / f"{mode}.tflite"
+        ctx.log(f"auto: converting and evaluating {mode}")
+        infos[mode] = convert(src, path, cfg, calib, mode=mode, inputs=inputs)
+        figures = compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.spec.model.task)
+        figures.update(sizes(path))
+        failed = _gate_failures(ctx.spec.gates, cfg, ref_eval, figures)
+        rows.append({"mode": mode, **figures, "passed": not failed, "failed": failed})
+    passing = sorted((r for r in rows if r["passed"]), key=lambda r: (r["size_bytes"], modes.index(r["mode"])))
+    if not passing:
+        table = "\n".join(f"  {r['mode']}: " + "; ".join(r["failed"]) for r in rows)
+        raise GateError("targets.tflite: quantization auto: no candidate passes the gates", table)
+    chosen = passing[0]["mode"]
+    shutil.copyfile(cand_dir / f"{chosen}.tflite", ctx.out_dir / MODEL)
+    shutil.rmtree(cand_dir)
+    return {"model": MODEL, **infos[chosen], "candidates": rows}
+
+
+def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
+    import numpy as np
+
+    from deployc.ml.evaluate import compare, sizes
+    from deployc.ml.tflite import measure_tflite, predict_tflite
+
+    conv = ctx.deps[CONVERT]
+    path = Path(conv.dir) / MODEL
+    figures: dict[str, Any] = dict(sizes(path))
+    warnings = list(conv.result.get("warnings", []))
+    result: dict[str, Any] = {"artifact": "tflite", "mode": conv.result["mode"], "io_type": conv.result["io_type"],
+                              "evaluation": figures, "warnings": warnings, "candidates": conv.result["candidates"]}
+    if conv.result.get("select_tf_ops"):
+        warnings.append("not run: this machine's LiteRT runtime has no Select TF ops (Flex) delegate, so accuracy, "
+                        "agreement and latency are not measured")
+        result["verified"] = False
+        return result
+    if REFERENCE in ctx.deps:
+        x, y = ctx.data("eval")
+        ref_out = ctx.deps[REFERENCE]
+        reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
+        ctx.log("verifying model.tflite on data.eval")
+        figures.update(compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.spec.model.task))
+        result["reference"] = ref_out.result.get("evaluation", {})
+    else:
+        x = _calibration(ctx)
+        if x is None:
+            shape = [1 if d == -1 else d for d in conv.result["inputs"][0]["shape"]]
+            x = np.zeros(shape, dtype=np.float32)
+    figures.update(measure_tflite(path, x, cfg.threads, ctx.spec.measure.min_seconds))
+    result["verified"] = REFERENCE in ctx.deps
+    _check_budget(cfg, figures["size_bytes"], MODEL)
+    return result
+
+
+def _data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...]:
+    sets = [getattr(spec.data, w) for w in which]
+    return tuple(spec_dir / ds.path for ds in sets if ds is not None)
+
+
+class TFLiteTarget(Target):
+    name = "tflite"
+    config_model = TFLiteConfig
+
+    def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None
+              ) -> list[Step]:
+        cfg: TFLiteConfig = self.config(spec)
+        if keras_model_step is None:
+            raise InputError("targets.tflite needs a Keras or SavedModel model")
+        auto = cfg.quantization == "auto" and cfg.device != "microcontroller"
+        has_eval = spec.data.eval is not None
+        if auto and not has_eval:
+            raise InputError("targets.tflite: quantization auto evaluates candidates on data.eval: set it")
+        base = {"config": cfg.model_dump(mode="json"), "task": spec.model.task,
+                "inputs": [t.model_dump(mode="json") for t in spec.model.inputs or []],
+                "data": spec.data.model_dump(mode="json")}
+        convert_params = dict(base, gates=spec.gates.model_dump(mode="json")) if auto else base
+        convert = Step(
+            id=CONVERT, description="convert the Keras model to TFLite" + (" (auto: every mode)" if auto else ""),
+            run=lambda ctx: run_convert(ctx, cfg, keras_model_step),
+            deps=(keras_model_step,) + ((REFERENCE,) if auto else ()),
+            params=convert_params, input_files=_data_files(spec, spec_dir, "calibration", *(["eval"] if auto else [])),
+            libs=LIBS)
+        verify = Step(
+            id=VERIFY, description="run model.tflite with LiteRT on data.eval; measure size and latency",
+            run=lambda ctx: run_verify(ctx, cfg),
+            deps=(CONVERT,) + ((REFERENCE,) if has_eval else ()),
+            params=dict(base, measure=spec.measure.model_dump(mode="json")),
+            input_files=_data_files(spec, spec_dir, "eval", "calibration"), libs=LIBS)
+        return [convert, verify]
+
+    def emit(self, ctx: EmitContext) -> dict[str, bytes]:
+        cfg: TFLiteConfig = self.config(ctx.spec)
+        conv = ctx.step_results[CONVERT]
+        model = (ctx.step_outputs[CONVERT] / MODEL).read_bytes()
+        meta = metadata(ctx, cfg, conv, ctx.step_results.get(VERIFY, {}), hashlib.sha256(model).hexdigest())
+        files = {MODEL: model, "metadata.json": dump_json(meta),
+                 "README.md": readme(meta, ctx.spec_file).encode()}
+        if ctx.labels:
+            files["labels.txt"] = ("\n".join(ctx.labels) + "\n").encode()
+        return {f"{c.TFLITE_DIR}/{k}": v for k, v in files.items()}
+
+
+def metadata(ctx: EmitContext, cfg: TFLiteConfig, conv: dict[str, Any], verify: dict[str, Any], sha256: str
+             ) -> dict[str, Any]:
+    """What the device team needs: tensors with their quantization, normalisation, hash, measured figures."""
+    norm = cfg.normalization
+    return {
+        "format_version": METADATA_VERSION,
+        "name": ctx.spec.name,
+        "version": ctx.spec.version,
+        "task": ctx.spec.model.task,
+        "deployc_version": deployc.__version__,
+        "model": {"path": MODEL, "sha256": sha256, "size_bytes": conv["size_bytes"], "quantization": conv["mode"],
+                  "io_type": conv["io_type"], "signature": "serving_default", "ops": conv["ops"],
+                  "select_tf_ops": conv["select_tf_ops"], "tensor_types": conv["tensor_types"],
+                  "device": cfg.device or "generic"},
+        "inputs": [_tensor(t) for t in conv["inputs"]],
+        "outputs": [_tensor(t) for t in conv["outputs"]],
+        "normalization": {"mean": list(norm.mean), "std": list(norm.std)} if norm else None,
+        "labels": "labels.txt" if ctx.labels else None,
+        "evaluation": verify.get("evaluation", {}),
+        "reference": verify.get("reference", {}),
+        "verified": verify.get("verified", False),
+        "candidates": conv.get("candidates", []),
+        "warnings": verify.get("warnings", conv.get("warnings", [])),
+    }
+
+
+def _tensor(t: dict[str, Any]) -> dict[str, Any]:
+    return {k: t[k] for k in ("name", "tensor", "index", "dtype", "shape", "quantization")}
+
+
+def readme(meta: dict[str, Any], spec_file: str) -> str:
+    """The device team's README; every value enters the template through `tojson` (no Markdown injection)."""
+    inp, out = meta["inputs"][0], meta["outputs"][0]
+    figures = {k: v for k, v in meta["evaluation"].items() if isinstance(v, (int, float))}
+    return render_template(
+        "tflite", "README.md.j2", header=c.GENERATED_HEADER.format(spec=spec_file).replace("--", "- -"),
+        meta=meta, input=inp, output=out, figures=figures, labels=meta["labels"] is not None,
+        ref_accuracy=meta["reference"].get("accuracy"),
+        candidates=[r for r in meta["candidates"] if "size_bytes" in r])

@@ -1,0 +1,46 @@
+"""The op set check: ops outside the builtins fail by name unless Select TF ops are allowed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deployc.errors import InputError
+from deployc.ml.convert import quiet_tensorflow
+from deployc.ml.tflite import convert
+from deployc.schema.tflite import TFLiteTarget
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def det_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose one custom layer uses tf.linalg.det, which has no TFLite builtin."""
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable(package="deployc_tests")
+    class Determinant(keras.layers.Layer):
+        def call(self, x):  # type: ignore[no-untyped-def]
+            return x + tf.linalg.det(tf.reshape(x[:, :4], (-1, 2, 2)))[:, None]
+
+    model = keras.Sequential([keras.Input((8,), name="features"), Determinant(), keras.layers.Dense(3)])
+    path = tmp_path_factory.mktemp("det") / "det.keras"
+    model.save(path)
+    return path
+
+
+def test_builtins_only_names_the_offending_op(det_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError) as err:
+        convert(det_model, tmp_path / "m.tflite", TFLiteTarget(quantization="none"), None)
+    assert "MatrixDeterminant" in str(err.value) and "allow_select_tf_ops" in str(err.value)
+    assert err.value.exit_code == 1
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_select_tf_ops_when_allowed_come_with_a_warning(det_model: Path, tmp_path: Path) -> None:
+    info = convert(det_model, tmp_path / "m.tflite", TFLiteTarget(quantization="none", allow_select_tf_ops=True),
+                   None)
+    assert info["select_tf_ops"] == ["FlexMatrixDeterminant"]
+    assert any("FlexMatrixDeterminant" in w and "runtime must include" in w for w in info["warnings"])
