@@ -92,12 +92,7 @@ def alert_rules(slo: BudgetSLO, model: str) -> list[Rule]:
 
 
 def budget_groups(slo: BudgetSLO, model: str) -> list[dict[str, Any]]:
-    base = f"deployc-{model}-{slo.name}"
-    groups: list[dict[str, Any]] = [
-        {"name": f"{base}-sli", "rules": sli_rules(slo, model)},
-        {"name": f"{base}-meta", "rules": meta_rules(slo, model)},
-    ]
-    alerts = alert_rules(slo, model)
-    if alerts:
-        groups.append({"name": f"{base}-alerts", "rules": alerts})
-    return groups
+    """One group per SLO: its rules are evaluated in order, so the metadata and alerts read this evaluation's
+    SLI values, never the previous one's (groups are evaluated independently of each other)."""
+    rules = sli_rules(slo, model) + meta_rules(slo, model) + alert_rules(slo, model)
+    return [{"name": f"deployc-{model}-{slo.name}", "rules": rules}]

@@ -68,12 +68,9 @@ def alert_rule(slo: DriftSLO, model: str) -> dict[str, Any]:
 
 
 def drift_groups(slo: DriftSLO, model: str) -> list[dict[str, Any]]:
-    base = f"deployc-{model}-{slo.name}"
-    rules = reference_rules(slo, model) + live_rules(slo, model)
-    groups: list[dict[str, Any]] = [{"name": f"{base}-drift", "rules": rules}]
-    if slo.enabled:
-        groups.append({"name": f"{base}-alerts", "rules": [alert_rule(slo, model)]})
-    return groups
+    """One group per SLO, evaluated in order: reference shares, live shares, drift, then the alert."""
+    rules = reference_rules(slo, model) + live_rules(slo, model) + ([alert_rule(slo, model)] if slo.enabled else [])
+    return [{"name": f"deployc-{model}-{slo.name}", "rules": rules}]
 
 
 def drift_value(metric: str, live: Sequence[float], reference: Sequence[float]) -> float:

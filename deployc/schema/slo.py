@@ -40,7 +40,12 @@ def _check_templates(text: str, where: str) -> None:
 
 class AlertTier(SpecModel):
     enabled: bool = Field(True, description="Set false to drop this alert (both of its burn-rate conditions).")
-    severity: str = Field(..., min_length=1, max_length=64, pattern=r"^[^{}\n]+$",
+    severity: str = Field("page", min_length=1, max_length=64, pattern=r"^[^{}\n]+$",
+                          description="The `severity` label of the alert.")
+
+
+class TicketTier(AlertTier):
+    severity: str = Field("ticket", min_length=1, max_length=64, pattern=r"^[^{}\n]+$",
                           description="The `severity` label of the alert.")
 
 
@@ -76,9 +81,9 @@ class AlertMeta(SpecModel):
 
 
 class Alerting(AlertMeta):
-    page: AlertTier = Field(default_factory=lambda: AlertTier(severity="page"),
+    page: AlertTier = Field(default_factory=AlertTier,
                             description="Fast burn: the 1h (short 5m) and 6h (short 30m) conditions.")
-    ticket: AlertTier = Field(default_factory=lambda: AlertTier(severity="ticket"),
+    ticket: TicketTier = Field(default_factory=TicketTier,
                               description="Slow burn: the 1d (short 2h) and 3d (short 6h) conditions.")
     disabled_windows: list[LongWindow] = Field(default_factory=list, max_length=4,
                                                description="Burn-rate conditions to drop, named by their long "
