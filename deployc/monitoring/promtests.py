@@ -191,7 +191,7 @@ class Scenarios:
                     expected.setdefault(ALERT_NAMES[t.name], []).append(_expected_alert(
                         {**self.labels(b), "severity": t.severity, **b.alerting.labels},
                         alert_annotations(b, t, kind_text(b))))
-        fired = ", ".join(f"{c.long}/{c.short}" for b, _, c in firing(r) if b is slo)
+        fired = ", ".join(f"{c.long}/{c.short}" for b, _, c in firing(r) if b is slo) or "nothing, out of reach"
         return {
             "name": f"{slo.name}: error ratio {num(r)} for the last {cond.long} after healthy traffic "
                     f"(fires: {fired})",
