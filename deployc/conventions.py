@@ -65,3 +65,14 @@ SERVE_AUTH_HEADER = "Authorization"  # "Bearer <token>" when the serving config 
 
 # --- CloudWatch alarms (written by the monitoring emitter, placed by the sagemaker target) --------------------
 CLOUDWATCH_ALARMS = "monitoring/cloudwatch-alarms.json"  # JSON list of {"logical_id", "properties"}
+
+# --- SLO rules, continued (docs/monitoring.md) ----------------------------------------------------------------
+SLI_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")  # plus the SLO period
+SLO_REFERENCE_SHARE = "deployc:slo_reference_class_share:ratio"  # labels: slo, model, class
+SLO_LIVE_SHARE = "deployc:slo_live_class_share:ratio"  # labels: slo, model, class
+SLO_WINDOW_PREDICTIONS = "deployc:slo_window_predictions:count"  # labels: slo, model
+SLO_DRIFT = "deployc:slo_prediction_drift:{metric}"  # metric: psi or tv; labels: slo, model
+ALERT_FAST_BURN = "DeploycSLOFastBurn"  # the page alert
+ALERT_SLOW_BURN = "DeploycSLOSlowBurn"  # the ticket alert
+ALERT_DRIFT = "DeploycPredictionDrift"
+PSI_EPSILON = 1e-4  # class share floor in PSI, so an empty class gives a large but finite term

@@ -78,7 +78,7 @@ def dump_json(data: Any) -> bytes:
 
 
 def dump_yaml(data: Any, header: str | None = None) -> bytes:
-    """Block-style YAML of plain data (dict key order kept), with an optional `# ...` header."""
+    """Block-style YAML of plain data (keys sorted, so output is stable), with an optional `# ...` header."""
     from ruamel.yaml import YAML
 
     yaml = YAML(typ="safe", pure=True)

@@ -6,11 +6,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from deployc.conventions import DEFAULT_LATENCY_BUCKETS
 from deployc.schema.base import Name, RelPath, SpecModel
 from deployc.schema.local import LocalTarget
 from deployc.schema.passes import KERAS_PASSES, PassItem, pass_config, pass_name
 from deployc.schema.sagemaker import SageMakerTarget
-from deployc.schema.slo import SLO, LatencySLO, slo_name
+from deployc.schema.slo import SLO, LatencySLO, latency_threshold_problems, slo_name
 from deployc.schema.tflite import TFLiteTarget
 
 API_VERSION = "deployc/v1"
@@ -142,6 +143,7 @@ class DeploySpec(SpecModel):
                 problems.append((("slos", i, "kind"), "stability compares with predictions on data.eval: set it"))
             if isinstance(s, LatencySLO) and self.targets.local is None and self.targets.sagemaker is None:
                 problems.append((("slos", i), "a latency SLO needs a serving target (local or sagemaker)"))
+        problems.extend(latency_threshold_problems(self.slos, DEFAULT_LATENCY_BUCKETS))
         if problems:
             raise CrossFieldErrors(problems)
         return self
