@@ -15,7 +15,7 @@ SNS = "arn:aws:sns:eu-west-1:123456789012:oncall"
 SPEC: dict[str, Any] = {
     "apiVersion": "deployc/v1", "name": "scorer", "model": {"path": "model.onnx"},
     "targets": {"sagemaker": {"region": "eu-west-1", "role_arn": "arn:aws:iam::123456789012:role/r",
-                              "image_uri": "img", "s3_prefix": "s3://bucket/p"}},
+                              "image_uri": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/serve:1", "s3_prefix": "s3://bucket/p"}},
     "slos": [
         {"kind": "availability", "objective": 99.9, "alerting": {"sns_topic_arn": SNS, "disabled_windows": ["3d"]}},
         {"kind": "latency", "objective": 99, "threshold_ms": 120.5, "window": "28d"},
