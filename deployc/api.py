@@ -75,7 +75,8 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
     out = out_dir or default_out_dir(spec)
     recover(out)
     check_replaceable(out)
-    outputs, cached = execute(p, Cache(cache_dir or default_cache_dir()), log)
+    cache = Cache(cache_dir or default_cache_dir())
+    outputs, cached = execute(p, cache, log)
 
     checks = []
     ref = outputs.get("reference")
@@ -96,5 +97,5 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
     manifest = make_manifest(files, name=spec.name, version=spec.version, spec_sha256=p.spec_sha256,
                              versions=versions)
     files[c.MANIFEST] = dump_json(manifest)
-    write_output(out, files, check=emit.post_write_check(p))
+    write_output(out, files, check=emit.post_write_check(p, cache))
     return BuildResult(out_dir=out, files=files, cached=cached, report=rep, gates=checks)

@@ -64,7 +64,7 @@ ROUTE_OTHER = "other"  # anything else (404s)
 SERVE_AUTH_HEADER = "Authorization"  # "Bearer <token>" when the serving config names auth_token_env
 
 # --- CloudWatch alarms (written by the monitoring emitter, placed by the sagemaker target) --------------------
-CLOUDWATCH_ALARMS = "monitoring/cloudwatch-alarms.json"  # JSON list of {"logical_id", "properties"}
+CLOUDWATCH_ALARMS = "monitoring/cloudwatch-alarms.json"  # {..., "alarms": [{"logical_id", "properties"}]}
 
 # --- SLO rules, continued (docs/monitoring.md) ----------------------------------------------------------------
 SLI_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")  # plus the SLO period

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deployc import conventions as c
+from deployc.compiler.cache import Cache
 from deployc.compiler.ops import model_path
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepOutput, hash_path
@@ -63,14 +64,25 @@ def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict
     return files
 
 
-def post_write_check(plan: Plan) -> Callable[[Path], None] | None:
-    """Checks run on the written temporary folder before it replaces the old build (promtool on rules)."""
+def post_write_check(plan: Plan, cache: Cache) -> Callable[[Path], None] | None:
+    """Checks run on the written temporary folder before it replaces the old build: promtool on the rules.
+
+    A passing check is remembered in the cache under the hash of the files it read, so a no-op rebuild does not
+    run promtool's unit tests again.
+    """
     if not plan.spec.slos:
         return None
 
     def check(tmp: Path) -> None:
         from deployc.monitoring import run_promtool
 
-        run_promtool(tmp / c.MONITORING_DIR)
+        folder = tmp / c.MONITORING_DIR
+        marker = cache.root / "checks" / f"promtool-{hash_path(folder)}"
+        if marker.is_file():
+            return
+        result = run_promtool(folder)
+        if result.get("promtool") == "passed":
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(result.get("promtool_version", "")))
 
     return check

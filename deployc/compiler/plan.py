@@ -10,9 +10,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from deployc import __version__
 from deployc.compiler import ops
-from deployc.compiler.steps import Step, step_key
+from deployc.compiler.steps import Step, code_fingerprint, step_key
 from deployc.schema.passes import KERAS_PASSES, pass_config, pass_name
 from deployc.schema.spec import DeploySpec, resolved_format
 
@@ -129,7 +128,7 @@ def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
                 shipped.append(s.id)
     keys: dict[str, str] = {}
     for s in steps:
-        keys[s.id] = step_key(s, keys, __version__)
+        keys[s.id] = step_key(s, keys, code_fingerprint())
     return Plan(spec=spec, spec_path=spec_path, spec_dir=spec_dir,
                 spec_sha256=hashlib.sha256(spec_text.encode()).hexdigest(), steps=tuple(steps), keys=keys,
                 final_step=prev, keras_step=keras_step, evaluations=tuple(evaluations), shipped=tuple(shipped),

@@ -102,6 +102,19 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """deployc's version plus a hash of its own source: a changed step implementation invalidates the cache
+    even before a release bumps the version."""
+    from deployc import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(__version__.encode())
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:16]}"
+
+
 def step_key(step: Step, dep_keys: Mapping[str, str], deployc_version: str) -> str:
     doc = {
         "id": step.id,

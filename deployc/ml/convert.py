@@ -24,15 +24,10 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    from deployc.ml.quiet import native_stderr_silenced
+
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401
 
 
 def load_keras(path: Path) -> Any:

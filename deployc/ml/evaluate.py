@@ -80,7 +80,7 @@ def compare(reference: np.ndarray, pred: np.ndarray, y: np.ndarray | None, task:
 def class_distribution(pred: np.ndarray) -> list[float]:
     """Share of rows predicted as each class (the stability SLO's reference)."""
     counts = np.bincount(pred.argmax(axis=1), minlength=pred.shape[1]).astype(np.float64)
-    return [round(float(c), 6) for c in counts / max(1.0, counts.sum())]
+    return [float(c) for c in counts / max(1.0, counts.sum())]
 
 
 def sizes(path: Path) -> dict[str, int]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.ml.quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
     from deployc.schema.tflite import TFLiteTarget
@@ -88,7 +89,8 @@ def convert(keras_model: Path, dst: Path, cfg: TFLiteTarget, calibration_x: np.n
         conv.target_spec.supported_ops = [builtins] + ([tf.lite.OpsSet.SELECT_TF_OPS] if allow_select else [])
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                flat = conv.convert()
+                with native_stderr_silenced():
+                    flat = conv.convert()
         except Exception as exc:  # ConverterError and friends: name the ops when the message does
             raise _conversion_error(keras_model.name, mode, str(exc)) from None
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -215,8 +217,9 @@ def interpreter(path: Path, threads: int = 1) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        it = Interpreter(model_path=str(path), num_threads=threads)
-        it.allocate_tensors()
+        with native_stderr_silenced():
+            it = Interpreter(model_path=str(path), num_threads=threads)
+            it.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"{path.name}: the LiteRT interpreter cannot load it ({str(exc).splitlines()[0][:200]})"
                          ) from None

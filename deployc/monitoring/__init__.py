@@ -16,7 +16,7 @@ __all__ = ["compile_monitoring", "latency_buckets", "run_promtool"]
 RULES_PATH = f"{C.MONITORING_DIR}/{RULES_FILE}"
 TESTS_PATH = f"{C.MONITORING_DIR}/{TESTS_FILE}"
 DASHBOARD_PATH = f"{C.MONITORING_DIR}/grafana-dashboard.json"
-CLOUDWATCH_PATH = f"{C.MONITORING_DIR}/cloudwatch-alarms.json"
+CLOUDWATCH_PATH = C.CLOUDWATCH_ALARMS
 
 
 def latency_buckets(spec: DeploySpec) -> tuple[float, ...]:

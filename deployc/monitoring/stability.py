@@ -20,7 +20,7 @@ def drift_name(slo: DriftSLO) -> str:
 
 
 def reference_rules(slo: DriftSLO, model: str) -> list[dict[str, Any]]:
-    return [{"record": C.SLO_REFERENCE_SHARE, "expr": f"vector({num(p)})",
+    return [{"record": C.SLO_REFERENCE_SHARE, "expr": f"vector({float(p)!r})",
              "labels": {C.LABEL_SLO: slo.name, C.LABEL_MODEL: model, C.LABEL_CLASS: cls}}
             for cls, p in zip(slo.classes, slo.reference)]
 

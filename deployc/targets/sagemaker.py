@@ -58,6 +58,8 @@ def read_alarms(ctx: EmitContext) -> list[dict[str, Any]]:
         alarms = json.loads(data)
     except ValueError as exc:
         raise InputError(f"{ALARMS_FILE}: not JSON ({exc})") from None
+    if isinstance(alarms, dict):  # the monitoring emitter's document: {comment, endpoint_name, ..., alarms}
+        alarms = alarms.get("alarms")
     if not isinstance(alarms, list):
         raise InputError(f"{ALARMS_FILE}: expected a list of alarms")
     seen: set[str] = set()
