@@ -59,13 +59,20 @@ def default_out_dir(spec: DeploySpec) -> Path:
     return Path("build") / spec.name
 
 
-def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
-          log: Callable[[str], None] = _quiet) -> BuildResult:
-    """Run the plan (cached steps are reused), check the gates, emit every target, write atomically."""
+def spec_label(spec_path: Path) -> str:
+    """How generated files name the spec: relative to the working folder when inside it (stable in CI)."""
+    import os
+
+    rel = os.path.relpath(spec_path)
+    return Path(rel).as_posix() if not rel.startswith("..") else spec_path.name
+
+
+def compile_build(spec_path: Path, cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
+                  out_dir: Path | None = None) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
+    """Everything a build writes, as {path: bytes}, without writing it (steps still fill the cache)."""
     from deployc.compiler import emit, gates, report
     from deployc.compiler.execute import execute
     from deployc.compiler.steps import lib_version
-    from deployc.compiler.write import check_replaceable, recover, write_output
     from deployc.manifest import make_manifest
     from deployc.render import dump_json
 
@@ -73,10 +80,7 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
     spec = _validate(loaded)
     p = make_plan(spec, spec_path, loaded.text)
     out = out_dir or default_out_dir(spec)
-    recover(out)
-    check_replaceable(out)
-    cache = Cache(cache_dir or default_cache_dir())
-    outputs, cached = execute(p, cache, log)
+    outputs, cached = execute(p, Cache(cache_dir or default_cache_dir()), log)
 
     checks = []
     ref = outputs.get("reference")
@@ -88,14 +92,55 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
     if failed:
         raise GateError(f"{len(failed)} verification gate(s) failed; {out} was left unchanged",
                         gates.table(checks))
-
-    files = emit.emit_all(p, outputs, spec_file=str(spec_path))
+    label = spec_label(spec_path)
+    files = emit.emit_all(p, outputs, spec_file=label)
     files[c.REPORT_JSON] = dump_json(rep)
-    files[c.REPORT_MD] = report.render_markdown(rep, str(spec_path)).encode()
+    files[c.REPORT_MD] = report.render_markdown(rep, label).encode()
     files[c.PLAN_JSON] = dump_json(p.to_json())
     versions = {"deployc": __version__, **{d: lib_version(d) for d in VERSIONED_LIBS}}
     manifest = make_manifest(files, name=spec.name, version=spec.version, spec_sha256=p.spec_sha256,
                              versions=versions)
     files[c.MANIFEST] = dump_json(manifest)
-    write_output(out, files, check=emit.post_write_check(p, cache))
+    return p, files, cached, rep, checks
+
+
+def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
+          log: Callable[[str], None] = _quiet) -> BuildResult:
+    """Run the plan (cached steps are reused), check the gates, emit every target, write atomically."""
+    from deployc.compiler import emit
+    from deployc.compiler.write import build_lock, check_replaceable, recover, write_output
+
+    spec = _validate(load_spec(spec_path))
+    out = out_dir or default_out_dir(spec)
+    with build_lock(out, log):
+        recover(out)
+        check_replaceable(out)
+        cache = Cache(cache_dir or default_cache_dir())
+        p, files, cached, rep, checks = compile_build(spec_path, cache.root, log, out)
+        write_output(out, files, check=emit.post_write_check(p, cache))
     return BuildResult(out_dir=out, files=files, cached=cached, report=rep, gates=checks)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    out_dir: Path
+    added: list[str]  # would be written, not in the folder
+    removed: list[str]  # in the folder, would not be written
+    changed: list[str]
+
+    @property
+    def clean(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def check(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
+          log: Callable[[str], None] = _quiet) -> CheckResult:
+    """Compare what a build would write with the committed build folder; write nothing there."""
+    from deployc.compiler.write import read_tree
+
+    spec = _validate(load_spec(spec_path))
+    out = out_dir or default_out_dir(spec)
+    _, files, _, _, _ = compile_build(spec_path, cache_dir, log, out)
+    have = read_tree(out) if out.is_dir() else {}
+    return CheckResult(out_dir=out, added=sorted(set(files) - set(have)), removed=sorted(set(have) - set(files)),
+                       changed=sorted(k for k in set(files) & set(have) if files[k] != have[k]))

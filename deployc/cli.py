@@ -31,11 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", choices=("text", "json"), default="text")
 
     b = sub.add_parser("build", help="run the plan and write the build folder")
-    b.add_argument("spec", type=Path)
-    b.add_argument("--out", type=Path, help="output folder (default: build/<name>)")
+    b.add_argument("spec", type=Path, nargs="+", help="deploy.yaml files, or folders searched for deploy.yaml")
+    b.add_argument("--out", type=Path, help="output folder (default: build/<name>; with several specs, "
+                   "the folder that holds one <name> folder per spec)")
+    b.add_argument("--check", action="store_true", help="write nothing; exit 1 when the build folder differs "
+                   "from what the spec and model produce")
+    b.add_argument("-j", "--jobs", type=int, default=0, help="parallel builds with several specs (default: cores)")
     b.add_argument("--cache-dir", type=Path, help="step cache (default: $DEPLOYC_CACHE_DIR or ~/.cache/deployc)")
     b.add_argument("--format", choices=("text", "json"), default="text")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    d = sub.add_parser("diff", help="what changed between two build folders (Markdown for pull requests)")
+    d.add_argument("old", type=Path)
+    d.add_argument("new", type=Path)
+    d.add_argument("--format", choices=("markdown", "json"), default="markdown")
 
     sub.add_parser("schema", help="print the JSON Schema of deploy.yaml")
     sub.add_parser("serve", help="serve a build folder (Open Inference Protocol, SageMaker, /metrics)",
@@ -102,15 +111,64 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _print_plan(result)
         return EXIT_OK
-    log = _progress() if not (args.quiet or args.format == "json") else (lambda m: None)
-    built = api.build(args.spec, args.out, args.cache_dir, log=log)
+    if args.command == "diff":
+        from deployc.diff import diff_builds, render_markdown
+
+        d = diff_builds(args.old, args.new)
+        print(json.dumps(d, indent=2, sort_keys=True) if args.format == "json" else render_markdown(d))
+        return EXIT_OK
+    specs = _expand_specs(args.spec)
+    if len(specs) > 1:
+        from deployc.multi import build_many
+
+        return build_many(specs, args)
+    return build_one(specs[0], args)
+
+
+def _expand_specs(paths: list[Path]) -> list[Path]:
+    from deployc.errors import UsageError
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("deploy.yaml") if not any(part.startswith(".") or part == "build"
+                                                                        for part in q.relative_to(p).parts[:-1]))
+            if not found:
+                raise UsageError(f"{p}: no deploy.yaml below this folder")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def build_one(spec: Path, args: argparse.Namespace, prefix: str = "") -> int:
+    """One `deployc build` (or `--check`); returns the exit code. Also the body of each parallel worker."""
+    from deployc import api
+
+    quiet = args.quiet or args.format == "json"
+    log = (lambda m: None) if quiet else _progress(prefix)
+    if args.check:
+        res = api.check(spec, args.out, args.cache_dir, log=log)
+        doc = {"ok": res.clean, "out": str(res.out_dir), "added": res.added, "removed": res.removed,
+               "changed": res.changed}
+        if args.format == "json":
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        elif res.clean:
+            print(f"{prefix}{res.out_dir}: up to date")
+        else:
+            print(f"{prefix}{res.out_dir}: out of date with {spec} (run `deployc build {spec}`):", file=sys.stderr)
+            for kind in ("added", "removed", "changed"):
+                for f in doc[kind]:
+                    print(f"  {kind:<8} {f}", file=sys.stderr)
+        return EXIT_OK if res.clean else 1
+    built = api.build(spec, args.out, args.cache_dir, log=log)
     if args.format == "json":
         print(json.dumps({"ok": True, "out": str(built.out_dir), "cached": built.cached,
                           "gates": built.report["gates"], "artifacts": built.report["artifacts"],
                           "files": sorted(built.files)}, indent=2, sort_keys=True))
     else:
         hits = sum(built.cached.values())
-        print(f"built {built.out_dir} ({len(built.files)} files; {hits}/{len(built.cached)} steps from cache)")
+        print(f"{prefix}built {built.out_dir} ({len(built.files)} files; {hits}/{len(built.cached)} steps from cache)")
     return EXIT_OK
 
 
@@ -125,14 +183,15 @@ def _print_plan(result: object) -> None:
         print(f"targets: {', '.join(data['targets'])}")
 
 
-def _progress():  # type: ignore[no-untyped-def]
+def _progress(prefix: str = ""):  # type: ignore[no-untyped-def]
     """Plain lines in CI logs; rich styling on a terminal."""
     if sys.stderr.isatty() and not os.environ.get("CI"):
         from rich.console import Console
+        from rich.markup import escape
 
         console = Console(stderr=True, highlight=False)
-        return lambda m: console.print(f"[dim]deployc[/dim] {m}")
-    return lambda m: print(f"deployc: {m}", file=sys.stderr, flush=True)
+        return lambda m: console.print(f"[dim]deployc[/dim] {escape(prefix + m)}")
+    return lambda m: print(f"deployc: {prefix}{m}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

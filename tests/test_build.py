@@ -108,7 +108,7 @@ def test_failed_gate_exits_3_and_keeps_previous_output(project: Path, tmp_path: 
     assert "1 verification gate(s) failed" in r.stderr and "Traceback" not in r.stderr
     assert "onnx-fp32  max_size_mb        0.001" in r.stderr and "FAIL" in r.stderr
     assert tree(out) == before
-    assert not list(tmp_path.glob(".out.*"))
+    assert not list(tmp_path.glob(".out.tmp-*")) and not list(tmp_path.glob(".out.old-*"))
 
 
 def test_invalid_spec_writes_nothing(project: Path, tmp_path: Path) -> None:

@@ -72,6 +72,9 @@ class Cache:
             if p.is_file():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
+        from deployc.compiler.write import crash_point
+
+        crash_point("cache-staged")
         final = self._dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -10,6 +10,7 @@ from typing import Any
 from deployc.compiler.cache import Cache
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepContext, StepOutput
+from deployc.compiler.write import crash_point
 from deployc.errors import DeploycError
 
 
@@ -43,6 +44,7 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
             shutil.rmtree(staged, ignore_errors=True)
             raise StepError(f"step {step.id} failed: {type(exc).__name__}: {exc}") from exc
         final = cache.put(key, staged, result)
+        crash_point(f"after-step:{step.id}")
         outputs[step.id] = StepOutput(final, result)
         cached[step.id] = False
         log(f"      {step.id}: done in {time.perf_counter() - t0:.1f}s")

@@ -8,11 +8,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from deployc import conventions as c
 from deployc.errors import InputError
+
+
+def crash_point(name: str) -> None:
+    """Crash-safety tests set DEPLOYC_CRASH_AT=<name> to SIGKILL the build exactly here."""
+    if os.environ.get("DEPLOYC_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def recover(out: Path) -> None:
@@ -26,6 +35,24 @@ def recover(out: Path) -> None:
         olds = olds[:-1]
     for leftover in olds + sorted(parent.glob(f".{out.name}.tmp-*")):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def build_lock(out: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """One build of a given output folder at a time: a second one waits for the first, then runs."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another build is writing {out}; waiting for it to finish")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_replaceable(out: Path) -> None:
@@ -51,11 +78,13 @@ def write_output(out: Path, files: dict[str, bytes], check: Callable[[Path], Non
                 os.fsync(f.fileno())
         if check is not None:
             check(tmp)
+        crash_point("write-staged")
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rmdir(old)
             os.rename(out, old)
+        crash_point("write-swapping")
         os.rename(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
