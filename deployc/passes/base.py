@@ -23,6 +23,7 @@ class PassInput:
     evaluate: Callable[[Path], dict[str, Any]]  # figures of a candidate ONNX model vs the reference on data.eval
     gates: Any  # deployc.schema.spec.Gates
     log: Callable[[str], None] = print
+    spec_dir: Path | None = None  # folder of deploy.yaml: paths in a pass's config are relative to it
 
 
 @dataclass(frozen=True)
