@@ -189,3 +189,16 @@ def test_training_data_needs_labels(mlp_path: Path, tmp_path: Path) -> None:
     unlabelled = PassInput(**{**inp.__dict__, "data": lambda which: (digits()[0], None)})
     with pytest.raises(InputError, match="data.train.y"):
         PrunePass().apply(unlabelled)
+
+
+def test_shared_layer_breaks_the_chain_and_is_named(tmp_path: Path) -> None:
+    import keras
+
+    from deployc.ml.prune import layer_chain
+
+    inp = keras.Input((64,))
+    shared = keras.layers.Dense(64, activation="relu", name="twice")
+    out = keras.layers.Dense(10, name="out")(shared(shared(inp)))
+    path = save(keras.Model(inp, out), tmp_path / "shared.keras")
+    with pytest.raises(InputError, match="'twice' \\(Dense\\) is not part of a single chain"):
+        layer_chain(load(path), "structured pruning")

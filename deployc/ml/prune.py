@@ -117,15 +117,17 @@ def layer_chain(model: Any, purpose: str) -> list[Any]:
                          f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
     chain = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     sequential = isinstance(model, keras.Sequential)  # a chain by construction (it records several nodes)
+    for layer in chain:  # first the layer kinds, so that a merge (Add, Concatenate) is the layer named
+        where = f"layer {layer.name!r} ({type(layer).__name__})"
+        if isinstance(layer, keras.Model):
+            raise InputError(f"{purpose}: {where} is a nested model; flatten it into one Sequential or "
+                             "functional chain")
+        if type(layer).__name__ not in SUPPORTED:
+            raise InputError(f"{purpose}: {where} is not supported; supported layers: {', '.join(SUPPORTED)}")
     prev = model.inputs[0]
     for layer in chain:
         kind = type(layer).__name__
         where = f"layer {layer.name!r} ({kind})"
-        if isinstance(layer, keras.Model):
-            raise InputError(f"{purpose}: {where} is a nested model; flatten it into one Sequential or "
-                             "functional chain")
-        if kind not in SUPPORTED:
-            raise InputError(f"{purpose}: {where} is not supported; supported layers: {', '.join(SUPPORTED)}")
         nodes = layer._inbound_nodes
         ins = nodes[0].input_tensors if nodes else []
         if not sequential and (len(nodes) != 1 or len(ins) != 1 or ins[0] is not prev):
