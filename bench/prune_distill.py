@@ -4,7 +4,7 @@
 
 Models are built and trained here with fixed seeds (scikit-learn's bundled digits, 1437 train / 360 held-out
 rows): an MLP 64 -> 1024 -> 1024 -> 1024 -> 10 and a CNN on digits upsampled to 32x32 (Conv 32 -> Conv 64 ->
-pool -> Conv 128 -> global pool -> Dense). Each pass runs through its `Pass.apply`, the result is converted to
+pool -> Conv 128 -> global max pool -> Dense). Each pass runs through its `Pass.apply`, the result is converted to
 ONNX and timed in onnxruntime (batch 1, 1 intra-op thread) beside the original, alternating, median of 3.
 Functions return row dicts so another script can reuse them.
 """
@@ -35,7 +35,7 @@ SETTINGS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {  # model -> [(row
             ("distill width 0.5", "distill", {"width": 0.5, "epochs": 30, "learning_rate": 1e-3})],
     "cnn": [("unstructured 50%", "prune", {"sparsity": 0.5, "epochs": 2}),
             ("structured 50%", "prune", {"sparsity": 0.5, "structured": True, "epochs": 4}),
-            ("distill width 0.5", "distill", {"width": 0.5, "epochs": 25, "learning_rate": 2e-3})],
+            ("distill width 0.5", "distill", {"width": 0.5, "epochs": 20, "learning_rate": 2e-3})],
 }
 
 
@@ -71,9 +71,9 @@ def train_cnn(data: Data, path: Path) -> Path:
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2")(x)
     x = keras.layers.MaxPooling2D(2, name="pool")(x)
     x = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv3")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)  # average pooling stalls near 93% here
     out = keras.layers.Dense(10, activation="softmax", name="out")(x)
-    return _train(keras.Model(inp, out, name="cnn"), data, path, epochs=12, lr=2e-3)
+    return _train(keras.Model(inp, out, name="cnn"), data, path, epochs=15, lr=2e-3)
 
 
 def _train(model: Any, data: Data, path: Path, epochs: int, lr: float) -> Path:

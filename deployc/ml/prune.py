@@ -55,38 +55,36 @@ def magnitude_mask(weights: np.ndarray, sparsity: float) -> np.ndarray:
     return mask.reshape(weights.shape)
 
 
-def apply_masks(layers: list[Any], sparsity: float) -> dict[str, np.ndarray]:
-    """Zero the smallest weights of each kernel in place; returns the masks by layer name."""
-    masks = {}
+def apply_masks(layers: list[Any], sparsity: float) -> list[np.ndarray]:
+    """Zero the smallest weights of each kernel in place; returns the masks in the order of `layers`."""
+    masks = []
     for layer in layers:
         w = np.asarray(layer.kernel.numpy())
-        masks[layer.name] = magnitude_mask(w, sparsity)
-        layer.kernel.assign(w * masks[layer.name])
+        masks.append(magnitude_mask(w, sparsity))
+        layer.kernel.assign(w * masks[-1])
     return masks
 
 
 def mask_callback(layers: list[Any], target: float, end_step: int, frequency: int) -> Any:
     """A Keras callback that keeps the kernels masked during fit and raises sparsity along the schedule."""
     import keras
-    import tensorflow as tf
 
     class MaskCallback(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
             self.step = 0
-            self.masks: dict[str, Any] = {}
+            self.masks: list[Any] = []  # none before the first update: the schedule starts at 0
 
         def _update(self, sparsity: float) -> None:
-            self.masks = {k: tf.constant(v) for k, v in apply_masks(layers, sparsity).items()}
+            self.masks = [keras.ops.convert_to_tensor(m) for m in apply_masks(layers, sparsity)]
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.step += 1
             if self.step % frequency == 0 or self.step == end_step:
                 self._update(polynomial_sparsity(self.step, end_step, target))
             else:
-                for layer in layers:  # the optimizer step moved masked weights: put them back to zero
-                    if layer.name in self.masks:
-                        layer.kernel.assign(layer.kernel * self.masks[layer.name])
+                for layer, mask in zip(layers, self.masks):  # the optimizer step moved masked weights
+                    layer.kernel.assign(layer.kernel * mask)
 
         def on_train_end(self, logs: Any = None) -> None:
             self._update(target)
