@@ -25,23 +25,29 @@ class QuantizeConfig(SpecModel):
 
 
 class PruneConfig(SpecModel):
-    sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="Share of weights (or units, if structured) removed.")
-    structured: bool = Field(False, description="Remove whole Dense units / Conv2D filters (faster on CPU) instead "
-                             "of zeroing single weights (smaller when compressed).")
-    epochs: int = Field(2, ge=0, le=1000, description="Fine-tuning epochs on data.train.")
-    batch_size: int = Field(32, ge=1, le=65536)
-    learning_rate: float = Field(1e-3, gt=0)
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="Unstructured: share of the weights of each Dense/Conv "
+                            "kernel set to zero (biases kept). Structured: share of the units/filters removed from "
+                            "each Dense/Conv layer but the output one.")
+    structured: bool = Field(False, description="Remove whole Dense units / Conv2D filters and rebuild a smaller "
+                             "model (faster on CPU) instead of zeroing single weights (smaller when compressed).")
+    epochs: int = Field(2, ge=0, le=1000, description="Fine-tuning epochs on data.train; unstructured sparsity "
+                        "ramps up over the first 3/4 of the steps. 0 prunes at once without fine-tuning.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Fine-tuning batch size.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for fine-tuning.")
 
 
 class DistillConfig(SpecModel):
-    student: RelPath | None = Field(None, description="A Keras model file for the student; default: the teacher's "
-                                    "architecture shrunk by `width`.")
-    width: float = Field(0.5, gt=0.0, le=1.0, description="Width factor for the generated student.")
-    temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the distillation loss vs the label loss.")
-    epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(64, ge=1, le=65536)
-    learning_rate: float = Field(1e-3, gt=0)
+    student: RelPath | None = Field(None, description="A Keras model file for the student (same input shape and "
+                                    "number of classes as the teacher), trained from the weights it holds; default: "
+                                    "the teacher's architecture shrunk by `width`, freshly initialized.")
+    width: float = Field(0.5, gt=0.0, le=1.0, description="Width factor for the generated student: Dense units and "
+                         "Conv filters are multiplied by it, except the output layer's.")
+    temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the distillation term.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the distillation loss (KL at the temperature, "
+                         "times T^2) vs the label cross-entropy (1 - alpha).")
+    epochs: int = Field(10, ge=1, le=1000, description="Student training epochs on data.train.")
+    batch_size: int = Field(64, ge=1, le=65536, description="Student training batch size.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for the student.")
 
 
 class _PassStep(SpecModel):
