@@ -171,6 +171,17 @@ def test_dry_run_prints_the_plan_and_calls_nothing(tmp_path: Path, capsys: Any) 
     assert '"InstanceType": "ml.m5.large"' in out[2]
 
 
+def test_dry_run_json_is_one_result_document(tmp_path: Path, capsys: Any) -> None:
+    import json
+
+    build = bundle(tmp_path, AUTOSCALED)
+    assert deploy_main([str(build), "--target", "sagemaker", "--dry-run", "--format", "json",
+                        "--endpoint-url", "http://127.0.0.1:9"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and doc["endpoint_name"] == "digits"
+    assert doc["endpoint_config_name"].startswith("digits-") and doc["changed"] is False
+
+
 def test_failing_create_is_a_deploy_error_and_the_endpoint_stays(aws: str, tmp_path: Path, capsys: Any) -> None:
     good = deploy(bundle(tmp_path, {"instance_type": "ml.m5.large"}), clients=Recorder(aws), log=lambda _: None)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
                    help="send every AWS call to this URL (a stand-in such as moto); AWS_ENDPOINT_URL also works")
     p.add_argument("--wait-timeout", metavar="S", type=float, default=1800.0,
                    help="seconds to wait for the endpoint to be InService (default 1800)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: progress off, one result document on stdout")
     return p
 
 
@@ -37,13 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from deployc.deploy.sagemaker import deploy
 
+    as_json = args.format == "json"
     try:
-        deploy(args.build_dir, dry_run=args.dry_run, endpoint_url=args.endpoint_url,
-               wait_timeout_s=args.wait_timeout)
+        result = deploy(args.build_dir, dry_run=args.dry_run, endpoint_url=args.endpoint_url,
+                        wait_timeout_s=args.wait_timeout, log=(lambda m: None) if as_json else print)
     except DeploycError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": type(exc).__name__, "messages": exc.lines()}, indent=2))
         for line in exc.lines():
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
+    if as_json:
+        print(json.dumps({"ok": True, **result}, indent=2, sort_keys=True, default=str))
     return EXIT_OK
 
 
