@@ -1,6 +1,7 @@
 """Stage 2: validate the loaded document against the schema and the filesystem; collect every problem."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,44 @@ from deployc.schema.base import NAME_RE
 from deployc.schema.spec import CrossFieldErrors, DeploySpec
 
 
+_TOKENS = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bgh[pousr]_[A-Za-z0-9]{36}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}"
+                     r"|\bsk-[A-Za-z0-9]{32,}\b")
+
+
+def scan_secrets(loaded: LoadedSpec) -> list[Problem]:
+    """Anything in the spec that looks like a credential, wherever it sits: refused with its position."""
+    from deployc.schema.sagemaker import credential_problem
+
+    problems: list[Problem] = []
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if isinstance(v, (dict, list)):
+                walk(v, path + (k,))
+            elif isinstance(v, str):
+                msg = credential_problem(str(k), v)
+                if msg is None and _TOKENS.search(v):
+                    msg = f"{str(k)!r} holds what looks like a private key or access token; secrets never go in the spec"
+                if msg:
+                    line, col = value_position(loaded.tree, path + (k,))
+                    problems.append(Problem(loaded.display, line, col, _dotted(path + (k,)), msg))
+
+    walk(loaded.tree, ())
+    return problems
+
+
 def validate(loaded: LoadedSpec) -> DeploySpec:
     """The validated spec, or a SpecError listing every problem with file:line:col."""
+    secrets = scan_secrets(loaded)
     try:
         spec = DeploySpec.model_validate(loaded.data)
     except ValidationError as exc:
-        raise SpecError(_problems(loaded, exc)) from None
+        problems = _problems(loaded, exc)
+        known = {(p.line, p.path) for p in problems}
+        raise SpecError(problems + [p for p in secrets if (p.line, p.path) not in known]) from None
+    if secrets:
+        raise SpecError(secrets)
     problems = check_paths(loaded, spec)
     if problems:
         raise SpecError(problems)
