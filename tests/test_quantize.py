@@ -82,22 +82,34 @@ def test_dynamic_is_int8_and_agrees(mlp: Path, tmp_path: Path) -> None:
     assert agreement(mlp, res.model, X_EVAL) >= 0.98
 
 
-def test_static_is_qdq_int8_per_channel(cnn: Path, tmp_path: Path) -> None:
-    res = run(cnn, tmp_path, calibration=_cnn_x(X_TRAIN[:64]), mode="int8-static")
-    model = onnx.load(str(res.model))
-    ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 6
+def _int8_weights(path: Path) -> dict[str, tuple[tuple[int, ...], np.ndarray]]:
+    """Weights stored as int8 and dequantized in the graph: name -> (shape, scale)."""
+    model = onnx.load(str(path))
     inits = {t.name: t for t in model.graph.initializer}
-    weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-               and inits[n.input[0]].data_type == TensorProto.INT8 and len(inits[n.input[0]].dims) == 4]
-    assert len(weights) == 2  # both conv weights stored as int8
-    w2 = next(n for n in weights if tuple(inits[n.input[0]].dims) == (32, 16, 3, 3))
-    scale = numpy_helper.to_array(inits[w2.input[1]])
+    out = {}
+    for n in model.graph.node:
+        w = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if w is not None and w.data_type == TensorProto.INT8:
+            out[w.name] = (tuple(w.dims), numpy_helper.to_array(inits[n.input[1]]))
+    return out
+
+
+def test_static_is_qdq_int8_per_channel(cnn: Path, tmp_path: Path) -> None:
+    res = run(cnn, tmp_path / "all", calibration=_cnn_x(X_TRAIN[:64]), mode="int8-static", keep_edges_float=False)
+    ops = op_types(res.model)
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 6
+    weights = _int8_weights(res.model)
+    assert sorted(shape for shape, _ in weights.values()) == [(16, 1, 3, 3), (32, 10), (32, 16, 3, 3)]
+    scale = next(sc for shape, sc in weights.values() if shape == (32, 16, 3, 3))
     assert scale.shape == (32,) and scale[-1] > 10 * scale[0]  # one scale per output channel
-    assert not any(t.data_type == TensorProto.FLOAT and len(t.dims) == 4 for t in model.graph.initializer)
     d = res.details
     assert (d["format"], d["activation_type"], d["per_channel"], d["calibration_rows"]) == ("QDQ", "int8", True, 64)
     assert d["preprocess"] == "full" and d["preprocess_errors"] == []
+
+    default = run(cnn, tmp_path / "default", calibration=_cnn_x(X_TRAIN[:64]), mode="int8-static")
+    assert [shape for shape, _ in _int8_weights(default.model).values()] == [(32, 16, 3, 3)]
+    assert {t.name: t.data_type for t in onnx.load(str(default.model)).graph.initializer}["w1"] == TensorProto.FLOAT
+    assert default.details["keep_edges_float"] is True and "conv1" in default.details["excluded_nodes"]
 
 
 def test_static_agrees_on_digits(mlp: Path, tmp_path: Path) -> None:

@@ -49,11 +49,12 @@ def nodes_of_types(model: Any, op_types: Iterable[str]) -> list[str]:
 
 
 def edge_nodes(model: Any) -> list[str]:
-    """The first Conv and the last MatMul/Gemm: the layers int8 hurts most (input pixels, final logits)."""
-    nodes = list(model.graph.node)
+    """The first Conv, the last MatMul/Gemm and whatever follows it (Softmax): the layers int8 hurts most
+    (raw input pixels; the output head, whose probabilities int8 would round to steps of 1/256)."""
+    nodes = list(model.graph.node)  # ONNX keeps nodes in topological order
     first = next((n.name for n in nodes if n.op_type == "Conv"), None)
-    last = next((n.name for n in reversed(nodes) if n.op_type in ("MatMul", "Gemm")), None)
-    return [n for n in (first, last) if n]
+    last = max((i for i, n in enumerate(nodes) if n.op_type in ("MatMul", "Gemm")), default=len(nodes))
+    return ([first] if first else []) + [n.name for n in nodes[last:]]
 
 
 def preprocess(src: Path, dst: Path, log: Callable[[str], None] = print,
@@ -130,7 +131,8 @@ def quantize_dynamic_onnx(src: Path, dst: Path, *, per_channel: bool = False, re
 
 def quantize_static_onnx(src: Path, dst: Path, calibration: np.ndarray, *, method: str = "percentile",
                          per_channel: bool = True, reduce_range: bool = False, exclude_ops: Iterable[str] = (),
-                         exclude_nodes: Iterable[str] = (), percentile: float = 99.999,
+                         exclude_nodes: Iterable[str] = (), keep_edges_float: bool = False,
+                         percentile: float = 99.999,
                          log: Callable[[str], None] = print,
                          preprocess_runner: Callable[..., None] | None = None) -> dict[str, Any]:
     """QDQ, int8 activations and weights (S8S8), ranges calibrated on `calibration` rows."""
@@ -145,7 +147,8 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: np.ndarray, *, metho
         details = preprocess(src, pre, log, preprocess_runner)
         model = name_nodes(_load(pre))
         name, dtype, fixed = _input_spec(model)
-        excluded = sorted(set(nodes_of_types(model, exclude_ops)) | set(exclude_nodes))
+        excluded = sorted(set(nodes_of_types(model, exclude_ops)) | set(exclude_nodes)
+                          | set(edge_nodes(model) if keep_edges_float else ()))
         batch = fixed or calibration_batch(len(calibration))
         reader = ArrayReader(name, np.asarray(calibration, dtype=dtype), batch)
         extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
@@ -163,6 +166,7 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: np.ndarray, *, metho
     details.update({"format": "QDQ", "activation_type": "int8", "weight_type": "int8", "per_channel": per_channel,
                     "reduce_range": reduce_range, "calibration_method": method,
                     "calibration_rows": int(len(calibration)), "calibration_batch": batch,
+                    "keep_edges_float": keep_edges_float,
                     "excluded_nodes": excluded})
     if method == "percentile":
         details["percentile"] = percentile

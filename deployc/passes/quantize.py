@@ -45,10 +45,10 @@ def quantize_once(mode: str, src: Path, dst: Path, config: QuantizeConfig, inp: 
             x, _ = inp.data("calibration")
         except ValueError as exc:
             raise InputError(f"quantize int8-static needs data.calibration ({exc})") from None
-        exclude_nodes = q.edge_nodes(q.name_nodes(q._load(src))) if config.keep_edges_float else []
         return q.quantize_static_onnx(src, dst, x, method=config.calibration_method, per_channel=config.per_channel,
                                       reduce_range=config.reduce_range, exclude_ops=config.exclude_ops,
-                                      exclude_nodes=exclude_nodes, percentile=config.percentile, log=inp.log)
+                                      keep_edges_float=config.keep_edges_float, percentile=config.percentile,
+                                      log=inp.log)
     raise InputError(f"unknown quantize mode {mode!r}")
 
 
