@@ -15,7 +15,7 @@ class QuantizeConfig(SpecModel):
                                "(CNNs; needs data.calibration), float16, or auto (try candidates, keep the best "
                                "that passes the gates).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="How int8-static picks activation ranges from data.calibration.")
+        "percentile", description="How int8-static picks activation ranges from data.calibration.")
     per_channel: bool = Field(True, description="Per-channel weight scales for int8-static.")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs with AVX2/AVX512 but no VNNI.")
     percentile: float = Field(99.999, gt=90.0, le=100.0, description="With calibration_method percentile: the "
