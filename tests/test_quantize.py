@@ -146,10 +146,12 @@ def test_float16_weights_fp32_io(mlp: Path, tmp_path: Path) -> None:
     assert 0.45 < res.model.stat().st_size / mlp.stat().st_size < 0.55
 
 
-@pytest.mark.parametrize("mode", ["int8-dynamic", "int8-static", "float16"])
-def test_output_is_deterministic(mlp: Path, tmp_path: Path, mode: str) -> None:
-    a = run(mlp, tmp_path / "a", mode=mode, calibration_method="entropy").model.read_bytes()
-    b = run(mlp, tmp_path / "b", mode=mode, calibration_method="entropy").model.read_bytes()
+@pytest.mark.parametrize("mode,method", [("int8-dynamic", "minmax"), ("float16", "minmax"),
+                                         ("int8-static", "minmax"), ("int8-static", "entropy"),
+                                         ("int8-static", "percentile")])
+def test_output_is_deterministic(mlp: Path, tmp_path: Path, mode: str, method: str) -> None:
+    a = run(mlp, tmp_path / "a", mode=mode, calibration_method=method).model.read_bytes()
+    b = run(mlp, tmp_path / "b", mode=mode, calibration_method=method).model.read_bytes()
     assert a == b
 
 
