@@ -235,3 +235,20 @@ def test_preprocess_falls_back(mlp: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert res.details["preprocess"] == "none" and len(res.details["preprocess_errors"]) == 2
     assert "QuantizeLinear" in op_types(res.model)
     assert agreement(mlp, res.model, X_EVAL) >= 0.97
+
+
+def test_auto_drops_candidate_the_evaluator_rejects(mlp: Path, tmp_path: Path) -> None:
+    real = make_evaluate(mlp, X_EVAL, None, {})
+
+    def evaluate(path: Path) -> dict[str, Any]:
+        if "int8-dynamic" in path.name:
+            raise InputError(f"{path.name}: onnxruntime cannot load it")
+        return real(path)
+
+    inp = PassInput(model=mlp, out_dir=tmp_path, config=QuantizeConfig(mode="auto", candidates=["int8-dynamic",
+                                                                                                 "float16"]),
+                    data=_no_data, evaluate=evaluate, gates=None, log=lambda _: None)
+    res = QuantizePass().apply(inp)
+    rows = {r["mode"]: r for r in res.details["candidates"]}
+    assert rows["int8-dynamic"]["why"].startswith("not evaluated: ") and rows["int8-dynamic"]["kept"] is False
+    assert res.details["chosen"] == "float16" and rows["float16"]["why"] == "smallest passing candidate"

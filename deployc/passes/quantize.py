@@ -80,11 +80,12 @@ class QuantizePass(Pass):
                 row: dict[str, Any] = {"mode": mode}
                 try:
                     row["details"] = quantize_once(mode, inp.model, path, config, inp)
-                except InputError as exc:
-                    rows.append({**row, "kept": False, "why": f"not built: {exc}", "gate_failures": []})
-                    inp.log(f"quantize auto: {mode} not built ({exc})")
+                    figures = inp.evaluate(path)
+                except InputError as exc:  # no calibration data, or a model the runtime cannot load
+                    what = "not evaluated" if "details" in row else "not built"
+                    rows.append({**row, "kept": False, "why": f"{what}: {exc}", "gate_failures": []})
+                    inp.log(f"quantize auto: {mode} {what} ({exc})")
                     continue
-                figures = inp.evaluate(path)
                 row["figures"] = {k: figures[k] for k in FIGURES if k in figures}
                 row["gate_failures"] = list(figures.get("gate_failures", []))
                 row["path"] = path
