@@ -25,7 +25,9 @@ if str(ROOT) not in sys.path:
 
 from bench.models import MODELS, BenchModel, load  # noqa: E402
 
-RowFn = Callable[[BenchModel, Path], Path]  # builds the candidate model; returns its path
+# builds the candidate model; returns its path, or (path, extra columns such as a note)
+RowFn = Callable[[BenchModel, Path], "Path | tuple[Path, dict[str, Any]]"]
+AUTO_GATES = {"min_agreement": 0.99, "max_accuracy_drop": 0.01}  # what the auto rows require
 ROWS: list[tuple[str, str, RowFn]] = []
 # (model, row name) -> {figure: (op, bound)}; checked and printed, not asserted
 TARGETS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
@@ -47,7 +49,7 @@ def row(model: str, name: str) -> Callable[[RowFn], RowFn]:
 
 
 def _quantize(mode: str) -> RowFn:
-    def build(m: BenchModel, out: Path) -> Path:
+    def build(m: BenchModel, out: Path) -> Path | tuple[Path, dict[str, Any]]:
         from deployc.passes.base import PassInput
         from deployc.passes.quantize import QuantizePass
         from deployc.schema.passes import QuantizeConfig
@@ -57,14 +59,33 @@ def _quantize(mode: str) -> RowFn:
                     "train": (m.x_train, m.y_train)}[split]
 
         inp = PassInput(model=m.onnx_path, out_dir=out, config=QuantizeConfig(mode=mode), data=data,
-                        evaluate=lambda p: {}, gates=None, log=lambda s: None)
-        return QuantizePass().apply(inp).model
+                        evaluate=lambda p: _evaluate(m, p), gates=None, log=lambda s: None)
+        res = QuantizePass().apply(inp)
+        return (res.model, {"note": f"chose {res.details['chosen']}"}) if mode == "auto" else res.model
 
     return build
 
 
+def _evaluate(m: BenchModel, path: Path) -> dict[str, Any]:
+    """What the build's evaluation gives a pass (figures vs the fp32 model), with AUTO_GATES applied."""
+    import numpy as np
+
+    from deployc.ml.evaluate import compare, measure_onnx, predict_onnx, sizes
+
+    ref = predict_onnx(m.onnx_path, m.x_eval)
+    figures = compare(ref, predict_onnx(path, m.x_eval), m.y_eval, "classification")
+    figures.update(sizes(path), **measure_onnx(path, m.x_eval, min_seconds=0.3))
+    drop = float(np.mean(ref.argmax(1) == m.y_eval)) - figures["accuracy"]
+    figures["gate_failures"] = (
+        [f"agreement {figures['agreement']} < {AUTO_GATES['min_agreement']}"]
+        if figures["agreement"] < AUTO_GATES["min_agreement"] else []) + (
+        [f"accuracy drop {drop:.4f} > {AUTO_GATES['max_accuracy_drop']}"]
+        if drop > AUTO_GATES["max_accuracy_drop"] else [])
+    return figures
+
+
 for _model in MODELS:
-    for _mode in ("int8-dynamic", "int8-static", "float16"):
+    for _mode in ("int8-dynamic", "int8-static", "float16", "auto"):
         row(_model, f"quantize:{_mode}")(_quantize(_mode))
 
 
@@ -80,7 +101,8 @@ def measure_row(m: BenchModel, name: str, fn: RowFn, work: Path, seconds: float,
     from deployc.ml.evaluate import predict_onnx, sizes
 
     t0 = time.perf_counter()
-    cand = fn(m, work / name.replace(":", "-"))
+    built = fn(m, work / name.replace(":", "-"))
+    cand, extra = built if isinstance(built, tuple) else (built, {})
     build_s = time.perf_counter() - t0
     ref, pred = predict_onnx(m.onnx_path, m.x_eval), predict_onnx(cand, m.x_eval)
     base_ms, cand_ms = [], []
@@ -95,7 +117,7 @@ def measure_row(m: BenchModel, name: str, fn: RowFn, work: Path, seconds: float,
            "agreement": round(float(np.mean(ref.argmax(1) == pred.argmax(1))), 4),
            "accuracy": round(acc, 4), "accuracy_drop_pts": round(100 * (acc_ref - acc), 2),
            "fp32_p50_ms": round(statistics.median(base_ms), 4), "p50_ms": round(statistics.median(cand_ms), 4),
-           "build_s": round(build_s, 1)}
+           "build_s": round(build_s, 1), "note": "", **extra}
     out["target"] = check(out, TARGETS.get((m.name, name), {}))
     return out
 
@@ -124,7 +146,7 @@ def selected(only: str | None) -> list[tuple[str, str, RowFn]]:
 
 
 COLUMNS = ("model", "row", "size_ratio", "speedup", "agreement", "accuracy_drop_pts", "fp32_p50_ms", "p50_ms",
-           "target")
+           "target", "note")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -252,3 +252,21 @@ def test_auto_drops_candidate_the_evaluator_rejects(mlp: Path, tmp_path: Path) -
     rows = {r["mode"]: r for r in res.details["candidates"]}
     assert rows["int8-dynamic"]["why"].startswith("not evaluated: ") and rows["int8-dynamic"]["kept"] is False
     assert res.details["chosen"] == "float16" and rows["float16"]["why"] == "smallest passing candidate"
+
+
+def test_choose_breaks_near_size_ties_by_latency() -> None:
+    from deployc.passes.quantize import choose
+
+    def rows(size_b: int) -> list[dict[str, Any]]:
+        return [{"mode": "int8-dynamic", "gate_failures": [], "figures": {"size_bytes": 100, "latency_p50_ms": 6.0}},
+                {"mode": "int8-static", "gate_failures": [], "figures": {"size_bytes": size_b, "latency_p50_ms": 1.0}},
+                {"mode": "float16", "gate_failures": ["agreement 0.5 < 0.99"],
+                 "figures": {"size_bytes": 50, "latency_p50_ms": 0.5}}]
+
+    near = rows(103)
+    assert choose(near, ["int8-dynamic", "int8-static", "float16"])["mode"] == "int8-static"
+    assert near[0]["why"].startswith("size ties with int8-static, slower p50")
+    assert near[2]["why"] == "gates failed: agreement 0.5 < 0.99"
+    far = rows(110)
+    assert choose(far, ["int8-dynamic", "int8-static", "float16"])["mode"] == "int8-dynamic"
+    assert far[1]["why"] == "passes, but larger than int8-dynamic (110 vs 100 bytes)"

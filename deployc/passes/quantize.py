@@ -16,7 +16,8 @@ from deployc.passes.base import Pass, PassInput, PassResult
 from deployc.schema.passes import QuantizeConfig
 
 MODEL_FILE = "model.onnx"
-SIZE_TIE = 0.02  # candidates within 2% of the smallest size count as tied; the faster p50 wins
+SIZE_TIE = 0.05  # within 5% of the smallest size counts as tied (int8 variants differ only by scales and
+# the layers kept float); the faster p50 wins: on a CNN int8-dynamic is 3% smaller but 6x slower than int8-static
 FIGURES = ("size_bytes", "gzip_bytes", "latency_p50_ms", "latency_p99_ms", "throughput_rows_s", "agreement",
            "accuracy", "max_abs_error")
 DATA_BY_MODE: dict[str, tuple[str, ...]] = {
