@@ -15,9 +15,13 @@ class QuantizeConfig(SpecModel):
                                "(CNNs; needs data.calibration), float16, or auto (try candidates, keep the best "
                                "that passes the gates).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="How int8-static picks activation ranges from data.calibration.")
+        "percentile", description="How int8-static picks activation ranges from data.calibration.")
     per_channel: bool = Field(True, description="Per-channel weight scales for int8-static.")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs with AVX2/AVX512 but no VNNI.")
+    percentile: float = Field(99.999, gt=90.0, le=100.0, description="With calibration_method percentile: the "
+                              "share of calibration values (in percent) each activation range covers.")
+    keep_edges_float: bool = Field(True, description="int8-static: leave the first Conv and the output head "
+                                   "(last MatMul/Gemm and what follows it) in float: the layers int8 hurts most.")
     exclude_ops: list[str] = Field(default_factory=list, description="ONNX op types left in float (e.g. Softmax).")
     candidates: list[Literal["int8-dynamic", "int8-static", "float16"]] = Field(
         default_factory=lambda: ["int8-dynamic", "int8-static", "float16"],
