@@ -115,6 +115,19 @@ def _input_spec(model: Any) -> tuple[str, Any, int | None]:
     return inputs[0].name, helper.tensor_dtype_to_np_dtype(tt.elem_type), fixed
 
 
+@contextlib.contextmanager
+def _root_warnings_off() -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_dynamic_onnx(src: Path, dst: Path, *, per_channel: bool = False, reduce_range: bool = False,
                           exclude_ops: Iterable[str] = (), exclude_nodes: Iterable[str] = ()) -> dict[str, Any]:
     """int8 weights, activations quantized at run time: for MatMul-heavy models (MLPs, transformers)."""
@@ -122,9 +135,10 @@ def quantize_dynamic_onnx(src: Path, dst: Path, *, per_channel: bool = False, re
 
     model = name_nodes(_load(src))
     excluded = sorted(set(nodes_of_types(model, exclude_ops)) | set(exclude_nodes))
-    quantize_dynamic(model, str(dst), per_channel=per_channel, reduce_range=reduce_range,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                     extra_options={"MatMulConstBOnly": True})
+    with _root_warnings_off():  # "consider pre-processing": advice for static quantization, not this mode
+        quantize_dynamic(model, str(dst), per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                         extra_options={"MatMulConstBOnly": True})
     return {"weight_type": "int8", "per_channel": per_channel, "reduce_range": reduce_range,
             "excluded_nodes": excluded, **graph_summary(dst)}
 

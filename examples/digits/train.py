@@ -31,8 +31,8 @@ def main(out: Path = HERE, epochs: int = 30) -> None:
     x_train, y_train, x_eval, y_eval = x[n_eval:], y[n_eval:], x[:n_eval], y[:n_eval]
 
     inputs = keras.Input((64,), name="pixels")
-    h = keras.layers.Dense(256, activation="relu", name="hidden1")(inputs)
-    h = keras.layers.Dense(128, activation="relu", name="hidden2")(h)
+    h = keras.layers.Dense(512, activation="relu", name="hidden1")(inputs)
+    h = keras.layers.Dense(512, activation="relu", name="hidden2")(h)
     outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(h)
     model = keras.Model(inputs, outputs, name="digits")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
