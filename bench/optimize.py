@@ -1,5 +1,9 @@
 """Optimization benchmark: each pass/mode on three local models, against fp32 ONNX Runtime in the same run.
 
+Rows: quantize (int8-dynamic, int8-static, float16, auto) on the MLP, CNN and Transformer; prune (unstructured
+and structured 50%) and distill (width 0.5) on the MLP and CNN. The `tflite` target has its own sibling,
+bench/tflite.py.
+
     PYTHONPATH=. python bench/optimize.py [--only cnn,mlp:int8-dynamic] [--min-seconds 1] [--json out.json]
 
 Per row: size ratio vs the fp32 ONNX file, batch-1 p50 speed-up vs fp32 (1 intra-op thread; fp32 and the
@@ -87,6 +91,43 @@ def _evaluate(m: BenchModel, path: Path) -> dict[str, Any]:
 for _model in MODELS:
     for _mode in ("int8-dynamic", "int8-static", "float16", "auto"):
         row(_model, f"quantize:{_mode}")(_quantize(_mode))
+
+
+def _keras_pass(name: str, settings: dict[str, Any]) -> RowFn:
+    """A Keras pass (prune, distill) on the model's Keras source, then converted to fp32 ONNX for timing."""
+
+    def build(m: BenchModel, out: Path) -> Path:
+        from deployc.ml.convert import keras_to_onnx
+        from deployc.passes import get_pass
+        from deployc.passes.base import PassInput
+
+        def data(split: str) -> tuple[Any, Any]:
+            return {"eval": (m.x_eval, m.y_eval), "train": (m.x_train, m.y_train)}[split]
+
+        p = get_pass(name)
+        res = p.apply(PassInput(model=m.keras_path, out_dir=out, config=p.config_model(**settings), data=data,
+                                evaluate=lambda _: {}, gates=None, log=lambda s: None))
+        onnx_path = out / "model.onnx"
+        keras_to_onnx(res.model, onnx_path)
+        return onnx_path
+
+    return build
+
+
+KERAS_ROWS = {  # row name -> (pass, settings per model)
+    "prune:unstructured-50": ("prune", {"mlp": {"sparsity": 0.5, "epochs": 2}, "cnn": {"sparsity": 0.5, "epochs": 2}}),
+    "prune:structured-50": ("prune", {"mlp": {"sparsity": 0.5, "structured": True, "epochs": 4},
+                                      "cnn": {"sparsity": 0.5, "structured": True, "epochs": 4}}),
+    "distill:width-0.5": ("distill", {"mlp": {"width": 0.5, "epochs": 30, "learning_rate": 1e-3},
+                                      "cnn": {"width": 0.5, "epochs": 20, "learning_rate": 2e-3}}),
+}
+for _row_name, (_pass, _per_model) in KERAS_ROWS.items():
+    for _model, _settings in _per_model.items():
+        row(_model, _row_name)(_keras_pass(_pass, _settings))
+TARGETS.update({(m, "prune:structured-50"): {"speedup": (">=", 1.5), "accuracy_drop_pts": ("<=", 1.0)}
+                for m in ("mlp", "cnn")})
+TARGETS.update({(m, "distill:width-0.5"): {"speedup": (">=", 1.5), "accuracy_drop_pts": ("<=", 2.0)}
+                for m in ("mlp", "cnn")})
 
 
 def _p50(path: Path, x: Any, seconds: float) -> float:
