@@ -76,3 +76,11 @@ ALERT_FAST_BURN = "DeploycSLOFastBurn"  # the page alert
 ALERT_SLOW_BURN = "DeploycSLOSlowBurn"  # the ticket alert
 ALERT_DRIFT = "DeploycPredictionDrift"
 PSI_EPSILON = 1e-4  # class share floor in PSI, so an empty class gives a large but finite term
+
+# --- Vertex AI and Azure ML (docs/vertex.md, docs/azureml.md) -------------------------------------------------
+VERTEX_DIR = "vertex"
+AZUREML_DIR = "azureml"
+CLOUD_SERVING_PORT = 8080  # the container port both platforms send requests to
+CLOUD_PREDICT_ROUTE = "/invocations"  # {"instances": [...]} in, {"predictions": [...]} out
+CLOUD_READY_ROUTE = "/v2/health/ready"
+CLOUD_LIVE_ROUTE = "/v2/health/live"

@@ -7,12 +7,14 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from deployc.conventions import DEFAULT_LATENCY_BUCKETS
+from deployc.schema.azureml import AzureMLTarget
 from deployc.schema.base import Name, RelPath, SpecModel
 from deployc.schema.local import LocalTarget
 from deployc.schema.passes import KERAS_PASSES, PassItem, pass_config, pass_name
 from deployc.schema.sagemaker import SageMakerTarget
 from deployc.schema.slo import SLO, LatencySLO, latency_threshold_problems, slo_name
 from deployc.schema.tflite import TFLiteTarget
+from deployc.schema.vertex import VertexTarget
 
 API_VERSION = "deployc/v1"
 DType = Literal["float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool"]
@@ -81,6 +83,8 @@ class Targets(SpecModel):
     local: LocalTarget | None = Field(None, description="A bundle `deployc serve` runs.")
     sagemaker: SageMakerTarget | None = Field(None, description="A SageMaker endpoint.")
     tflite: TFLiteTarget | None = Field(None, description="A LiteRT bundle for devices.")
+    vertex: VertexTarget | None = Field(None, description="A Vertex AI model and endpoint.")
+    azureml: AzureMLTarget | None = Field(None, description="An Azure ML managed online endpoint.")
 
 
 class DeploySpec(SpecModel):
