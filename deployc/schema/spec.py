@@ -17,6 +17,7 @@ from deployc.schema.tflite import TFLiteTarget
 from deployc.schema.vertex import VertexTarget
 
 API_VERSION = "deployc/v1"
+SERVED_TARGETS = ("local", "sagemaker", "kserve", "vertex", "azureml")  # targets that export the server's metrics
 DType = Literal["float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool"]
 
 
@@ -145,8 +146,10 @@ class DeploySpec(SpecModel):
                 problems.append((("slos", i, "name"), f"SLO name {slo_name(s)!r} is used more than once"))
             if s.kind == "stability" and self.data.eval is None:
                 problems.append((("slos", i, "kind"), "stability compares with predictions on data.eval: set it"))
-            if isinstance(s, LatencySLO) and self.targets.local is None and self.targets.sagemaker is None:
-                problems.append((("slos", i), "a latency SLO needs a serving target (local or sagemaker)"))
+            served_by = [t for t in SERVED_TARGETS if getattr(self.targets, t, None) is not None]
+            if isinstance(s, LatencySLO) and not served_by:
+                problems.append((("slos", i), "a latency SLO needs a target that runs `deployc serve` "
+                                 f"({', '.join(SERVED_TARGETS)})"))
         problems.extend(latency_threshold_problems(self.slos, DEFAULT_LATENCY_BUCKETS))
         if problems:
             raise CrossFieldErrors(problems)
