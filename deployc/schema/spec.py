@@ -8,11 +8,13 @@ from pydantic import Field, field_validator, model_validator
 
 from deployc.conventions import DEFAULT_LATENCY_BUCKETS
 from deployc.schema.base import Name, RelPath, SpecModel
+from deployc.schema.kserve import KServeTarget
 from deployc.schema.local import LocalTarget
 from deployc.schema.passes import KERAS_PASSES, PassItem, pass_config, pass_name
 from deployc.schema.sagemaker import SageMakerTarget
 from deployc.schema.slo import SLO, LatencySLO, latency_threshold_problems, slo_name
 from deployc.schema.tflite import TFLiteTarget
+from deployc.schema.tfserving import TFServingTarget
 
 API_VERSION = "deployc/v1"
 DType = Literal["float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool"]
@@ -81,6 +83,8 @@ class Targets(SpecModel):
     local: LocalTarget | None = Field(None, description="A bundle `deployc serve` runs.")
     sagemaker: SageMakerTarget | None = Field(None, description="A SageMaker endpoint.")
     tflite: TFLiteTarget | None = Field(None, description="A LiteRT bundle for devices.")
+    kserve: KServeTarget | None = Field(None, description="A KServe InferenceService (Kubernetes).")
+    tfserving: TFServingTarget | None = Field(None, description="A versioned SavedModel for TensorFlow Serving.")
 
 
 class DeploySpec(SpecModel):
@@ -135,14 +139,18 @@ class DeploySpec(SpecModel):
                 problems.append((("targets", "tflite", "quantization"), "int8 needs data.calibration"))
             if fmt == "onnx":
                 problems.append((("targets", "tflite"), "tflite needs a Keras or SavedModel model, not ONNX"))
+        if self.targets.tfserving is not None and fmt == "onnx":
+            problems.append((("targets", "tfserving"), "tfserving needs a Keras or SavedModel model, not ONNX"))
         names = Counter(slo_name(s) for s in self.slos)
         for i, s in enumerate(self.slos):
             if names[slo_name(s)] > 1:
                 problems.append((("slos", i, "name"), f"SLO name {slo_name(s)!r} is used more than once"))
             if s.kind == "stability" and self.data.eval is None:
                 problems.append((("slos", i, "kind"), "stability compares with predictions on data.eval: set it"))
-            if isinstance(s, LatencySLO) and self.targets.local is None and self.targets.sagemaker is None:
-                problems.append((("slos", i), "a latency SLO needs a serving target (local or sagemaker)"))
+            kserve = self.targets.kserve is not None and self.targets.kserve.runtime == "deployc"
+            if isinstance(s, LatencySLO) and self.targets.local is None and self.targets.sagemaker is None \
+                    and not kserve:
+                problems.append((("slos", i), "a latency SLO needs a serving target (local, sagemaker or kserve)"))
         problems.extend(latency_threshold_problems(self.slos, DEFAULT_LATENCY_BUCKETS))
         if problems:
             raise CrossFieldErrors(problems)
