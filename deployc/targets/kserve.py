@@ -195,7 +195,10 @@ def validate_manifest(doc: dict[str, Any], kubernetes_version: str, where: str) 
     error = best_match(validator.iter_errors(doc))
     if error is not None:
         path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ManifestError(f"{where}: {doc['kind']} fails its schema at {path}: {error.message} "
+        message, shown = error.message, repr(error.instance)
+        if len(shown) > 80:  # name the value by its path instead of printing a whole rule or container
+            message = message.replace(shown, "the value")
+        raise ManifestError(f"{where}: {doc['kind']} fails its schema at {path}: {message} "
                             "(a bug in deployc's kserve target; nothing was written)")
 
 

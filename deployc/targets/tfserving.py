@@ -199,11 +199,19 @@ class TFServingTarget(Target):
         src = ctx.step_outputs[EXPORT] / SAVED_MODEL
         files = {f"{TFSERVING_DIR}/{name}/{version}/{rel}": (src / rel).read_bytes()
                  for rel in ctx.step_results[EXPORT]["files"]}
-        header = c.GENERATED_HEADER.format(spec=ctx.spec_file)
-        files[f"{TFSERVING_DIR}/models.config"] = models_config(name, cfg, version, header).encode()
-        if cfg.batching.enabled:
-            files[f"{TFSERVING_DIR}/batching_parameters.txt"] = batching_parameters(cfg, header).encode()
+        files.update(config_files(ctx.spec, ctx.spec_file))
         return files
+
+
+def config_files(spec: DeploySpec, spec_file: str) -> dict[str, bytes]:
+    """models.config and (batching on) batching_parameters.txt, keyed by their bundle paths."""
+    cfg: TFServingConfig = spec.targets.tfserving
+    header = c.GENERATED_HEADER.format(spec=spec_file)
+    files = {f"{TFSERVING_DIR}/models.config":
+             models_config(spec.name, cfg, version_number(spec, cfg), header).encode()}
+    if cfg.batching.enabled:
+        files[f"{TFSERVING_DIR}/batching_parameters.txt"] = batching_parameters(cfg, header).encode()
+    return files
 
 
 def _plain(value: str, what: str) -> str:
