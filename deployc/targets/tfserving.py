@@ -128,12 +128,12 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
     import time
 
     import numpy as np
-    import tensorflow as tf
 
     from deployc.ml.evaluate import compare, sizes
 
     path = Path(ctx.deps[EXPORT].dir) / SAVED_MODEL
-    fn, inp, out, info = _signature(path)
+    fn, inp, out, info = _signature(path)  # imports TensorFlow quietly
+    import tensorflow as tf
     if len(info["inputs"]) != 1:
         raise InputError(f"targets.tfserving: verification runs single-input models; the signature has "
                          f"{len(info['inputs'])} inputs")
