@@ -9,11 +9,13 @@ from pydantic import Field, field_validator, model_validator
 from deployc.conventions import DEFAULT_LATENCY_BUCKETS
 from deployc.schema.azureml import AzureMLTarget
 from deployc.schema.base import Name, RelPath, SpecModel
+from deployc.schema.kserve import KServeTarget
 from deployc.schema.local import LocalTarget
 from deployc.schema.passes import KERAS_PASSES, PassItem, pass_config, pass_name
 from deployc.schema.sagemaker import SageMakerTarget
 from deployc.schema.slo import SLO, LatencySLO, latency_threshold_problems, slo_name
 from deployc.schema.tflite import TFLiteTarget
+from deployc.schema.tfserving import TFServingTarget
 from deployc.schema.vertex import VertexTarget
 
 API_VERSION = "deployc/v1"
@@ -84,6 +86,8 @@ class Targets(SpecModel):
     local: LocalTarget | None = Field(None, description="A bundle `deployc serve` runs.")
     sagemaker: SageMakerTarget | None = Field(None, description="A SageMaker endpoint.")
     tflite: TFLiteTarget | None = Field(None, description="A LiteRT bundle for devices.")
+    kserve: KServeTarget | None = Field(None, description="A KServe InferenceService (Kubernetes).")
+    tfserving: TFServingTarget | None = Field(None, description="A versioned SavedModel for TensorFlow Serving.")
     vertex: VertexTarget | None = Field(None, description="A Vertex AI model and endpoint.")
     azureml: AzureMLTarget | None = Field(None, description="An Azure ML managed online endpoint.")
 
@@ -140,6 +144,8 @@ class DeploySpec(SpecModel):
                 problems.append((("targets", "tflite", "quantization"), "int8 needs data.calibration"))
             if fmt == "onnx":
                 problems.append((("targets", "tflite"), "tflite needs a Keras or SavedModel model, not ONNX"))
+        if self.targets.tfserving is not None and fmt == "onnx":
+            problems.append((("targets", "tfserving"), "tfserving needs a Keras or SavedModel model, not ONNX"))
         names = Counter(slo_name(s) for s in self.slos)
         for i, s in enumerate(self.slos):
             if names[slo_name(s)] > 1:
@@ -147,6 +153,8 @@ class DeploySpec(SpecModel):
             if s.kind == "stability" and self.data.eval is None:
                 problems.append((("slos", i, "kind"), "stability compares with predictions on data.eval: set it"))
             served_by = [t for t in SERVED_TARGETS if getattr(self.targets, t, None) is not None]
+            if self.targets.kserve is not None and self.targets.kserve.runtime != "deployc":
+                served_by.remove("kserve")  # KServe's own ONNX runtime does not export deployc's metrics
             if isinstance(s, LatencySLO) and not served_by:
                 problems.append((("slos", i), "a latency SLO needs a target that runs `deployc serve` "
                                  f"({', '.join(SERVED_TARGETS)})"))

@@ -9,6 +9,8 @@ REGISTRY: dict[str, str] = {
     "local": "deployc.targets.local:LocalTarget",
     "tflite": "deployc.targets.tflite:TFLiteTarget",
     "sagemaker": "deployc.targets.sagemaker:SageMakerTarget",
+    "kserve": "deployc.targets.kserve:KServeTarget",
+    "tfserving": "deployc.targets.tfserving:TFServingTarget",
     "vertex": "deployc.targets.vertex:VertexTarget",
     "azureml": "deployc.targets.azureml:AzureMLTarget",
 }

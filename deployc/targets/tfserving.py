@@ -1,0 +1,237 @@
+"""`targets.tfserving`: the final Keras-stage model as a versioned SavedModel, plus the model server's config.
+
+Two cached steps: `tfserving:export` (Keras -> SavedModel whose serving_default signature returns `output`; a
+SavedModel input is copied as it is) and `tfserving:verify` (the SavedModel loaded back with TensorFlow and run
+on data.eval against the reference predictions). The emitter copies the exported files into
+`tfserving/<name>/<version>/` and renders models.config and batching_parameters.txt (text protobuf), each parsed
+back before it is returned.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from deployc import conventions as c
+from deployc.compiler.steps import Step, StepContext
+from deployc.errors import InputError
+from deployc.render import render_template
+from deployc.schema.spec import DeploySpec
+from deployc.schema.tfserving import MAX_VERSION
+from deployc.schema.tfserving import TFServingTarget as TFServingConfig
+from deployc.targets.base import EmitContext, Target
+from deployc.targets.tfserving_proto import check_batching_parameters, check_models_config
+
+EXPORT = "tfserving:export"
+VERIFY = "tfserving:verify"
+REFERENCE = "reference"
+TFSERVING_DIR = "tfserving"
+SAVED_MODEL = "saved_model"
+SIGNATURE = "serving_default"
+LIBS = ("tensorflow", "keras", "numpy")
+_SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
+
+
+def version_number(spec: DeploySpec, cfg: TFServingConfig) -> int:
+    """The version folder: model_version, or the spec version (an integer, or MAJOR*10^6 + MINOR*10^3 + PATCH,
+    which keeps semantic-version order, so the `latest` policy serves the newest release)."""
+    if cfg.model_version is not None:
+        return cfg.model_version
+    v = spec.version
+    if v.isdigit() and 1 <= int(v) <= MAX_VERSION:
+        return int(v)
+    m = _SEMVER.match(v)
+    if m:
+        major, minor, patch = (int(g) for g in m.groups())
+        n = major * 1_000_000 + minor * 1_000 + patch
+        if minor < 1000 and patch < 1000 and 1 <= n <= MAX_VERSION:
+            return n
+    raise InputError(f"targets.tfserving: version {v!r} gives no version number (TensorFlow Serving needs a "
+                     "positive integer folder): set targets.tfserving.model_version")
+
+
+def run_export(ctx: StepContext, source_step: str) -> dict[str, Any]:
+    out = ctx.deps[source_step]
+    src, dst = Path(out.dir) / out.result["model"], ctx.out_dir / SAVED_MODEL
+    if out.result["format"] == "savedmodel":
+        ctx.log("copying the SavedModel")
+        shutil.copytree(src, dst)
+    else:
+        ctx.log("exporting the Keras model as a SavedModel")
+        export_keras(src, dst, list(ctx.spec.model.inputs) if ctx.spec.model.inputs else None)
+    files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    if "saved_model.pb" not in files:
+        raise InputError(f"{ctx.spec.model.path}: the SavedModel has no saved_model.pb")
+    return {"model": SAVED_MODEL, "format": "savedmodel", "files": files}
+
+
+def export_keras(src: Path, dst: Path, inputs: list[Any] | None) -> None:
+    """model.export's archive with one endpoint, serving_default, whose outputs are named like the ONNX model's."""
+    from deployc.ml.convert import load_keras, quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    keras.backend.clear_session()
+    model = load_keras(src)
+    if inputs:
+        signature = [tf.TensorSpec([None if d == -1 else d for d in t.shape], getattr(tf, t.dtype), name=t.name)
+                     for t in inputs]
+    else:
+        signature = [tf.TensorSpec(t.shape, t.dtype, name=(getattr(t, "name", "") or f"input_{i}").split(":")[0])
+                     for i, t in enumerate(model.inputs)]
+    single = len(signature) == 1
+
+    def serve(*args: Any) -> dict[str, Any]:
+        y = model(args[0] if single else list(args), training=False)
+        if isinstance(y, (list, tuple)):
+            return {f"output_{i}": t for i, t in enumerate(y)}
+        return {"output": y}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=signature)
+    try:
+        archive.write_out(str(dst), verbose=False)
+    except Exception as exc:
+        raise InputError(f"{src.name}: export as a SavedModel failed ({type(exc).__name__}: {exc})") from None
+
+
+def _signature(path: Path) -> tuple[Any, str, str, dict[str, Any]]:
+    """(serving function, input name, output name, signature description) of a SavedModel."""
+    from deployc.ml.convert import quiet_tensorflow
+
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    try:
+        fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    except Exception as exc:
+        raise InputError(f"the exported SavedModel does not load with TensorFlow ({type(exc).__name__}: {exc})"
+                         ) from None
+    _, kwargs = fn.structured_input_signature
+    outs = fn.structured_outputs
+
+    def desc(specs: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": k, "dtype": s.dtype.name, "shape": [-1 if d is None else d for d in s.shape.as_list()]}
+                for k, s in sorted(specs.items())]
+
+    names, out_names = sorted(kwargs), sorted(outs)
+    info = {"name": SIGNATURE, "inputs": desc(kwargs), "outputs": desc(outs)}
+    return fn, names[0], ("output" if "output" in out_names else out_names[0]), info
+
+
+def run_verify(ctx: StepContext) -> dict[str, Any]:
+    """Load the SavedModel back and compare it with the reference on data.eval; measure batch-1 latency."""
+    import time
+
+    import numpy as np
+
+    from deployc.ml.evaluate import compare, sizes
+
+    path = Path(ctx.deps[EXPORT].dir) / SAVED_MODEL
+    fn, inp, out, info = _signature(path)  # imports TensorFlow quietly
+    import tensorflow as tf
+    if len(info["inputs"]) != 1:
+        raise InputError(f"targets.tfserving: verification runs single-input models; the signature has "
+                         f"{len(info['inputs'])} inputs")
+    dtype = tf.as_dtype(info["inputs"][0]["dtype"]).as_numpy_dtype
+
+    def run(x: Any) -> Any:
+        return np.asarray(fn(**{inp: tf.constant(np.asarray(x, dtype=dtype))})[out], dtype=np.float32)
+
+    figures: dict[str, Any] = dict(sizes(path))
+    result: dict[str, Any] = {"artifact": "tfserving", "signature": info, "evaluation": figures}
+    if REFERENCE in ctx.deps:
+        x, y = ctx.data("eval")
+        ref_out = ctx.deps[REFERENCE]
+        reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
+        ctx.log("verifying the SavedModel on data.eval")
+        pred = np.concatenate([run(x[i:i + 256]) for i in range(0, len(x), 256)])
+        figures.update(compare(reference, pred, y, ctx.spec.model.task))
+        result["reference"] = ref_out.result.get("evaluation", {})
+        one = np.asarray(x)[:1]
+    else:
+        one = np.zeros([1 if d == -1 else d for d in info["inputs"][0]["shape"]], dtype=dtype)
+    for _ in range(10):
+        run(one)
+    lat: list[float] = []
+    deadline = time.perf_counter() + ctx.spec.measure.min_seconds
+    while (time.perf_counter() < deadline or len(lat) < 30) and len(lat) < 20000:
+        t0 = time.perf_counter()
+        run(one)
+        lat.append(time.perf_counter() - t0)
+    ms = np.asarray(lat) * 1000
+    figures.update({"latency_p50_ms": round(float(np.percentile(ms, 50)), 4),
+                    "latency_p99_ms": round(float(np.percentile(ms, 99)), 4)})
+    result["verified"] = REFERENCE in ctx.deps
+    return result
+
+
+class TFServingTarget(Target):
+    name = "tfserving"
+    config_model = TFServingConfig
+
+    def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None
+              ) -> list[Step]:
+        cfg: TFServingConfig = self.config(spec)
+        if keras_model_step is None:
+            raise InputError("targets.tfserving needs a Keras or SavedModel model")
+        version_number(spec, cfg)  # fail at plan time, before anything runs
+        inputs = [t.model_dump(mode="json") for t in spec.model.inputs or []]
+        has_eval = spec.data.eval is not None
+        export = Step(id=EXPORT, description="export the Keras model as a SavedModel for TensorFlow Serving",
+                      run=lambda ctx: run_export(ctx, keras_model_step), deps=(keras_model_step,),
+                      params={"inputs": inputs}, libs=LIBS)
+        files = (spec_dir / spec.data.eval.path,) if spec.data.eval is not None else ()
+        verify = Step(id=VERIFY, description="load the SavedModel with TensorFlow and run it on data.eval",
+                      run=run_verify, deps=(EXPORT,) + ((REFERENCE,) if has_eval else ()),
+                      params={"data": spec.data.model_dump(mode="json"), "task": spec.model.task,
+                              "measure": spec.measure.model_dump(mode="json")},
+                      input_files=files, libs=LIBS)
+        return [export, verify]
+
+    def emit(self, ctx: EmitContext) -> dict[str, bytes]:
+        cfg: TFServingConfig = self.config(ctx.spec)
+        name, version = ctx.spec.name, version_number(ctx.spec, cfg)
+        src = ctx.step_outputs[EXPORT] / SAVED_MODEL
+        files = {f"{TFSERVING_DIR}/{name}/{version}/{rel}": (src / rel).read_bytes()
+                 for rel in ctx.step_results[EXPORT]["files"]}
+        files.update(config_files(ctx.spec, ctx.spec_file))
+        return files
+
+
+def config_files(spec: DeploySpec, spec_file: str) -> dict[str, bytes]:
+    """models.config and (batching on) batching_parameters.txt, keyed by their bundle paths."""
+    cfg: TFServingConfig = spec.targets.tfserving
+    header = c.GENERATED_HEADER.format(spec=spec_file)
+    files = {f"{TFSERVING_DIR}/models.config":
+             models_config(spec.name, cfg, version_number(spec, cfg), header).encode()}
+    if cfg.batching.enabled:
+        files[f"{TFSERVING_DIR}/batching_parameters.txt"] = batching_parameters(cfg, header).encode()
+    return files
+
+
+def _plain(value: str, what: str) -> str:
+    """A JSON string literal is a valid text-proto string literal when it needs no escape beyond \\" and \\\\
+    (text format has no \\u escapes): printable ASCII only. The schema's patterns already ensure it."""
+    if not all(32 <= ord(ch) < 127 for ch in value):
+        raise InputError(f"targets.tfserving: {what} {value!r} must be printable ASCII")
+    return value
+
+
+def models_config(name: str, cfg: TFServingConfig, version: int, header: str) -> str:
+    base_path = f"{cfg.base_path.rstrip('/')}/{name}"
+    text = render_template("tfserving", "models.config.j2", header=header, model_name=_plain(name, "name"),
+                           base_path=_plain(base_path, "base_path"), policy=cfg.version_policy, version=version)
+    check_models_config(text, name=name, base_path=base_path, policy=cfg.version_policy, version=version)
+    return text
+
+
+def batching_parameters(cfg: TFServingConfig, header: str) -> str:
+    values = cfg.batching.model_dump(exclude={"enabled"})
+    text = render_template("tfserving", "batching_parameters.txt.j2", header=header, batching=values)
+    check_batching_parameters(text, values)
+    return text
