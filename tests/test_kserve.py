@@ -202,7 +202,7 @@ def test_latency_slo_counts_kserve_with_deployc_runtime_as_serving_target() -> N
     slo = [{"kind": "latency", "objective": 99, "threshold_ms": 50, "window": "30d"}]
     ok = {"storage_uri": "s3://b/m", "image": "ghcr.io/a/b:1"}
     assert spec_of({**BASE, "targets": {"kserve": ok}, "slos": slo}).targets.kserve is not None
-    with pytest.raises(ValidationError, match="needs a serving target"):
+    with pytest.raises(ValidationError, match="needs a target that runs `deployc serve`"):
         spec_of({**BASE, "targets": {"kserve": {"storage_uri": "s3://b/m", "runtime": "onnx"}}, "slos": slo})
 
 
