@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, deployc_env, run_deployc
 
 SPECS = Path(__file__).parent / "specs"

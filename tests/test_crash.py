@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import deployc_env, run_deployc
 from test_build import SPEC, tree
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import run_deployc
 from prom_support import Prometheus, prometheus_binary, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 from serve_support import Server
 
 pytestmark = pytest.mark.skipif(prometheus_binary() is None,

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ruamel.yaml import YAML
-
 from conftest import ROOT, run_deployc
+from ruamel.yaml import YAML
 from serve_support import Server
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from keras_support import cnn, digits, mlp, pass_input, save
 
 from deployc.errors import InputError

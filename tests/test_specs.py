@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import run_deployc
 
 SPECS = Path(__file__).parent / "specs"

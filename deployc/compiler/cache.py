@@ -6,13 +6,14 @@ whose files do not match their recorded hashes is removed and rebuilt, never tru
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from deployc.compiler.steps import file_digest
 
 ENTRY = "_entry.json"
 
@@ -23,14 +24,6 @@ def default_cache_dir() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "deployc"
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Cache:
@@ -50,7 +43,7 @@ class Cache:
             entry = json.loads((d / ENTRY).read_text())
             files = entry["files"]
             for rel, digest in files.items():
-                if _digest(d / rel) != digest:
+                if file_digest(d / rel) != digest:
                     raise ValueError(f"{rel} does not match its hash")
             return d, entry["result"]
         except FileNotFoundError:
@@ -66,7 +59,7 @@ class Cache:
         return Path(tempfile.mkdtemp(prefix="step-", dir=self.root / "tmp"))
 
     def put(self, key: str, staged: Path, result: dict[str, Any]) -> Path:
-        files = {p.relative_to(staged).as_posix(): _digest(p) for p in sorted(staged.rglob("*")) if p.is_file()}
+        files = {p.relative_to(staged).as_posix(): file_digest(p) for p in sorted(staged.rglob("*")) if p.is_file()}
         (staged / ENTRY).write_text(json.dumps({"files": files, "result": result}, sort_keys=True, indent=1))
         for p in staged.rglob("*"):
             if p.is_file():

@@ -86,15 +86,15 @@ def lib_version(dist: str) -> str:
 def hash_path(path: Path) -> str:
     """sha256 of a file, or of a folder's relative paths and file contents (sorted)."""
     if not path.is_dir():
-        return _file_digest(path)
+        return file_digest(path)
     h = hashlib.sha256()
     for p in sorted(q for q in path.rglob("*") if q.is_file()):
         h.update(p.relative_to(path).as_posix().encode() + b"\0")
-        h.update(_file_digest(p).encode())
+        h.update(file_digest(p).encode())
     return h.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -12,7 +12,6 @@ from deployc.errors import Problem, SpecError
 from deployc.schema.base import NAME_RE
 from deployc.schema.spec import CrossFieldErrors, DeploySpec
 
-
 _TOKENS = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bgh[pousr]_[A-Za-z0-9]{36}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}"
                      r"|\bsk-[A-Za-z0-9]{32,}\b")
 
@@ -31,7 +30,8 @@ def scan_secrets(loaded: LoadedSpec) -> list[Problem]:
             elif isinstance(v, str):
                 msg = credential_problem(str(k), v)
                 if msg is None and _TOKENS.search(v):
-                    msg = f"{str(k)!r} holds what looks like a private key or access token; secrets never go in the spec"
+                    msg = (f"{str(k)!r} holds what looks like a private key or access token; "
+                           "secrets never go in the spec")
                 if msg:
                     line, col = value_position(loaded.tree, path + (k,))
                     problems.append(Problem(loaded.display, line, col, _dotted(path + (k,)), msg))

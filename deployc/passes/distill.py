@@ -5,9 +5,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from deployc.errors import InputError
-from deployc.passes.base import Pass, PassInput, PassResult
-from deployc.passes.prune import (MODEL_FILE, SEED, accuracies, deterministic, file_sizes, save_keras,
-                                  train_data, weight_sizes)
+from deployc.passes.base import PassInput, PassResult
+from deployc.passes.prune import (
+    MODEL_FILE,
+    SEED,
+    KerasPass,
+    accuracies,
+    file_sizes,
+    save_keras,
+    train_data,
+    weight_sizes,
+)
 from deployc.schema.passes import DistillConfig
 
 
@@ -22,17 +30,9 @@ def student_path(inp: PassInput, rel: str) -> Path:
     return path
 
 
-class DistillPass(Pass):
+class DistillPass(KerasPass):
     name: ClassVar[str] = "distill"
     config_model = DistillConfig
-    input_format = "keras"
-    output_format = "keras"
-    libs = ("tensorflow", "keras")
-    data_needed = ("train",)
-
-    def apply(self, inp: PassInput) -> PassResult:
-        with deterministic():
-            return self._apply(inp)
 
     def _apply(self, inp: PassInput) -> PassResult:
         from deployc.ml import distill, prune

@@ -99,9 +99,9 @@ def accuracies(inp: PassInput, before: Any, after: Any, x: np.ndarray, y: np.nda
     return out
 
 
-class PrunePass(Pass):
-    name: ClassVar[str] = "prune"
-    config_model = PruneConfig
+class KerasPass(Pass):
+    """A pass that fine-tunes or retrains the Keras model on data.train, seeded so its output is reproducible."""
+
     input_format = "keras"
     output_format = "keras"
     libs = ("tensorflow", "keras")
@@ -110,6 +110,14 @@ class PrunePass(Pass):
     def apply(self, inp: PassInput) -> PassResult:
         with deterministic():
             return self._apply(inp)
+
+    def _apply(self, inp: PassInput) -> PassResult:
+        raise NotImplementedError
+
+
+class PrunePass(KerasPass):
+    name: ClassVar[str] = "prune"
+    config_model = PruneConfig
 
     def _apply(self, inp: PassInput) -> PassResult:
         from deployc.ml import prune

@@ -111,7 +111,6 @@ def _serve_many(cfg: ServingConfig, log_level: str) -> int:
 
     from deployc.serve.app import auth_token
     from deployc.serve.metrics import MULTIPROC_ENV
-
     from deployc.serve.runtime import ModelRunner
 
     auth_token(cfg)  # fail before spawning anything: a worker that cannot start would be restarted forever

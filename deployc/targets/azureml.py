@@ -14,7 +14,8 @@ from deployc import __version__
 from deployc import conventions as c
 from deployc.errors import InputError
 from deployc.render import dump_yaml, render_template
-from deployc.schema.azureml import AZURE_NAME, AzureMLTarget as AzureMLConfig, Probe
+from deployc.schema.azureml import AZURE_NAME, Probe
+from deployc.schema.azureml import AzureMLTarget as AzureMLConfig
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.vertex import model_files
 
