@@ -154,6 +154,7 @@ def measure_row(m: BenchModel, name: str, fn: RowFn, work: Path, seconds: float,
     acc = float(np.mean(pred.argmax(1) == m.y_eval))
     out = {"model": m.name, "row": name,
            "size_ratio": round(sizes(cand)["size_bytes"] / sizes(m.onnx_path)["size_bytes"], 4),
+           "gzip_ratio": round(sizes(cand)["gzip_bytes"] / sizes(m.onnx_path)["gzip_bytes"], 4),
            "speedup": round(statistics.median(base_ms) / statistics.median(cand_ms), 2),
            "agreement": round(float(np.mean(ref.argmax(1) == pred.argmax(1))), 4),
            "accuracy": round(acc, 4), "accuracy_drop_pts": round(100 * (acc_ref - acc), 2),
@@ -186,7 +187,7 @@ def selected(only: str | None) -> list[tuple[str, str, RowFn]]:
     return [r for r in ROWS if any(hit(r[0], r[1], k) for k in keys)]
 
 
-COLUMNS = ("model", "row", "size_ratio", "speedup", "agreement", "accuracy_drop_pts", "fp32_p50_ms", "p50_ms",
+COLUMNS = ("model", "row", "size_ratio", "gzip_ratio", "speedup", "agreement", "accuracy_drop_pts", "fp32_p50_ms", "p50_ms",
            "target", "note")
 
 
