@@ -244,7 +244,7 @@ def test_openapi_document_lists_every_route(srv: Watched) -> None:
                     assert resp["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
-def test_schemathesis_against_the_openapi_document(srv: Watched) -> None:
+def test_schemathesis_against_the_openapi_document(srv: Watched, tmp_path: Path) -> None:
     """Positive and negative cases from the document: no 5xx, documented status codes, conforming bodies.
 
     `positive_data_acceptance` is left out: the document cannot say that `shape` must match `data`, so some
@@ -258,7 +258,7 @@ def test_schemathesis_against_the_openapi_document(srv: Watched) -> None:
     t0 = time.monotonic()
     r = subprocess.run([st_cli, "run", url, "--max-examples", "25", "--seed", "1", "--mode", "all", "--checks", "all",
                         "--exclude-checks", "positive_data_acceptance", "--no-color", "--request-timeout", "10"],
-                       capture_output=True, text=True, timeout=240)
+                       capture_output=True, text=True, timeout=240, cwd=tmp_path)  # its cache folder goes there
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "generated" in r.stdout and time.monotonic() - t0 < 240
 
