@@ -16,7 +16,7 @@ MAX_HEAD_BYTES = 64 * 1024  # AWS load balancers allow 64 KiB of headers, nginx 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools not installed: uvicorn uses h11, bounded by its own setting
-    HttpToolsProtocol = None
+    HttpToolsProtocol = None  # type: ignore[assignment, misc]
 
 
 def _refusal() -> bytes:
