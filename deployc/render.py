@@ -8,6 +8,7 @@ spec value can never change the structure of the rendered file. Every rendered Y
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from io import StringIO
 from typing import Any
@@ -19,8 +20,19 @@ class TemplateError(DeploycError):
     """A template failed to render or rendered something that does not parse."""
 
 
+# An escaped backslash, or a UTF-16 surrogate pair as json.dumps escapes a character beyond U+FFFF.
+_SURROGATE_PAIR = re.compile(r"(\\\\)|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
 def _tojson(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=True)
+    """JSON that YAML reads back as the same value.
+
+    YAML's `\\u` escapes are single UTF-16 units (a pair becomes two lone surrogates there), so characters
+    beyond U+FFFF are written as themselves; every other non-ASCII character stays escaped.
+    """
+    text = json.dumps(value, sort_keys=True, ensure_ascii=True)
+    return _SURROGATE_PAIR.sub(lambda m: m.group(1) or chr(
+        0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + int(m.group(3), 16) - 0xDC00), text)
 
 
 @lru_cache(maxsize=1)

@@ -159,6 +159,7 @@ def _authorized(request: Request, token: bytes) -> bool:
 
 def _routes(state: ServerState) -> list[Route]:
     from deployc.serve import handlers as h
+    from deployc.serve.openapi import OPENAPI_PATH, openapi
 
     table: list[tuple[str, str, Callable[[ServerState, Request], Awaitable[Response]], str, bool]] = [
         ("/v2/health/live", "GET", h.live, C.ROUTE_HEALTH, False),
@@ -173,6 +174,7 @@ def _routes(state: ServerState) -> list[Route]:
         ("/v2/models/{name}/versions/{version}/infer", "POST", h.infer, C.ROUTE_INFER, True),
         ("/invocations", "POST", h.invocations, C.ROUTE_INVOCATIONS, True),
         ("/metrics", "GET", h.metrics, C.ROUTE_METRICS, False),
+        (OPENAPI_PATH, "GET", openapi, C.ROUTE_METADATA, True),
     ]
     routes = []
     for path, method, fn, route, protected in table:

@@ -74,9 +74,11 @@ def _bind(cfg: ServingConfig) -> socket.socket:
 def _uvicorn_config(app: Any, cfg: ServingConfig, log_level: str, **extra: Any) -> Any:
     import uvicorn
 
-    # loop/http "auto" pick uvloop and httptools when installed (measured faster: see bench/serve.py).
+    from deployc.serve.protocol import uvicorn_http_options
+
+    # loop "auto" picks uvloop, and http httptools (bounded heads), when installed: see bench/serve.py.
     return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", lifespan="on",
-                          timeout_graceful_shutdown=30, server_header=False, **extra)
+                          timeout_graceful_shutdown=30, server_header=False, **uvicorn_http_options(), **extra)
 
 
 def _serve_one(cfg: ServingConfig, log_level: str) -> int:

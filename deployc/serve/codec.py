@@ -127,7 +127,7 @@ def decode_v2(req: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpe
         if not isinstance(t, dict):
             raise ClientError(400, f"inputs[{i}]: expected an object with name, shape, datatype, data")
         name = t.get("name")
-        if name not in specs:
+        if not isinstance(name, str) or name not in specs:  # a JSON object or list here is unhashable
             raise ClientError(400, f"inputs[{i}]: unknown input name {name!r}; the model takes {sorted(specs)}")
         if name in feed:
             raise ClientError(400, f"input {name!r} is given twice")
@@ -147,7 +147,7 @@ def decode_v2(req: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpe
         if not isinstance(req["outputs"], list) or not all(isinstance(o, dict) for o in req["outputs"]):
             raise ClientError(400, '"outputs" must be a list of objects with a "name"')
         wanted = [o.get("name") for o in req["outputs"]]
-        bad = [n for n in wanted if n not in names]
+        bad = [n for n in wanted if not isinstance(n, str) or n not in names]
         if bad:
             raise ClientError(400, f"unknown output name(s) {bad}; the model gives {sorted(names)}")
     return feed, wanted

@@ -1,0 +1,158 @@
+"""The server's OpenAPI 3.0 document (`GET /v2/openapi.json`), built as a dict from the serving config.
+
+Clients and API tools (code generators, schemathesis) read the routes, request and response bodies and error
+shapes from it. The model's own name, version, input names and datatypes are filled in, so the document
+describes this server rather than the protocol in general.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from deployc import __version__
+from deployc.serve.config import DATATYPES, ServingConfig
+
+OPENAPI_PATH = "/v2/openapi.json"
+OPENAPI_VERSION = "3.0.3"
+_JSON = "application/json"
+_NPY = "application/x-npy"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    why = {400: "the request is malformed (the message names the tensor and the problem)",
+           401: "missing or wrong bearer token", 404: "unknown model, version or path",
+           406: "Accept is neither JSON nor npy", 413: "the body is larger than server.max_body_bytes",
+           415: "unsupported Content-Type", 503: "not ready (starting or draining)"}
+    return {str(c): _json_body(_ref("Error"), why[c]) for c in codes}
+
+
+def _schemas(cfg: ServingConfig) -> dict[str, Any]:
+    names = [t.name for t in cfg.inputs]
+    number_data = {"type": "array", "description": "Row-major values, flat or nested to the shape.",
+                   "items": {}}
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+        "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+        "Ping": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        "ModelReady": {"type": "object", "required": ["name", "ready"],
+                       "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}},
+        "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}}}},
+        "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+            "name": {"type": "string"}, "datatype": {"type": "string", "enum": list(DATATYPES)},
+            "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1 marks a free axis"}}},
+        "ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+                          "properties": {
+                              "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+                              "platform": {"type": "string"}, "parameters": {"type": "object"},
+                              "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+                              "outputs": {"type": "array", "items": _ref("TensorMetadata")}}},
+        "RequestInput": {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+            "name": {"type": "string", "enum": names},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string", "enum": sorted({t.datatype for t in cfg.inputs})},
+            "parameters": {"type": "object"}, "data": number_data}},
+        "RequestOutput": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "enum": [t.name for t in cfg.outputs]}, "parameters": {"type": "object"}}},
+        "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"}, "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "items": _ref("RequestInput")},
+            "outputs": {"type": "array", "items": _ref("RequestOutput")}}},
+        "ResponseOutput": {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+            "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+            "datatype": {"type": "string", "enum": list(DATATYPES)}, "data": {"type": "array", "items": {}}}},
+        "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "outputs": {"type": "array", "items": _ref("ResponseOutput")}}},
+        "InstancesRequest": {"type": "object", "required": ["instances"], "properties": {
+            "instances": {"type": "array", "minItems": 1, "items": {},
+                          "description": "One row per instance; an object keyed by input name for models with "
+                                         "several inputs."}}},
+        "Predictions": {"type": "object", "required": ["predictions"],
+                        "properties": {"predictions": {"type": "array", "items": {}}}},
+    }
+
+
+def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
+    """The OpenAPI document of every route `deployc serve` answers, for the model in `cfg`."""
+    model_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [cfg.name]}}
+    version = {"name": "version", "in": "path", "required": True,
+               "schema": {"type": "string", "enum": [cfg.version]}}
+    secured = [{"bearer": []}] if cfg.auth_token_env else []
+
+    def op(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = (), params: list[Any] | None = None,
+           body: dict[str, Any] | None = None, protected: bool = False) -> dict[str, Any]:
+        o: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
+        if params:
+            o["parameters"] = params
+        if body:
+            o["requestBody"] = body
+        if protected and secured:
+            o["security"] = secured
+            o["responses"].update(_errors(401))
+        return o
+
+    infer_body = {"required": True, "content": {_JSON: {"schema": _ref("InferenceRequest")}}}
+    infer = op("Run inference (Open Inference Protocol v2)", _json_body(_ref("InferenceResponse"), "outputs"),
+               (400, 404, 413), body=infer_body, protected=True)
+    ready_ok = _json_body(_ref("ModelReady"), "ready")
+    meta_ok = _json_body(_ref("ModelMetadata"), "model metadata")
+    invocations_body = {"required": True, "content": {
+        _JSON: {"schema": {"oneOf": [_ref("InstancesRequest"), _ref("InferenceRequest"),
+                                     {"type": "array", "items": {}}]}},
+        _NPY: {"schema": {"type": "string", "format": "binary"}}}}
+    invocations_ok = {"description": "predictions (JSON by default, .npy when Accept asks for it)", "content": {
+        _JSON: {"schema": {"oneOf": [_ref("Predictions"), _ref("InferenceResponse")]}},
+        _NPY: {"schema": {"type": "string", "format": "binary"}}}}
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": op("Liveness", _json_body(_ref("Live"), "alive"))},
+        "/v2/health/ready": {"get": op("Readiness", _json_body(_ref("Ready"), "ready"), (503,))},
+        "/ping": {"get": op("SageMaker health check", _json_body(_ref("Ping"), "ready"), (503,))},
+        "/v2": {"get": op("Server metadata", _json_body(_ref("ServerMetadata"), "server metadata"),
+                          protected=True)},
+        "/v2/models/{name}": {"get": op("Model metadata", meta_ok, (404,), [model_name], protected=True)},
+        "/v2/models/{name}/versions/{version}": {"get": op("Model metadata", meta_ok, (404,), [model_name, version],
+                                                           protected=True)},
+        "/v2/models/{name}/ready": {"get": op("Model readiness", ready_ok, (404, 503), [model_name])},
+        "/v2/models/{name}/versions/{version}/ready": {"get": op("Model readiness", ready_ok, (404, 503),
+                                                                 [model_name, version])},
+        "/v2/models/{name}/infer": {"post": {**infer, "parameters": [model_name]}},
+        "/v2/models/{name}/versions/{version}/infer": {"post": {**infer, "parameters": [model_name, version]}},
+        "/invocations": {"post": op("Run inference (SageMaker)", invocations_ok, (400, 406, 413, 415),
+                                    body=invocations_body, protected=True)},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        OPENAPI_PATH: {"get": op("This document", {"description": "OpenAPI 3.0 document",
+                                                   "content": {_JSON: {"schema": {"type": "object"}}}},
+                                 protected=True)},
+    }
+    doc: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": f"deployc serve: {cfg.name}", "version": cfg.version,
+                 "description": f"Served by deployc {__version__}: Open Inference Protocol (KServe v2) REST, the "
+                                "SageMaker container contract and Prometheus metrics. Every client error is a 4xx "
+                                "with an Error body."},
+        "paths": paths,
+        "components": {"schemas": _schemas(cfg)},
+    }
+    if secured:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc
+
+
+async def openapi(state: Any, request: Request) -> Response:
+    from deployc.serve.app import json_response
+
+    return json_response(openapi_document(state.cfg))
