@@ -89,11 +89,38 @@ def dump_json(data: Any) -> bytes:
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
+_YAML_BREAKS = ("\x85", "\u2028", "\u2029")  # line breaks to YAML 1.1 readers unless escaped
+
+
+def _represent_str(representer: Any, value: str) -> Any:
+    """Strings holding NEL / LS / PS go double-quoted, where they are escaped and so survive a round trip."""
+    style = '"' if any(ch in value for ch in _YAML_BREAKS) else None
+    return representer.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+@lru_cache(maxsize=1)
+def _portable_emitter() -> tuple[Any, Any]:
+    """Strings holding line breaks go double-quoted; escape NEL / LS / PS as \\x85 / \\u2028 / \\u2029 rather than YAML's \\N / \\L / \\P, which Go's YAML
+    parser (Prometheus, promtool, kubectl) does not read."""
+    from ruamel.yaml.emitter import Emitter
+    from ruamel.yaml.representer import SafeRepresenter
+
+    class PortableEmitter(Emitter):  # type: ignore[misc]
+        ESCAPE_REPLACEMENTS = {k: v for k, v in Emitter.ESCAPE_REPLACEMENTS.items() if k not in _YAML_BREAKS}
+
+    class PortableRepresenter(SafeRepresenter):  # type: ignore[misc]
+        pass
+
+    PortableRepresenter.add_representer(str, _represent_str)
+    return PortableEmitter, PortableRepresenter
+
+
 def dump_yaml(data: Any, header: str | None = None) -> bytes:
     """Block-style YAML of plain data (keys sorted, so output is stable), with an optional `# ...` header."""
     from ruamel.yaml import YAML
 
     yaml = YAML(typ="safe", pure=True)
+    yaml.Emitter, yaml.Representer = _portable_emitter()
     yaml.default_flow_style = False
     yaml.width = 4096
     yaml.allow_unicode = True

@@ -66,7 +66,7 @@ def test_keras_lambda_layer_is_refused_in_safe_mode(tmp_path: Path) -> None:
     spec(tmp_path, "model.keras")
     r = run_deployc("build", "deploy.yaml", "-q", "--out", str(tmp_path / "out"), cwd=tmp_path,
                     cache_dir=tmp_path / "cache", timeout=300)
-    assert_refused(r, "model.keras: cannot load the Keras model", "safe_mode")
+    assert_refused(r, "model.path: the model holds Python code (a Lambda layer", "refuses to load (Keras safe mode)")
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
@@ -234,7 +234,8 @@ def test_credentials_in_the_spec_are_refused_with_their_position(tmp_path: Path,
     r = run_deployc("validate", "deploy.yaml", cwd=tmp_path, timeout=60)
     assert_refused(r, what, "credentials never go in the spec")
     (line,) = r.stderr.splitlines()
-    assert line.startswith(f"deploy.yaml:10:5: targets.sagemaker.{where}: ")  # the mapping holding the entry
+    key = entry.split(":")[0]
+    assert line.startswith("deploy.yaml:12:") and f": targets.sagemaker.{where}.{key}: " in line  # the entry itself
     assert entry.split(": ", 1)[1].strip("'") not in r.stderr  # the secret itself is not echoed
 
 
@@ -243,4 +244,4 @@ def test_credentials_in_tags_are_refused(tmp_path: Path) -> None:
         "team: ml", "team: ml\n      owner: AKIAIOSFODNN7EXAMPLE"))
     tiny_onnx(tmp_path / "model.onnx")
     r = run_deployc("validate", "deploy.yaml", cwd=tmp_path, timeout=60)
-    assert_refused(r, "deploy.yaml:12:5: targets.sagemaker.tags: 'owner' holds what looks like an AWS access key id")
+    assert_refused(r, "deploy.yaml:14:14: targets.sagemaker.tags.owner: 'owner' holds what looks like an AWS access key id")

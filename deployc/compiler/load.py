@@ -5,6 +5,7 @@ constructors), duplicate keys are errors, and aliases are bounded (a billion-lau
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -14,6 +15,15 @@ from deployc.errors import Problem, SpecError
 
 MAX_BYTES = 1024 * 1024
 MAX_EXPANDED_NODES = 50_000
+MAX_DEPTH = 64
+_TAG_FORMS = {  # what an explicitly tagged scalar must look like to construct
+    "tag:yaml.org,2002:int": re.compile(r"^[-+]?(0b[01_]+|0o?[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)$"),
+    "tag:yaml.org,2002:float": re.compile(r"^[-+]?((\.[0-9]+|[0-9][0-9_]*)(\.[0-9_]*)?([eE][-+]?[0-9]+)?"
+                                          r"|\.(inf|Inf|INF))$|^\.(nan|NaN|NAN)$"),
+    "tag:yaml.org,2002:bool": re.compile(r"^(true|True|TRUE|false|False|FALSE|yes|Yes|YES|no|No|NO|on|On|ON|off"
+                                         r"|Off|OFF)$"),
+    "tag:yaml.org,2002:timestamp": re.compile(r"^\d{4}-\d{2}-\d{2}"),
+}
 CORE_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")}
 
 
@@ -56,6 +66,8 @@ def load_spec(path: Path) -> LoadedSpec:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+    from ruamel.yaml.reader import ReaderError
+
     yaml = YAML(typ="rt", pure=True)
     try:
         nodes = list(yaml.compose_all(StringIO(text)))
@@ -63,8 +75,15 @@ def load_spec(path: Path) -> LoadedSpec:
         mark = exc.problem_mark or exc.context_mark
         msg = " ".join(str(x) for x in (exc.context, exc.problem) if x)
         raise fail(f"invalid YAML: {msg}", mark.line + 1 if mark else 1, mark.column + 1 if mark else 1) from None
+    except ReaderError as exc:  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise fail(f"invalid YAML: character {char!r} is not allowed", line, col) from None
     except YAMLError as exc:
-        raise fail(f"invalid YAML: {exc}") from None
+        raise fail(f"invalid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise fail(f"the document is nested more than {MAX_DEPTH} levels deep") from None
     if len(nodes) != 1:
         raise fail(f"expected one YAML document, found {len(nodes)}")
     problems = _check_nodes(nodes[0], display)
@@ -76,6 +95,10 @@ def load_spec(path: Path) -> LoadedSpec:
         mark = exc.problem_mark or exc.context_mark
         raise fail(f"invalid YAML: {exc.problem}", mark.line + 1 if mark else 1,
                    mark.column + 1 if mark else 1) from None
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # e.g. `!!int abc`
+        line, col = _mistagged(nodes[0])
+        raise fail(f"invalid YAML: a value does not fit its explicit tag ({type(exc).__name__}: {exc})",
+                   line, col) from None
     if not isinstance(tree, dict):
         raise fail(f"the document must be a mapping (apiVersion, name, model, ...), not a {_kind(tree)}")
     return LoadedSpec(path=path, display=display, text=text, tree=tree, data=plain(tree))
@@ -92,7 +115,10 @@ def _check_nodes(root: Any, display: str) -> list[Problem]:
     def at(node: Any) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
 
-    def walk(node: Any) -> None:
+    def walk(node: Any, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise SpecError([Problem(display, *at(node), "", f"the document is nested more than {MAX_DEPTH} "
+                                     "levels deep")])
         budget[0] -= 1
         if budget[0] < 0:
             raise SpecError([Problem(display, *at(root), "", f"the document expands to more than "
@@ -119,15 +145,33 @@ def _check_nodes(root: Any, display: str) -> list[Problem]:
                                                 f"{first.start_mark.line + 1})"))
                     elif isinstance(key, str):
                         seen[key] = k
-                    walk(k)
-                    walk(v)
+                    walk(k, depth + 1)
+                    walk(v, depth + 1)
             else:
                 for item in node.value:
-                    walk(item)
+                    walk(item, depth + 1)
             stack.discard(id(node))
 
     walk(root)
     return problems
+
+
+def _mistagged(root: Any) -> tuple[int, int]:
+    """Position of the first scalar whose explicit core tag it cannot hold (1:1 when none is found)."""
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        form = _TAG_FORMS.get(str(node.tag))
+        if form is not None and isinstance(node.value, str) and not form.match(node.value):
+            return node.start_mark.line + 1, node.start_mark.column + 1
+        if isinstance(node.value, list):
+            for item in reversed(node.value):
+                stack.extend(reversed(item) if isinstance(item, tuple) else [item])
+    return 1, 1
 
 
 def plain(value: Any) -> Any:

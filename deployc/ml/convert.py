@@ -38,7 +38,12 @@ def load_keras(path: Path) -> Any:
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # keras raises many types for bad files; all are input errors here
-        raise InputError(f"{path.name}: cannot load the Keras model ({type(exc).__name__}: {exc})") from None
+        text = str(exc)
+        if "safe_mode" in text or "unsafe_deserialization" in text:
+            raise InputError("model.path: the model holds Python code (a Lambda layer or a custom object), which "
+                             "deployc refuses to load (Keras safe mode); rebuild it from built-in layers") from None
+        raise InputError(f"model.path: cannot load the Keras model ({type(exc).__name__}: "
+                         f"{text.splitlines()[0] if text else ''})") from None
 
 
 def keras_to_onnx(src: Path, dst: Path, inputs: list[Any] | None = None) -> dict[str, Any]:

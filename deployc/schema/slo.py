@@ -36,6 +36,15 @@ def _check_templates(text: str, where: str) -> None:
     for m in _TEMPLATE.finditer(text):
         if not _LABEL_REF.match(m.group(1)):
             raise ValueError(f"{where}: only {{{{ $labels.<name> }}}} templates are supported, not {m.group(0)!r}")
+    rest = _TEMPLATE.sub("", text)
+    if "{{" in rest or "}}" in rest:
+        raise ValueError(f"{where}: unmatched '{{{{' or '}}}}' (Prometheus reads this text as a template)")
+
+
+def _checked_description(v: str | None) -> str | None:
+    if v is not None:
+        _check_templates(v, "description")
+    return v
 
 
 class AlertTier(SpecModel):
@@ -110,6 +119,11 @@ class _WindowedSLO(SpecModel):
     window: Literal["28d", "30d", "7d"] = Field("30d", description="The SLO period (error budget window).")
     alerting: Alerting = Field(default_factory=Alerting, description="Burn-rate alerts: tiers, labels, routing.")
 
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str | None) -> str | None:
+        return _checked_description(v)
+
     @field_validator("objective")
     @classmethod
     def _digits(cls, v: float) -> float:
@@ -149,6 +163,11 @@ class StabilitySLO(SpecModel):
                       "(at most 1d).")
     min_requests: int = Field(100, ge=1, description="No alert when fewer predictions than this fell in the window.")
     alerting: StabilityAlerting = Field(default_factory=StabilityAlerting, description="The drift alert.")
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str | None) -> str | None:
+        return _checked_description(v)
 
     @field_validator("window")
     @classmethod
