@@ -119,7 +119,7 @@ KERAS_ROWS = {  # row name -> (pass, settings per model)
     "prune:structured-50": ("prune", {"mlp": {"sparsity": 0.5, "structured": True, "epochs": 4},
                                       "cnn": {"sparsity": 0.5, "structured": True, "epochs": 4}}),
     "distill:width-0.5": ("distill", {"mlp": {"width": 0.5, "epochs": 30, "learning_rate": 1e-3},
-                                      "cnn": {"width": 0.5, "epochs": 20, "learning_rate": 2e-3}}),
+                                      "cnn": {"width": 0.5, "epochs": 80, "learning_rate": 2e-3}}),
 }
 for _row_name, (_pass, _per_model) in KERAS_ROWS.items():
     for _model, _settings in _per_model.items():
