@@ -245,3 +245,28 @@ def test_credentials_in_tags_are_refused(tmp_path: Path) -> None:
     tiny_onnx(tmp_path / "model.onnx")
     r = run_deployc("validate", "deploy.yaml", cwd=tmp_path, timeout=60)
     assert_refused(r, "deploy.yaml:14:14: targets.sagemaker.tags.owner: 'owner' holds what looks like an AWS access key id")
+
+
+@pytest.mark.slow
+def test_keras_lambda_layer_builds_when_the_spec_allows_python_code(tmp_path: Path) -> None:
+    """The explicit opt-in: the Lambda runs, and the ONNX artifact computes what the Keras model does."""
+    import keras
+
+    inputs = keras.Input((4,), name="x")
+    doubled = keras.layers.Lambda(lambda x: x * 2.0, name="doubling")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(doubled))
+    model.save(tmp_path / "model.keras")
+    x = np.random.default_rng(0).random((8, 4)).astype("float32")
+    np.savez(tmp_path / "eval.npz", x=x)
+    (tmp_path / "deploy.yaml").write_text(
+        "apiVersion: deployc/v1\nname: lambda\nmodel: {path: model.keras, allow_python_code: true}\n"
+        "data: {eval: {path: eval.npz}}\ngates: {max_abs_error: 0.00001}\nmeasure: {min_seconds: 0.05}\n"
+        "targets: {local: {}}\n")
+    r = run_deployc("build", "deploy.yaml", "-q", "--out", str(tmp_path / "out"), cwd=tmp_path,
+                    cache_dir=tmp_path / "cache", timeout=300)
+    assert r.returncode == 0, r.stderr
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "out" / "local" / "model.onnx"))
+    got = sess.run(None, {"x": x})[0]
+    assert np.allclose(got, model.predict(x, verbose=0), atol=1e-5)

@@ -11,6 +11,7 @@ from deployc.compiler.cache import Cache
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepContext, StepOutput
 from deployc.compiler.write import crash_point
+from deployc.ml.convert import KERAS_SAFE_MODE
 from deployc.errors import DeploycError
 
 
@@ -35,6 +36,7 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         staged = cache.staging()
         ctx = StepContext(out_dir=staged, deps={d: outputs[d] for d in step.deps}, spec=plan.spec,
                           spec_dir=plan.spec_dir, log=lambda m, sid=step.id: log(f"      {sid}: {m}"))
+        safe = KERAS_SAFE_MODE.set(not plan.spec.model.allow_python_code)
         try:
             result = _normalized(step.run(ctx))
         except DeploycError:
@@ -43,6 +45,8 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         except Exception as exc:
             shutil.rmtree(staged, ignore_errors=True)
             raise StepError(f"step {step.id} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            KERAS_SAFE_MODE.reset(safe)
         final = cache.put(key, staged, result)
         crash_point(f"after-step:{step.id}")
         outputs[step.id] = StepOutput(final, result)

@@ -66,7 +66,8 @@ def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
     measure = spec.measure.model_dump(mode="json")
 
     steps.append(Step("source", f"read the {fmt} model {spec.model.path}", ops.source,
-                      params={"format": fmt, "path_suffix": Path(spec.model.path).suffix},
+                      params={"format": fmt, "path_suffix": Path(spec.model.path).suffix,
+                              "allow_python_code": spec.model.allow_python_code},
                       input_files=(spec_dir / spec.model.path,), libs=("onnx",) if fmt == "onnx" else ()))
     if has_eval:
         steps.append(Step(ops.REFERENCE, "run the original model on data.eval", ops.reference, deps=("source",),

@@ -1,6 +1,7 @@
 """Model loading and conversion to ONNX. tensorflow / tf2onnx / onnx are imported inside the functions."""
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,24 @@ def quiet_tensorflow() -> None:
         import tensorflow  # noqa: F401
 
 
+#: Keras safe mode for every model a build loads; off only while running the steps of a spec that sets
+#: `model.allow_python_code: true` (the executor sets it per step).
+KERAS_SAFE_MODE: ContextVar[bool] = ContextVar("keras_safe_mode", default=True)
+
+
 def load_keras(path: Path) -> Any:
-    """Load a .keras/.h5 model with safe_mode (no Lambda bytecode, no arbitrary objects)."""
+    """Load a .keras/.h5 model, in safe mode (no Lambda bytecode, no arbitrary objects) unless the spec opted out."""
     quiet_tensorflow()
     import keras
 
     try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
+        return keras.models.load_model(path, safe_mode=KERAS_SAFE_MODE.get(), compile=False)
     except Exception as exc:  # keras raises many types for bad files; all are input errors here
         text = str(exc)
         if "safe_mode" in text or "unsafe_deserialization" in text:
             raise InputError("model.path: the model holds Python code (a Lambda layer or a custom object), which "
-                             "deployc refuses to load (Keras safe mode); rebuild it from built-in layers") from None
+                             "deployc refuses to load (Keras safe mode); rebuild it from built-in layers, or set "
+                             "model.allow_python_code: true if you trust the file") from None
         raise InputError(f"model.path: cannot load the Keras model ({type(exc).__name__}: "
                          f"{text.splitlines()[0] if text else ''})") from None
 

@@ -43,6 +43,9 @@ class ModelSpec(SpecModel):
     inputs: list[TensorSpec] | None = Field(None, min_length=1, description="Needed where the model does not say.")
     labels: RelPath | None = Field(None, description="Text file, one class name per line, in output order.")
     task: Literal["classification", "regression"] = Field("classification")
+    allow_python_code: bool = Field(False, description="Load the Keras model with safe mode off, so Lambda layers "
+                                    "(Python code stored in the file) run. Loading then executes that code: only "
+                                    "for files whose source you trust.")
 
 
 class DataSet(SpecModel):
