@@ -2,6 +2,8 @@
 
 Safe means: a size limit, UTF-8 only, no tags beyond YAML's core schema (no Python objects, no custom
 constructors), duplicate keys are errors, and aliases are bounded (a billion-laughs file fails at once).
+The one extra tag, `!ENV NAME` on a scalar, constructs nothing: it becomes the plain reference
+`{"$env": "NAME"}` (deployc/schema/envref.py), and validation decides where one may stand.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.errors import Problem, SpecError
+from deployc.schema.envref import ENV_KEY, ENV_TAG, env_ref_name_problem
 
 MAX_BYTES = 1024 * 1024
 MAX_EXPANDED_NODES = 50_000
@@ -115,7 +118,7 @@ def _check_nodes(root: Any, display: str) -> list[Problem]:
     def at(node: Any) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
 
-    def walk(node: Any, depth: int = 0) -> None:
+    def walk(node: Any, depth: int = 0, path: str = "") -> None:
         if depth > MAX_DEPTH:
             raise SpecError([Problem(display, *at(node), "", f"the document is nested more than {MAX_DEPTH} "
                                      "levels deep")])
@@ -125,10 +128,21 @@ def _check_nodes(root: Any, display: str) -> list[Problem]:
                                      f"{MAX_EXPANDED_NODES} nodes (aliases nested too deeply?)")])
         if id(node) in stack:
             raise SpecError([Problem(display, *at(node), "", "a recursive alias refers to itself")])
+        if node.tag == ENV_TAG:
+            if isinstance(node, (MappingNode, SequenceNode)):
+                kind = "mapping" if isinstance(node, MappingNode) else "list"
+                problems.append(Problem(display, *at(node), path, f"!ENV takes an environment variable name, "
+                                        f"not a {kind}"))
+            else:
+                msg = env_ref_name_problem(str(node.value))
+                if msg:
+                    problems.append(Problem(display, *at(node), path, msg))
+            return
         if node.tag not in CORE_TAGS:
             tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            hint = " (did you mean !ENV?)" if tag.upper() == ENV_TAG else ""
             problems.append(Problem(display, *at(node), "", f"tag {tag} is not allowed: deploy.yaml holds "
-                                    "plain mappings, lists, strings, numbers and booleans"))
+                                    f"plain mappings, lists, strings, numbers and booleans{hint}"))
             return
         if isinstance(node, (MappingNode, SequenceNode)):
             stack.add(id(node))
@@ -139,17 +153,24 @@ def _check_nodes(root: Any, display: str) -> list[Problem]:
                         problems.append(Problem(display, *at(k), "", "merge keys (<<) are not supported"))
                         continue
                     key = getattr(k, "value", None)
+                    if k.tag == ENV_TAG:
+                        problems.append(Problem(display, *at(k), path, "!ENV cannot tag a key, only a value"))
+                        continue
+                    if key == ENV_KEY:
+                        problems.append(Problem(display, *at(k), path, f"the key {ENV_KEY!r} is reserved for "
+                                                "!ENV references: write `!ENV NAME` instead"))
+                        continue
                     if isinstance(key, str) and key in seen:
                         first = seen[key]
                         problems.append(Problem(display, *at(k), "", f"duplicate key {key!r} (first at line "
                                                 f"{first.start_mark.line + 1})"))
                     elif isinstance(key, str):
                         seen[key] = k
-                    walk(k, depth + 1)
-                    walk(v, depth + 1)
+                    walk(k, depth + 1, path)
+                    walk(v, depth + 1, f"{path}.{key}" if path else str(key))
             else:
-                for item in node.value:
-                    walk(item, depth + 1)
+                for i, item in enumerate(node.value):
+                    walk(item, depth + 1, f"{path}[{i}]")
             stack.discard(id(node))
 
     walk(root)
@@ -175,7 +196,11 @@ def _mistagged(root: Any) -> tuple[int, int]:
 
 
 def plain(value: Any) -> Any:
-    """ruamel's round-trip types -> plain Python (a YAML `true` must not pass as the integer 1)."""
+    """ruamel's round-trip types -> plain Python (a YAML `true` must not pass as the integer 1); `!ENV NAME` ->
+    {"$env": "NAME"}."""
+    tag = getattr(value, "tag", None)
+    if type(value).__name__ == "TaggedScalar" and str(getattr(tag, "value", tag)) == ENV_TAG:
+        return {ENV_KEY: str(value.value)}
     if isinstance(value, dict):
         return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -192,7 +217,8 @@ def plain(value: Any) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {list: "list", str: "string", int: "number", float: "number"}.get(type(plain(value)), type(value).__name__)
+    kinds = {list: "list", str: "string", int: "number", float: "number", dict: "!ENV reference"}
+    return kinds.get(type(plain(value)), type(value).__name__)
 
 
 def position(tree: Any, loc: tuple[Any, ...]) -> tuple[int, int, str]:

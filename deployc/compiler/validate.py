@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from deployc.compiler.load import LoadedSpec, position, value_position
 from deployc.errors import Problem, SpecError
 from deployc.schema.base import NAME_RE
+from deployc.schema.envref import ALLOWED_HINT, ENV_KEY, credential_ref_problem, is_env_ref
 from deployc.schema.spec import CrossFieldErrors, DeploySpec
 
 _TOKENS = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bgh[pousr]_[A-Za-z0-9]{36}\b|\bxox[abpr]-[A-Za-z0-9-]{10,}"
@@ -40,13 +41,41 @@ def scan_secrets(loaded: LoadedSpec) -> list[Problem]:
     return problems
 
 
+def env_ref_problems(loaded: LoadedSpec) -> list[Problem]:
+    """`!ENV` anywhere but a value of targets.sagemaker.environment, or naming the deployer's AWS credentials:
+    refused at its own position (the schema, which checks the latter too, can only point at the mapping)."""
+    problems: list[Problem] = []
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if is_env_ref(node):
+            allowed = len(path) == 4 and path[:3] == ("targets", "sagemaker", "environment")
+            msg = credential_ref_problem(node[ENV_KEY]) if allowed else ALLOWED_HINT
+            if msg:
+                line, col = value_position(loaded.tree, path)
+                problems.append(Problem(loaded.display, line, col, _dotted(path), msg))
+            return
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            walk(v, path + (k,))
+
+    walk(loaded.data, ())
+    return problems
+
+
 def validate(loaded: LoadedSpec) -> DeploySpec:
     """The validated spec, or a SpecError listing every problem with file:line:col."""
-    secrets = scan_secrets(loaded)
+    secrets = scan_secrets(loaded) + env_ref_problems(loaded)
     try:
         spec = DeploySpec.model_validate(loaded.data)
     except ValidationError as exc:
         problems = _problems(loaded, exc)
+        # a misplaced !ENV is reported once, as such, not as a wrong type at (or inside) its field
+        misplaced = [s.path for s in secrets if s.message == ALLOWED_HINT]
+        problems = [p for p in problems if p.message == "unknown field" or not any(
+            p.path == m or p.path.startswith((m + ".", m + "[")) for m in misplaced)]
+        # a refused reference is reported at its entry, not (again) at the environment mapping
+        problems = [p for p in problems if not any(s.path.startswith(p.path + ".") and s.message in p.message
+                                                   for s in secrets)]
         # a secret found by the scan is reported at its own entry, not at the mapping pydantic points to
         problems = [p for p in problems
                     if not any(s.path.startswith(p.path + ".") and "looks like" in p.message for s in secrets)]

@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok, 1 bad bundle, 2 usage, 4 AWS failed (docs/sagemaker.md)."""
+    """Exit codes: 0 ok, 1 bad bundle or an unset !ENV variable, 2 usage, 4 AWS failed (docs/sagemaker.md)."""
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help

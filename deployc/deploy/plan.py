@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from deployc import conventions as c
+from deployc.schema.envref import EnvRef
 from deployc.schema.sagemaker import PROVISIONING_S, SageMakerTarget
 
 PLAN_FORMAT_VERSION = 1
@@ -40,6 +41,12 @@ def artifact_location(cfg: SageMakerTarget, name: str, sha256: str) -> tuple[str
 
 def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def plan_environment(cfg: SageMakerTarget) -> dict[str, Any]:
+    """The container environment as plan data: an !ENV value stays a reference (`{"$env": NAME}`), so the model
+    name, derived from these parameters, depends on the variable's name and never on its value."""
+    return {k: (v.to_plan() if isinstance(v, EnvRef) else v) for k, v in sorted(cfg.environment.items())}
 
 
 def rollback_alarm_ids(alarms: list[dict[str, Any]]) -> list[str]:
@@ -79,7 +86,7 @@ def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256
     model: dict[str, Any] = {
         "ExecutionRoleArn": cfg.role_arn,
         "PrimaryContainer": {"Image": cfg.image_uri, "ModelDataUrl": model_data_url,
-                             "Environment": dict(sorted(cfg.environment.items()))},
+                             "Environment": plan_environment(cfg)},
         "EnableNetworkIsolation": cfg.network_isolation,
     }
     if cfg.vpc:

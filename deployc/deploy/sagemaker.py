@@ -8,8 +8,9 @@ to it). A second run of the same bundle finds every resource in place and change
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from deployc.deploy.aws import (
     same,
 )
 from deployc.deploy.endpoint import update_or_create
+from deployc.deploy.envrefs import redact, references, resolve
 from deployc.deploy.plan import PLAN_FORMAT_VERSION
 from deployc.errors import DeployError, InputError
 from deployc.manifest import verify_build
@@ -46,27 +48,36 @@ def load_plan(build_dir: Path) -> dict[str, Any]:
 
 def deploy(build_dir: Path, *, dry_run: bool = False, endpoint_url: str | None = None,
            wait_timeout_s: float = 1800, log: Callable[[str], Any] = print,
-           clients: ClientFactory | None = None, poll_s: float = 15.0) -> dict[str, Any]:
+           clients: ClientFactory | None = None, poll_s: float = 15.0,
+           environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Deploy the bundle in `build_dir`; returns what was done (`changed`, `actions`) and the resource names.
 
-    Raises InputError for a bad bundle and DeployError when AWS fails (the endpoint stays on its last good config).
+    !ENV references are read from `environ` (default: this process's environment). Raises InputError for a bad
+    bundle or a missing variable, DeployError when AWS fails (the endpoint stays on its last good config).
     """
     build_dir = Path(build_dir)
     plan = load_plan(build_dir)
-    if dry_run:
+    environ = os.environ if environ is None else environ
+    if dry_run:  # the plan as built: references print as {"$env": NAME}, never as values
         for call in plan["calls"]:
             log(f"would call {call['service']}.{call['operation']} ({call['when']}): "
                 f"{json.dumps(call['parameters'], sort_keys=True)}")
+        for key, var in sorted(references(plan).items()):
+            log(f"environment {key} would come from ${var} ({'set' if environ.get(var) else 'NOT SET: a deploy stops'})")
         log(f"dry run: nothing was called; endpoint {plan['endpoint_name']} would run {plan['endpoint_config_name']}")
         return _result(plan, dry_run=True, actions=[])
-    runner = _Runner(plan, build_dir, clients or client_factory(plan["region"], endpoint_url), log,
-                     wait_timeout_s, poll_s)
+    resolved, secrets = resolve(plan, environ)  # before any client exists: a missing variable calls nothing
+    runner = _Runner(resolved, build_dir, clients or client_factory(plan["region"], endpoint_url), log,
+                     wait_timeout_s, poll_s, references(plan))
     try:
         runner.run()
-    except DeployError:
+    except DeployError as exc:
+        if secrets and redact(str(exc), secrets) != str(exc):
+            raise DeployError(redact(str(exc), secrets)) from None
         raise
     except aws_errors() as exc:
-        raise DeployError(f"{runner.current}: {describe_message(exc)}. {runner.endpoint_state()}") from None
+        message = redact(describe_message(exc), secrets)
+        raise DeployError(f"{runner.current}: {message}. {runner.endpoint_state()}") from None
     changed = any(a["status"] == "applied" for a in runner.actions)
     log(f"endpoint {plan['endpoint_name']} runs {plan['endpoint_config_name']}: "
         + ("deployed" if changed else "already up to date, nothing changed"))
@@ -91,12 +102,13 @@ class _Runner:
     """Executes the plan's calls in order; each checks the current state first and skips what is in place."""
 
     def __init__(self, plan: dict[str, Any], build_dir: Path, clients: ClientFactory, log: Callable[[str], Any],
-                 wait_timeout_s: float, poll_s: float):
+                 wait_timeout_s: float, poll_s: float, env_refs: dict[str, str] | None = None):
         self.plan, self.build_dir, self.client, self.log = plan, build_dir, clients, log
         self.wait_timeout_s, self.poll_s = wait_timeout_s, poll_s
         self.actions: list[dict[str, str]] = []
         self.current = "deploy"
         self.calls = {call["operation"]: call["parameters"] for call in plan["calls"]}
+        self.env_refs = env_refs or {}  # container variable -> the environment variable its value came from
 
     def run(self) -> None:
         for call in self.plan["calls"]:
@@ -126,8 +138,24 @@ class _Runner:
         self._done("applied", f"uploaded {art['s3_uri']} ({len(body)} bytes)")
 
     def _create_model(self, p: dict[str, Any]) -> None:
-        self._create_absent("model", p["ModelName"], lambda: self.client("sagemaker").describe_model(
-            ModelName=p["ModelName"]), lambda: self.client("sagemaker").create_model(**p))
+        sm, name = self.client("sagemaker"), p["ModelName"]
+        try:
+            found = sm.describe_model(ModelName=name)
+        except aws_errors() as exc:
+            if not is_not_found(exc):
+                raise
+            sm.create_model(**p)
+            return self._done("applied", f"created model {name}")
+        # The name follows the references, not their values: a rotated value meets the model made with the old one.
+        deployed = (found.get("PrimaryContainer") or {}).get("Environment") or {}
+        wanted = p["PrimaryContainer"]["Environment"]
+        stale = [f"{k} (${var})" for k, var in sorted(self.env_refs.items()) if deployed.get(k) != wanted[k]]
+        if stale:
+            self.log(f"warning: model {name} holds other values for {', '.join(stale)} than this environment; "
+                     "models are immutable, so the new values are NOT deployed (docs/sagemaker.md, "
+                     "'Rotating a referenced value')")
+        self._done("unchanged", f"model {name} exists" + (f"; new values of {', '.join(stale)} not deployed"
+                                                          if stale else ""))
 
     def _create_endpoint_config(self, p: dict[str, Any]) -> None:
         name = p["EndpointConfigName"]

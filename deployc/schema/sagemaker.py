@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from deployc.schema.base import SpecModel
+from deployc.schema.envref import EnvRef, credential_ref_problem, is_env_ref
 from deployc.schema.sagemaker_instance_types import INSTANCE_TYPES
 
 ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}$"
@@ -143,8 +144,10 @@ class SageMakerTarget(SpecModel):
     data_capture: DataCapture | None = Field(None, description="Capture requests/responses to S3.")
     rollout: Rollout = Field(default_factory=Rollout, description="How an update shifts traffic.")
     tags: dict[str, str] = Field(default_factory=dict, max_length=50, description="Tags on every resource.")
-    environment: dict[str, str] = Field(default_factory=dict, max_length=100,
-                                        description="Container environment (never credentials).")
+    environment: dict[str, str | EnvRef] = Field(
+        default_factory=dict, max_length=100,
+        description="Container environment: each value a string, or an !ENV reference (`API_KEY: !ENV NAME`) that "
+                    "deployc deploy reads from its own environment; never credentials in the spec.")
 
     @field_validator("instance_type")
     @classmethod
@@ -188,10 +191,27 @@ class SageMakerTarget(SpecModel):
             raise ValueError(problem)
         return v
 
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _string_or_reference(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if not isinstance(value, (str, EnvRef)) and not is_env_ref(value):
+                    kind = {bool: "a boolean", int: "a number", float: "a number", dict: "a mapping",
+                            list: "a list"}.get(type(value), "empty" if value is None else type(value).__name__)
+                    raise ValueError(f"{key!r}: a value is a string (quote numbers and booleans) or an !ENV "
+                                     f"reference, not {kind}")
+        return v
+
     @field_validator("environment", "tags")
     @classmethod
-    def _no_credentials(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+    def _no_credentials(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         for key, value in v.items():
+            if isinstance(value, EnvRef):
+                refused = credential_ref_problem(value.name)
+                if refused:
+                    raise ValueError(f"{key!r}: {refused}")
+                value = ""  # the name is checked below; the value is not in the spec
             problem = credential_problem(key, value)
             if problem:
                 raise ValueError(problem)

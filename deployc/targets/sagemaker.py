@@ -18,6 +18,7 @@ from deployc.deploy.plan import build_plan, rollback_alarm_ids
 from deployc.errors import InputError
 from deployc.manifest import sha256_bytes
 from deployc.render import dump_json, render_template, render_yaml
+from deployc.schema.envref import ENV_KEY, is_env_ref, parameter_names
 from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.schema.sagemaker import SageMakerTarget as SageMakerConfig
 from deployc.targets.base import EmitContext, Target
@@ -102,11 +103,16 @@ class SageMakerTarget(Target):
 def cloudformation(plan: dict[str, Any], alarms: list[dict[str, Any]], cfg: SageMakerConfig, *, header: str,
                    description: str) -> bytes:
     calls = {call["operation"]: call["parameters"] for call in plan["calls"]}
+    environment, env_parameters = template_environment(calls["create_model"]["PrimaryContainer"]["Environment"],
+                                                       taken=[a["logical_id"] for a in alarms])
+    model = {**calls["create_model"],
+             "PrimaryContainer": {**calls["create_model"]["PrimaryContainer"], "Environment": environment}}
     text, parsed = render_yaml(
         "sagemaker", "cloudformation.yaml.j2",
         header=header,
         description=description,
-        model=calls["create_model"],
+        model=model,
+        env_parameters=env_parameters,
         endpoint_config=calls["create_endpoint_config"],
         endpoint=calls["create_endpoint"],
         alarms=alarms,
@@ -119,6 +125,20 @@ def cloudformation(plan: dict[str, Any], alarms: list[dict[str, Any]], cfg: Sage
     if not isinstance(parsed, dict) or "Model" not in parsed.get("Resources", {}):
         raise InputError("templates/sagemaker/cloudformation.yaml.j2 rendered no Resources")
     return text.encode()
+
+
+def template_environment(environment: dict[str, Any], *, taken: list[str]) -> tuple[dict[str, Any],
+                                                                                 list[dict[str, str]]]:
+    """!ENV references -> `{"Ref": EnvNAME}` on a NoEcho String parameter each, so the value is given when the
+    stack is created or updated and never sits in the template; returns (environment, parameters)."""
+    names = parameter_names([v[ENV_KEY] for v in environment.values() if is_env_ref(v)], taken)
+    out = {k: ({"Ref": names[v[ENV_KEY]]} if is_env_ref(v) else v) for k, v in environment.items()}
+    params = []
+    for var, pid in sorted(names.items(), key=lambda item: item[1]):
+        keys = ", ".join(k for k, v in environment.items() if is_env_ref(v) and v[ENV_KEY] == var)
+        text = f"Container environment {keys} (deploy.yaml: !ENV {var}; deployc deploy reads ${var})."
+        params.append({"id": pid, "description": text if len(text) <= 4000 else text[:3997] + "..."})
+    return out, params
 
 
 def dockerfile(name: str, version: str, *, header: str) -> str:
