@@ -114,6 +114,23 @@ def test_microcontroller_means_full_int8_with_integer_io(tmp_path: Path) -> None
     assert inspect_model(tmp_path / "m.tflite")["tensor_types"].keys() <= {"int8", "int32"}
 
 
+def test_per_tensor_int8_has_fewer_scales_and_is_smaller(converted: dict[str, Any],
+                                                                         eval_data: Any, tmp_path: Path) -> None:
+    x, ref = eval_data
+    per_tensor = tmp_path / "per-tensor.tflite"
+    convert(digits_dir() / "model.keras", per_tensor,
+            TFLiteTarget(quantization="int8", io_type="int8", per_channel=False),
+            np.load(digits_dir() / "calib.npz")["x"])
+    per_channel = converted["int8-int8"][0]
+
+    def scales(path: Path) -> int:
+        return sum(len(t["quantization_parameters"]["scales"]) for t in interpreter(path).get_tensor_details())
+
+    assert scales(per_tensor) < scales(per_channel)
+    assert per_tensor.stat().st_size < per_channel.stat().st_size
+    assert float(np.mean(predict_tflite(per_tensor, x).argmax(1) == ref.argmax(1))) >= 0.95
+
+
 def test_int8_without_calibration_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="data.calibration"):
         convert(digits_dir() / "model.keras", tmp_path / "m.tflite", TFLiteTarget(quantization="int8"), None)

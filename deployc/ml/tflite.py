@@ -70,6 +70,10 @@ def convert(keras_model: Path, dst: Path, cfg: TFLiteTarget, calibration_x: np.n
         builtins = tf.lite.OpsSet.TFLITE_BUILTINS
         if mode != "none":
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode in ("dynamic", "int8") and not cfg.per_channel:
+            # the converter's only switches for per-tensor scales (convolutions, then dense layers)
+            conv._experimental_disable_per_channel = True
+            conv._experimental_disable_per_channel_quantization_for_dense_layers = True
         if mode == "float16":
             conv.target_spec.supported_types = [tf.float16]
         if mode == "int8":

@@ -26,6 +26,9 @@ class TFLiteTarget(SpecModel):
         "dynamic", description="none (float32), float16, dynamic range, int8 (full integer; needs "
         "data.calibration), or auto (smallest that passes the gates).")
     io_type: Literal["float32", "int8", "uint8"] = Field("float32", description="Input/output type for int8 models.")
+    per_channel: bool = Field(True, description="dynamic / int8: one weight scale per output channel (more "
+                              "accurate) or, when false, one per tensor wherever the converter allows it "
+                              "(convolutions and biases; smaller files).")
     allow_select_tf_ops: bool = Field(False, description="Allow TensorFlow ops the device runtime must include.")
     max_size_kb: float | None = Field(None, gt=0, description="Fail the build when model.tflite is larger.")
     threads: int = Field(1, ge=1, le=64, description="Interpreter threads for the measurement.")
