@@ -39,8 +39,12 @@ demo: install system-deps
 test: install system-deps
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install system-deps
 	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/optimize.py
+	$(BIN)/python bench/tflite.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/many.py
 
 schema: install
 	$(BIN)/python -m deployc.schema.jsonschema
