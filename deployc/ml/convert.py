@@ -78,6 +78,41 @@ def keras_to_onnx(src: Path, dst: Path, inputs: list[Any] | None = None) -> dict
     return _finish(proto, dst)
 
 
+SIGNATURE = "serving_default"
+
+
+def export_saved_model(src: Path, dst: Path, inputs: list[Any] | None = None) -> Path:
+    """A SavedModel with one signature, serving_default: the model's inputs by name -> {"output": ...} (or
+    output_0, ...), named like the ONNX artifact's outputs. Used by the tflite and tfserving targets."""
+    import contextlib
+    import io
+
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    keras.backend.clear_session()
+    model = load_keras(src)
+    signature = _signature(tf, model, inputs)
+    single = len(signature) == 1
+
+    def serve(*args: Any) -> dict[str, Any]:
+        out = model(args[0] if single else list(args), training=False)
+        if isinstance(out, (list, tuple)):
+            return {f"output_{i}": o for i, o in enumerate(out)}
+        return {"output": out}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=signature)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # write_out prints the endpoints
+            archive.write_out(str(dst), verbose=False)
+    except Exception as exc:
+        raise InputError(f"{src.name}: export as a SavedModel failed ({type(exc).__name__}: {exc})") from None
+    return dst
+
+
 def savedmodel_to_onnx(src: Path, dst: Path) -> dict[str, Any]:
     """Convert a SavedModel folder's serving_default signature."""
     quiet_tensorflow()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.ml.convert import SIGNATURE, export_saved_model
 from deployc.ml.quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ MODES = ("none", "float16", "dynamic", "int8")
 AUTO_ORDER = ("int8", "dynamic", "float16", "none")  # smallest expected first
 CALIBRATION_MAX_ROWS = 500
 CALIBRATION_MIN_ROWS = 100
-SIGNATURE = "serving_default"
 _FLEX_RE = re.compile(r"'tf\.([A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
 _NOT_QUANTIZABLE_RE = re.compile(r"'tfl\.([A-Za-z0-9_]+)' op [^\n]*(?:quantiz|int8)", re.IGNORECASE)
 
@@ -65,7 +65,8 @@ def convert(keras_model: Path, dst: Path, cfg: TFLiteTarget, calibration_x: np.n
 
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="deployc-tflite-") as tmp:
-        saved = keras_model if keras_model.is_dir() else _export(keras_model, Path(tmp) / "saved_model", inputs)
+        saved = (keras_model if keras_model.is_dir()
+                 else export_saved_model(keras_model, Path(tmp) / "saved_model", inputs))
         conv = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])
         builtins = tf.lite.OpsSet.TFLITE_BUILTINS
         if mode != "none":
@@ -107,31 +108,6 @@ def convert(keras_model: Path, dst: Path, cfg: TFLiteTarget, calibration_x: np.n
         _check_microcontroller(info)
     info.update(mode=mode, io_type=io_type(cfg) if mode == "int8" else "float32", warnings=warnings)
     return info
-
-
-def _export(src: Path, dst: Path, inputs: list[Any] | None) -> Path:
-    """A SavedModel with one signature: the model's inputs by name -> {"output": ...} (or output_0, ...)."""
-    import keras
-    import tensorflow as tf
-
-    from deployc.ml.convert import _signature, load_keras
-
-    model = load_keras(src)
-    signature = _signature(tf, model, inputs)
-    single = len(signature) == 1
-
-    def serve(*args: Any) -> dict[str, Any]:
-        out = model(args[0] if single else list(args), training=False)
-        if isinstance(out, (list, tuple)):
-            return {f"output_{i}": o for i, o in enumerate(out)}
-        return {"output": out}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=signature)
-    with contextlib.redirect_stdout(io.StringIO()):  # write_out prints the endpoints
-        archive.write_out(str(dst))
-    return dst
 
 
 def _conversion_error(model: str, mode: str, message: str) -> InputError:

@@ -67,36 +67,10 @@ def run_export(ctx: StepContext, source_step: str) -> dict[str, Any]:
 
 
 def export_keras(src: Path, dst: Path, inputs: list[Any] | None) -> None:
-    """model.export's archive with one endpoint, serving_default, whose outputs are named like the ONNX model's."""
-    from deployc.ml.convert import load_keras, quiet_tensorflow
+    """The serving_default SavedModel TF Serving loads (outputs named like the ONNX model's)."""
+    from deployc.ml.convert import export_saved_model
 
-    quiet_tensorflow()
-    import keras
-    import tensorflow as tf
-
-    keras.backend.clear_session()
-    model = load_keras(src)
-    if inputs:
-        signature = [tf.TensorSpec([None if d == -1 else d for d in t.shape], getattr(tf, t.dtype), name=t.name)
-                     for t in inputs]
-    else:
-        signature = [tf.TensorSpec(t.shape, t.dtype, name=(getattr(t, "name", "") or f"input_{i}").split(":")[0])
-                     for i, t in enumerate(model.inputs)]
-    single = len(signature) == 1
-
-    def serve(*args: Any) -> dict[str, Any]:
-        y = model(args[0] if single else list(args), training=False)
-        if isinstance(y, (list, tuple)):
-            return {f"output_{i}": t for i, t in enumerate(y)}
-        return {"output": y}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=signature)
-    try:
-        archive.write_out(str(dst), verbose=False)
-    except Exception as exc:
-        raise InputError(f"{src.name}: export as a SavedModel failed ({type(exc).__name__}: {exc})") from None
+    export_saved_model(src, dst, inputs)
 
 
 def _signature(path: Path) -> tuple[Any, str, str, dict[str, Any]]:
