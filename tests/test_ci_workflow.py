@@ -80,3 +80,18 @@ def test_several_specs_build_in_parallel(digits: Path, tmp_path: Path) -> None:
     dup = run_deployc("build", str(specs / "m0" / "deploy.yaml"), str(specs / "m2" / "deploy.yaml"),
                       cache_dir=tmp_path / "cache")
     assert dup.returncode == 2 and "names must be unique" in dup.stderr
+
+
+def test_shipped_ci_files_parse_and_call_real_commands() -> None:
+    from ruamel.yaml import YAML
+
+    from conftest import ROOT
+
+    yaml = YAML(typ="safe", pure=True)
+    hooks = {h["id"]: h for h in yaml.load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    assert set(hooks) == {"deployc-validate", "deployc-build-check"}
+    assert "deployc validate" in str(hooks["deployc-validate"]["entry"]) + str(hooks["deployc-validate"].get("args"))
+    assert all(h["files"] == r"deploy\.ya?ml$" for h in hooks.values())
+    flow = yaml.load((ROOT / "examples" / "ci" / "github-workflow.yml").read_text())
+    runs = [s.get("run", "") for s in flow["jobs"]["deployc"]["steps"]]
+    assert any('deployc build "$SPEC" --check' in r for r in runs) and any("deployc validate" in r for r in runs)
