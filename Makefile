@@ -32,6 +32,9 @@ demo: install system-deps
 	$(BIN)/deployc build $(SPEC)
 	@cat build/digits/report.md
 	@echo
+	@echo "Files in build/digits (manifest.json lists each with its sha256):"
+	@cd build/digits && find . -type f | sort | sed 's|^\./|  |'
+	@echo
 	@echo "Serve it:   $(BIN)/deployc serve build/digits"
 	@echo "Query it:   curl -s localhost:8080/v2/models/digits/infer -H 'content-type: application/json' \\"
 	@echo "              -d '{\"inputs\":[{\"name\":\"pixels\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[$$(python3 -c 'print(",".join(["0.5"]*64))')]}]}'"
