@@ -109,7 +109,7 @@ def _portable_emitter() -> tuple[Any, Any]:
         ESCAPE_REPLACEMENTS = {k: v for k, v in Emitter.ESCAPE_REPLACEMENTS.items() if k not in _YAML_BREAKS}
 
     class PortableRepresenter(SafeRepresenter):  # type: ignore[misc]
-        pass
+        """SafeRepresenter with the string rule below (registered on this subclass, not globally)."""
 
     PortableRepresenter.add_representer(str, _represent_str)
     return PortableEmitter, PortableRepresenter

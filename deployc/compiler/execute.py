@@ -11,8 +11,8 @@ from deployc.compiler.cache import Cache
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepContext, StepOutput
 from deployc.compiler.write import crash_point
-from deployc.ml.convert import KERAS_SAFE_MODE
 from deployc.errors import DeploycError
+from deployc.ml.convert import KERAS_SAFE_MODE
 
 
 class StepError(DeploycError):

@@ -68,7 +68,6 @@ def load_spec(path: Path) -> LoadedSpec:
 
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
     from ruamel.yaml.reader import ReaderError
 
     yaml = YAML(typ="rt", pure=True)
@@ -233,19 +232,11 @@ def position(tree: Any, loc: tuple[Any, ...]) -> tuple[int, int, str]:
     for i, elem in enumerate(loc):
         last = i == len(loc) - 1
         if isinstance(node, dict) and isinstance(elem, str) and elem in node:
-            try:
-                ln, cl = node.lc.key(elem)
-                line, col = ln + 1, cl + 1
-            except (AttributeError, KeyError, TypeError):
-                pass
+            line, col = _mark(node, "key", elem) or (line, col)
             parts.append(elem)
             node = node[elem]
         elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node):
-            try:
-                ln, cl = node.lc.item(elem)
-                line, col = ln + 1, cl + 1
-            except (AttributeError, KeyError, TypeError):
-                pass
+            line, col = _mark(node, "item", elem) or (line, col)
             parts[-1:] = [f"{parts[-1]}[{elem}]"] if parts else [f"[{elem}]"]
             node = node[elem]
         elif last and isinstance(node, dict):
@@ -254,6 +245,15 @@ def position(tree: Any, loc: tuple[Any, ...]) -> tuple[int, int, str]:
             break
         # else: a union tag pydantic adds to the location (e.g. `quantize` in optimize[0].quantize.quantize)
     return line, col, ".".join(parts)
+
+
+def _mark(node: Any, kind: str, elem: Any) -> tuple[int, int] | None:
+    """1-based (line, column) that ruamel recorded for a key or list item, when it recorded one."""
+    try:
+        ln, cl = getattr(node.lc, kind)(elem)
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return ln + 1, cl + 1
 
 
 def value_position(tree: Any, path: tuple[Any, ...]) -> tuple[int, int]:

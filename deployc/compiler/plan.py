@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.compiler import ops
-from deployc.compiler.steps import Step, code_fingerprint, step_key
+from deployc.compiler.steps import Step, code_fingerprint, data_files, step_key
 from deployc.schema.passes import KERAS_PASSES, pass_config, pass_name
 from deployc.schema.spec import DeploySpec, resolved_format
 
@@ -43,15 +43,6 @@ class Plan:
             steps.append(row)
         return {"name": self.spec.name, "version": self.spec.version, "spec_sha256": self.spec_sha256,
                 "steps": steps, "targets": list(self.targets)}
-
-
-def data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...]:
-    out = []
-    for w in which:
-        ds = getattr(spec.data, w)
-        if ds is not None:
-            out.append(spec_dir / ds.path)
-    return tuple(out)
 
 
 def _data_params(spec: DeploySpec, *which: str) -> dict[str, Any]:

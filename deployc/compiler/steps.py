@@ -52,6 +52,12 @@ class Step:
     libs: tuple[str, ...] = ()  # distributions whose versions feed the key
 
 
+def data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...]:
+    """The .npz files of `data.<which>` that the spec sets: what a step reading them hashes into its key."""
+    sets = [getattr(spec.data, w) for w in which]
+    return tuple(spec_dir / ds.path for ds in sets if ds is not None)
+
+
 def load_dataset(spec_dir: Path, ds: DataSet) -> tuple[Any, Any]:
     import numpy as np
 

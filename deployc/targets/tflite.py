@@ -13,7 +13,7 @@ from typing import Any
 
 import deployc
 from deployc import conventions as c
-from deployc.compiler.steps import Step, StepContext
+from deployc.compiler.steps import Step, StepContext, data_files
 from deployc.errors import GateError, InputError
 from deployc.render import dump_json, render_template
 from deployc.schema.spec import DeploySpec, Gates
@@ -140,11 +140,6 @@ def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
     return result
 
 
-def _data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...]:
-    sets = [getattr(spec.data, w) for w in which]
-    return tuple(spec_dir / ds.path for ds in sets if ds is not None)
-
-
 class TFLiteTarget(Target):
     name = "tflite"
     config_model = TFLiteConfig
@@ -166,14 +161,14 @@ class TFLiteTarget(Target):
             id=CONVERT, description="convert the Keras model to TFLite" + (" (auto: every mode)" if auto else ""),
             run=lambda ctx: run_convert(ctx, cfg, keras_model_step),
             deps=(keras_model_step,) + ((REFERENCE,) if auto else ()),
-            params=convert_params, input_files=_data_files(spec, spec_dir, "calibration", *(["eval"] if auto else [])),
+            params=convert_params, input_files=data_files(spec, spec_dir, "calibration", *(["eval"] if auto else [])),
             libs=LIBS)
         verify = Step(
             id=VERIFY, description="run model.tflite with LiteRT on data.eval; measure size and latency",
             run=lambda ctx: run_verify(ctx, cfg),
             deps=(CONVERT,) + ((REFERENCE,) if has_eval else ()),
             params=dict(base, measure=spec.measure.model_dump(mode="json")),
-            input_files=_data_files(spec, spec_dir, "eval", "calibration"), libs=LIBS)
+            input_files=data_files(spec, spec_dir, "eval", "calibration"), libs=LIBS)
         return [convert, verify]
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc import conventions as c
-from deployc.compiler.steps import Step, StepContext
+from deployc.compiler.steps import Step, StepContext, data_files
 from deployc.errors import InputError
 from deployc.render import render_template
 from deployc.schema.spec import DeploySpec
@@ -159,7 +159,7 @@ class TFServingTarget(Target):
         export = Step(id=EXPORT, description="export the Keras model as a SavedModel for TensorFlow Serving",
                       run=lambda ctx: run_export(ctx, keras_model_step), deps=(keras_model_step,),
                       params={"inputs": inputs}, libs=LIBS)
-        files = (spec_dir / spec.data.eval.path,) if spec.data.eval is not None else ()
+        files = data_files(spec, spec_dir, "eval")
         verify = Step(id=VERIFY, description="load the SavedModel with TensorFlow and run it on data.eval",
                       run=run_verify, deps=(EXPORT,) + ((REFERENCE,) if has_eval else ()),
                       params={"data": spec.data.model_dump(mode="json"), "task": spec.model.task,
