@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from aws_support import tiny_onnx
 from conftest import ROOT, deployc_env, run_deployc
 
 SPECS = Path(__file__).parent / "specs"
@@ -77,8 +78,7 @@ def test_plan_lists_steps_with_keys(tmp_path: Path) -> None:
 
 def test_plan_key_changes_with_content(tmp_path: Path) -> None:
     spec = tmp_path / "deploy.yaml"
-    (tmp_path / "model.onnx").write_bytes(b"one")
-    (tmp_path / "eval.npz").write_bytes(b"")
+    tiny_onnx(tmp_path / "model.onnx")
     spec.write_text("apiVersion: deployc/v1\nname: k\nmodel: {path: model.onnx}\n"
                     "optimize: [{quantize: {mode: float16}}]\n")
 
@@ -87,7 +87,7 @@ def test_plan_key_changes_with_content(tmp_path: Path) -> None:
         return {s["id"]: s["key"] for s in json.loads(out.stdout)["steps"]}
 
     first = keys()
-    (tmp_path / "model.onnx").write_bytes(b"two")
+    tiny_onnx(tmp_path / "model.onnx", scale=2.0)
     second = keys()
     assert first["source"] != second["source"] and first["optimize[0].quantize"] != second["optimize[0].quantize"]
     spec.write_text(spec.read_text().replace("float16", "int8-dynamic"))

@@ -1,6 +1,7 @@
 """Stage 5: build the EmitContext once and run every target's emitter (monitoring first)."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +23,9 @@ def _io(plan: Plan, outputs: dict[str, StepOutput]) -> tuple[list[dict], list[di
 def labels(plan: Plan) -> tuple[str, ...] | None:
     if not plan.spec.model.labels:
         return None
-    text = (plan.spec_dir / plan.spec.model.labels).read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    from deployc.compiler.content import read_labels
+
+    return read_labels(plan.spec_dir / plan.spec.model.labels)
 
 
 def latency_buckets(plan: Plan) -> tuple[float, ...]:
@@ -82,7 +84,8 @@ def post_write_check(plan: Plan, cache: Cache) -> Callable[[Path], None] | None:
             return
         result = run_promtool(folder)
         if result.get("promtool") == "passed":
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(str(result.get("promtool_version", "")))
+            with contextlib.suppress(OSError):  # a read-only cache only loses this shortcut
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(str(result.get("promtool_version", "")))
 
     return check

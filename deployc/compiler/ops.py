@@ -1,11 +1,11 @@
 """What the built-in plan steps run. Heavy libraries are imported inside, so planning stays fast."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deployc.compiler.inputs import copy_file, copy_tree
 from deployc.compiler.steps import StepContext
 from deployc.schema.spec import resolved_format
 
@@ -27,10 +27,10 @@ def source(ctx: StepContext) -> dict[str, Any]:
         info = copy_onnx(src, ctx.out_dir / "model.onnx")
         return {"model": "model.onnx", "format": "onnx", "inputs": info["inputs"], "outputs": info["outputs"]}
     if fmt == "savedmodel":
-        shutil.copytree(src, ctx.out_dir / "saved_model")
+        copy_tree(ctx.spec_dir, src, ctx.out_dir / "saved_model")
         return {"model": "saved_model", "format": "savedmodel"}
     name = "model" + (src.suffix if src.suffix in (".keras", ".h5") else ".keras")
-    shutil.copyfile(src, ctx.out_dir / name)
+    copy_file(src, ctx.out_dir / name)
     return {"model": name, "format": "keras"}
 
 
@@ -63,6 +63,11 @@ def reference(ctx: StepContext) -> dict[str, Any]:
         pred = predict(model_path(out), fmt, x)
     np.save(ctx.out_dir / "predictions.npy", pred, allow_pickle=False)
     figures = compare(pred, pred, y, ctx.spec.model.task)
+    if figures.get("non_finite_outputs"):
+        from deployc.errors import InputError
+
+        raise InputError(f"model.path: the original model gives {figures['non_finite_outputs']} NaN or infinite "
+                         "output values on data.eval; no artifact can be verified against it")
     figures.pop("agreement", None)
     figures.pop("max_abs_error", None)
     result: dict[str, Any] = {"evaluation": figures}

@@ -5,6 +5,7 @@ The plan is data: `deployc plan` prints it, `deployc build` executes it, `plan.j
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,7 @@ class Plan:
     evaluations: tuple[str, ...] = ()  # steps whose result holds {"artifact", "evaluation"}
     shipped: tuple[str, ...] = ()  # evaluation steps of artifacts that ship (gated)
     targets: tuple[str, ...] = field(default_factory=tuple)
+    checks: tuple[Callable[[str, dict[str, Any]], None], ...] = ()  # run on each step's result, cached or not
 
     def to_json(self, cached: dict[str, bool] | None = None) -> dict[str, Any]:
         steps = []
@@ -59,7 +61,8 @@ def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
     steps.append(Step("source", f"read the {fmt} model {spec.model.path}", ops.source,
                       params={"format": fmt, "path_suffix": Path(spec.model.path).suffix,
                               "allow_python_code": spec.model.allow_python_code},
-                      input_files=(spec_dir / spec.model.path,), libs=("onnx",) if fmt == "onnx" else ()))
+                      input_files=_model_files(spec_dir, spec.model.path, fmt),
+                      libs=("onnx",) if fmt == "onnx" else ()))
     if has_eval:
         steps.append(Step(ops.REFERENCE, "run the original model on data.eval", ops.reference, deps=("source",),
                           params={"data": _data_params(spec, "eval"), "task": spec.model.task},
@@ -120,11 +123,44 @@ def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
                 shipped.append(s.id)
     keys: dict[str, str] = {}
     for s in steps:
-        keys[s.id] = step_key(s, keys, code_fingerprint())
+        keys[s.id] = step_key(s, keys, code_fingerprint(), spec_dir)
     return Plan(spec=spec, spec_path=spec_path, spec_dir=spec_dir,
                 spec_sha256=hashlib.sha256(spec_text.encode()).hexdigest(), steps=tuple(steps), keys=keys,
                 final_step=prev, keras_step=keras_step, evaluations=tuple(evaluations), shipped=tuple(shipped),
-                targets=targets)
+                targets=targets, checks=_checks(spec, spec_dir))
+
+
+def _checks(spec: DeploySpec, spec_dir: Path) -> tuple[Callable[[str, dict[str, Any]], None], ...]:
+    if not spec.model.labels:
+        return ()
+    from deployc.compiler.content import read_labels
+
+    return (partial(_labels_match, spec.model.labels, len(read_labels(spec_dir / spec.model.labels))),)
+
+
+def _labels_match(rel: str, count: int, step_id: str, result: dict[str, Any]) -> None:
+    """The labels file names one class per model output, checked as soon as a step reveals the class count."""
+    from deployc.errors import InputError
+
+    if "distribution" in result:
+        classes = len(result["distribution"])
+    elif result.get("outputs") and len(result["outputs"][0]["shape"]) == 2:
+        classes = result["outputs"][0]["shape"][-1]
+    else:
+        return
+    if classes > 1 and classes != count:
+        raise InputError(f"model.labels: {rel} lists {count} class names, but the model has {classes} outputs "
+                         f"(found by step {step_id})")
+
+
+def _model_files(spec_dir: Path, rel: str, fmt: str) -> tuple[Path, ...]:
+    """The model file or folder, and for ONNX the external data files it names: all of it feeds the key."""
+    model = spec_dir / rel
+    if fmt != "onnx":
+        return (model,)
+    from deployc.compiler.content import onnx_external_files
+
+    return (model, *onnx_external_files(model))
 
 
 def _evaluate_step(sid: str, prev: str, artifact: str, measure: dict[str, Any], spec: DeploySpec,

@@ -63,9 +63,11 @@ def load_dataset(spec_dir: Path, ds: DataSet) -> tuple[Any, Any]:
 
     from deployc.errors import InputError
 
+    from deployc.compiler.inputs import open_regular
+
     path = spec_dir / ds.path
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as npz:
             missing = [k for k in (ds.x, ds.y) if k is not None and k not in npz.files]
             if missing:
                 raise InputError(f"{ds.path}: no array named {missing[0]!r} (it has: {', '.join(npz.files)})")
@@ -121,13 +123,16 @@ def code_fingerprint() -> str:
     return f"{__version__}+{h.hexdigest()[:16]}"
 
 
-def step_key(step: Step, dep_keys: Mapping[str, str], deployc_version: str) -> str:
+def step_key(step: Step, dep_keys: Mapping[str, str], deployc_version: str, within: Path) -> str:
+    """The step's content hash; its input files are read (and refused when they leave `within`) every time."""
+    from deployc.compiler.inputs import tree_digest
+
     doc = {
         "id": step.id,
         "params": step.params,
         "deps": {d: dep_keys[d] for d in step.deps},
-        "files": [hash_path(p) for p in step.input_files],
+        "files": [tree_digest(within, p) for p in step.input_files],
         "libs": {d: lib_version(d) for d in sorted(step.libs)},
         "deployc": deployc_version,
     }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str, allow_nan=False).encode()).hexdigest()

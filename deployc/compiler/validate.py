@@ -128,7 +128,11 @@ def _message(err: dict[str, Any]) -> str:
 
 
 def check_paths(loaded: LoadedSpec, spec: DeploySpec) -> list[Problem]:
-    """Every path is relative to the spec's folder, stays inside it (symlinks resolved) and exists."""
+    """Every path is relative to the spec's folder, stays inside it (symlinks resolved, folders walked whole),
+    names regular files only; then what those files reveal (data arrays, labels, ONNX external data)."""
+    from deployc.compiler.inputs import check_tree
+    from deployc.schema.spec import resolved_format
+
     base = loaded.path.parent.resolve()
     wanted: list[tuple[tuple[Any, ...], str, str]] = [(("model", "path"), spec.model.path, "any")]
     if spec.model.labels:
@@ -141,28 +145,37 @@ def check_paths(loaded: LoadedSpec, spec: DeploySpec) -> list[Problem]:
         student = getattr(getattr(item, "distill", None), "student", None)
         if student:
             wanted.append((("optimize", i, "distill", "student"), student, "file"))
-    problems = []
+    found: list[tuple[tuple[Any, ...], str]] = []
     for loc, rel, kind in wanted:
-        msg = path_problem(base, rel, kind)
+        msg = check_tree(base, rel, kind)
         if msg:
-            line, col = value_position(loaded.tree, loc)
-            problems.append(Problem(loaded.display, line, col, _dotted(loc), msg))
+            found.append((loc, msg))
+    if not found:
+        found = _content_problems(base, spec, resolved_format(spec.model))
+    problems = []
+    for loc, msg in found:
+        line, col = value_position(loaded.tree, loc)
+        problems.append(Problem(loaded.display, line, col, _dotted(loc), msg))
     return problems
 
 
-def path_problem(base: Path, rel: str, kind: str) -> str | None:
-    p = Path(rel)
-    if p.is_absolute() or rel.startswith("~"):
-        return f"{rel!r} is absolute; paths are relative to the folder of deploy.yaml"
-    target = (base / p).resolve()
-    if not target.is_relative_to(base):
-        how = "through a symbolic link" if ".." not in p.parts else "with '..'"
-        return f"{rel!r} leaves the folder of deploy.yaml ({how})"
-    if not target.exists():
-        return f"{rel!r} does not exist"
-    if kind == "file" and not target.is_file():
-        return f"{rel!r} is not a file"
-    return None
+def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tuple[Any, ...], str]]:
+    from deployc.compiler import content
+
+    found: list[tuple[tuple[Any, ...], str]] = []
+    if fmt == "onnx":
+        msg = content.onnx_problem(base, spec.model.path)
+        if msg:
+            found.append((("model", "path"), msg))
+    if spec.model.labels:
+        msg = content.labels_problem(base, spec.model.labels)
+        if msg:
+            found.append((("model", "labels"), msg))
+    for which in ("eval", "calibration", "train"):
+        ds = getattr(spec.data, which)
+        if ds is not None:
+            found += content.data_problems(base, which, ds)
+    return found
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -67,13 +67,18 @@ def compare(reference: np.ndarray, pred: np.ndarray, y: np.ndarray | None, task:
     """Figures of `pred` against the reference model's outputs (and labels, when given)."""
     if reference.shape != pred.shape:
         raise InputError(f"output shape {pred.shape} differs from the reference model's {reference.shape}")
-    out: dict[str, Any] = {"rows": int(len(pred)),
-                           "max_abs_error": round(float(np.max(np.abs(reference - pred))), 8) if len(pred) else 0.0}
+    bad = int(pred.size - np.count_nonzero(np.isfinite(pred)))
+    out: dict[str, Any] = {"rows": int(len(pred))}
+    if bad:  # no figure stands for such outputs: the gates that need one fail as "not measured"
+        out["non_finite_outputs"] = bad
+        out["max_abs_error"] = None
+    else:
+        out["max_abs_error"] = round(float(np.max(np.abs(reference - pred))), 8) if len(pred) else 0.0
     if task == "classification" and pred.ndim == 2 and pred.shape[1] > 1:
         top = pred.argmax(axis=1)
-        out["agreement"] = round(float(np.mean(top == reference.argmax(axis=1))), 6)
+        out["agreement"] = None if bad else round(float(np.mean(top == reference.argmax(axis=1))), 6)
         if y is not None:
-            out["accuracy"] = round(float(np.mean(top == np.asarray(y).reshape(-1))), 6)
+            out["accuracy"] = None if bad else round(float(np.mean(top == np.asarray(y).reshape(-1))), 6)
     return out
 
 

@@ -1,0 +1,132 @@
+"""What the input files themselves reveal, checked by `deployc validate` before anything expensive runs.
+
+Data sets must hold the arrays the spec names, real numbers only, all finite (a NaN row would make agreement
+and accuracy vacuous), with matching row counts; a labels file must be UTF-8 with one name a line; an ONNX
+model's external data files must sit in its folder. Only numpy is imported here (the ONNX file is read as
+protobuf wire data, see onnx_refs.py); TensorFlow and onnx never.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from deployc.compiler.inputs import open_regular, read_bytes
+from deployc.errors import InputError
+
+Loc = tuple[Any, ...]
+
+
+def data_problems(base: Path, which: str, ds: Any) -> list[tuple[Loc, str]]:
+    """Problems with `data.<which>`: (location in the spec, message)."""
+    import numpy as np
+
+    loc: Loc = ("data", which)
+    try:
+        with open_regular(base / ds.path) as f, np.load(f, allow_pickle=False) as npz:
+            names = list(npz.files)
+            missing = [(key, k) for key, k in (("x", ds.x), ("y", ds.y)) if k is not None and k not in names]
+            if missing:
+                return [(loc + (key,), f"{ds.path} has no array named {k!r} (it has: {', '.join(names) or 'none'})")
+                        for key, k in missing]
+            arrays, problems = {}, []
+            for key, k in (("x", ds.x), ("y", ds.y)):
+                if k is None:
+                    continue
+                try:
+                    arrays[key] = npz[k]
+                except (OSError, ValueError, EOFError) as exc:  # a pickled object array, a corrupt member
+                    problems.append((loc + (key,), f"{ds.path}: array {k!r} cannot be loaded ({exc})"))
+            if problems:
+                return problems
+    except (OSError, ValueError, EOFError) as exc:
+        return [(loc + ("path",), f"{ds.path} is not a readable .npz file ({exc})")]
+    except InputError as exc:
+        return [(loc + ("path",), str(exc))]
+    problems += [(loc + (key,), msg) for key, arr in arrays.items()
+                if (msg := array_problem(arr, f"{ds.path}: array {getattr(ds, key)!r}"))]
+    x, y = arrays["x"], arrays.get("y")
+    if not problems and y is not None and len(y) != len(x):
+        problems.append((loc + ("y",), f"{ds.path}: {ds.x} has {len(x)} rows but {ds.y} has {len(y)}"))
+    return problems
+
+
+def array_problem(arr: Any, what: str) -> str | None:
+    """Why an array cannot serve as model input or labels, or None."""
+    import numpy as np
+
+    if arr.dtype.kind not in "biuf":
+        kind = {"c": "complex numbers", "U": "text", "S": "bytes", "O": "Python objects", "V": "records",
+                "M": "dates", "m": "time spans"}.get(arr.dtype.kind, str(arr.dtype))
+        return f"{what} holds {kind} ({arr.dtype}); data must be real numbers"
+    if arr.ndim == 0 or len(arr) == 0:
+        return f"{what} has no rows"
+    if arr.dtype.kind == "f":
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            return f"{what} holds {bad} NaN or infinite value(s) of {arr.size}; data must be finite"
+    return None
+
+
+def labels_problem(base: Path, rel: str) -> str | None:
+    try:
+        read_labels(base / rel)
+    except InputError as exc:
+        return str(exc).replace(str(base / rel), repr(rel), 1)
+    except OSError as exc:
+        return f"{rel!r}: cannot read ({exc.strerror or exc})"
+    return None
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Class names, one a non-empty line, from a UTF-8 text file."""
+    raw = read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: not UTF-8 text (line {line}, byte {exc.start})") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise InputError(f"{path}: holds no class names (one per line)")
+    return names
+
+
+def onnx_external_files(model: Path) -> tuple[Path, ...]:
+    """The external data files an ONNX model names (resolved), refusing locations outside its folder."""
+    st = model.stat()
+    return _onnx_external_files(model.resolve(), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _onnx_external_files(model: Path, mtime_ns: int, size: int) -> tuple[Path, ...]:
+    from deployc.compiler.onnx_refs import WireError, external_locations
+
+    try:
+        locations = external_locations(read_bytes(model))
+    except WireError as exc:
+        raise InputError(f"{model.name}: not a valid ONNX model ({exc})") from None
+    folder = model.parent
+    found: list[Path] = []
+    for loc in locations:
+        target = (folder / loc).resolve()
+        if Path(loc).is_absolute() or not target.is_relative_to(folder):
+            raise InputError(f"{model.name}: external data location {loc!r} leaves the model's folder")
+        if target not in found:
+            found.append(target)
+    return tuple(sorted(found))
+
+
+def onnx_problem(base: Path, rel: str) -> str | None:
+    """Problems with an ONNX model file and its external data (validate time)."""
+    from deployc.compiler.inputs import check_tree
+
+    try:
+        files = onnx_external_files(base / rel)
+    except InputError as exc:
+        return str(exc)
+    for f in files:
+        msg = check_tree(base, f.relative_to(base).as_posix() if f.is_relative_to(base) else str(f), "file")
+        if msg:
+            return f"external data of {rel!r}: {msg}"
+    return None
