@@ -108,10 +108,11 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
           log: Callable[[str], None] = _quiet) -> BuildResult:
     """Run the plan (cached steps are reused), check the gates, emit every target, write atomically."""
     from deployc.compiler import emit
-    from deployc.compiler.write import build_lock, check_replaceable, recover, write_output
+    from deployc.compiler.write import build_lock, check_replaceable, check_writable, recover, write_output
 
     spec = _validate(load_spec(spec_path))
     out = out_dir or default_out_dir(spec)
+    check_writable(out)
     with build_lock(out, log):
         recover(out)
         check_replaceable(out)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from deployc import __version__
-from deployc.errors import EXIT_OK, EXIT_USAGE, DeploycError
+from deployc.errors import EXIT_OK, EXIT_USAGE, DeploycError, input_error
 
 EPILOG = "exit codes: 0 success, 1 invalid spec or input, 2 usage error, 3 a verification gate failed, " \
          "4 an external service failed"
@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        try:
+            return _run(args)
+        except OSError as exc:  # an OS error no stage turned into a message of its own: still no traceback
+            raise input_error(exc) from exc
     except DeploycError as exc:
         if getattr(args, "format", "text") == "json":
             print(json.dumps({"ok": False, "error": type(exc).__name__, "messages": exc.lines()}, indent=2))

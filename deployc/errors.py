@@ -70,3 +70,16 @@ class DeployError(DeploycError):
     """An external service (AWS, a registry) failed."""
 
     exit_code = EXIT_EXTERNAL
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An OS error as `path: reason` (both paths for a rename), without Python's `[Errno N]` prefix."""
+    reason = exc.strerror or str(exc)
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def input_error(exc: OSError, what: str = "") -> InputError:
+    """The InputError for an OS error met while reading or writing `what` (a read-only folder, a full disk...)."""
+    text = describe_os_error(exc)
+    return InputError(f"{what}: {text}" if what else text)

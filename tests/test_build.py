@@ -141,17 +141,25 @@ def test_refuses_to_replace_a_folder_that_is_not_a_build(project: Path, tmp_path
     assert (out / "thesis.tex").read_text() == "do not delete"
 
 
+def _with_manifest(files: dict[str, bytes]) -> dict[str, bytes]:
+    from deployc.manifest import make_manifest
+    from deployc.render import dump_json
+
+    manifest = make_manifest(files, name="t", version="1", spec_sha256="0" * 64, versions={})
+    return {**files, "manifest.json": dump_json(manifest)}
+
+
 def test_interrupted_swap_is_recovered(tmp_path: Path) -> None:
     from deployc.compiler.write import recover, write_output
 
     out = tmp_path / "out"
-    write_output(out, {"manifest.json": b"{}", "a.txt": b"old"})
+    write_output(out, _with_manifest({"a.txt": b"old"}))
     out.rename(tmp_path / ".out.old-abc")  # as if killed between the two renames
     (tmp_path / ".out.tmp-def").mkdir()
     recover(out)
     assert (out / "a.txt").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    write_output(out, {"manifest.json": b"{}", "b.txt": b"new"})
+    write_output(out, _with_manifest({"b.txt": b"new"}))
     assert sorted(p.name for p in out.iterdir()) == ["b.txt", "manifest.json"]  # stale files are gone
 
 

@@ -1,21 +1,27 @@
 """The step cache: one folder per step key, written atomically and verified by hash on every read.
 
-Layout: `<root>/steps/<key[:2]>/<key>/` holds the step's files and `_entry.json` ({result, files: {rel: sha256}}).
-A half-written entry never exists (entries are built in a temporary folder and renamed into place); an entry
-whose files do not match their recorded hashes is removed and rebuilt, never trusted.
+Layout: `<root>/steps/<key[:2]>/<key>/` holds the step's files and `_entry.json` ({result, files: {rel: sha256},
+sha256}), the last a digest over the file list and the result. A half-written entry never exists (entries are
+built in a locked staging folder under `<root>/tmp/` and renamed into place); an entry whose files, file list or
+result do not match its digest is removed and rebuilt, never trusted.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from deployc.compiler.steps import file_digest
+from deployc.errors import InputError, describe_os_error
 
 ENTRY = "_entry.json"
+LOCK_SUFFIX = ".lock"
 
 
 def default_cache_dir() -> Path:
@@ -29,6 +35,8 @@ def default_cache_dir() -> Path:
 class Cache:
     def __init__(self, root: Path):
         self.root = root
+        self._locks: dict[Path, int] = {}  # staging folder -> the descriptor holding its lock
+        self._swept = False
 
     def _dir(self, key: str) -> Path:
         return self.root / "steps" / key[:2] / key
@@ -38,29 +46,70 @@ class Cache:
         return (self._dir(key) / ENTRY).is_file()
 
     def get(self, key: str) -> tuple[Path, dict[str, Any]] | None:
+        """The entry's folder and result, only when all of it (every file, the result, the file list) matches the
+        digest recorded with it; anything else is removed and rebuilt, never trusted."""
         d = self._dir(key)
         try:
             entry = json.loads((d / ENTRY).read_text())
-            files = entry["files"]
+            files, result = entry["files"], entry["result"]
+            if entry.get("sha256") != entry_digest(files, result):
+                raise ValueError("the entry does not match its digest")
+            if _present_files(d) != set(files):
+                raise ValueError("the entry's files are not the ones it lists")
             for rel, digest in files.items():
                 if file_digest(d / rel) != digest:
                     raise ValueError(f"{rel} does not match its hash")
-            return d, entry["result"]
+            return d, result
         except FileNotFoundError:
             if d.exists():
                 shutil.rmtree(d, ignore_errors=True)
             return None
-        except (OSError, ValueError, KeyError, TypeError):
-            shutil.rmtree(d, ignore_errors=True)  # corrupt: rebuild, never trust
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shutil.rmtree(d, ignore_errors=True)  # corrupt or edited: rebuild, never trust
             return None
 
     def staging(self) -> Path:
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="step-", dir=self.root / "tmp"))
+        """A fresh folder for one step's output, locked while this process lives (so a sweep by another build
+        never removes it, and one left by a killed build is removed by the next)."""
+        import fcntl
+
+        tmp = self.root / "tmp"
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            if not self._swept:
+                self._swept = True
+                sweep_staging(tmp)
+            fd, lock = tempfile.mkstemp(prefix="step-", suffix=LOCK_SUFFIX, dir=tmp)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            staged = Path(lock[: -len(LOCK_SUFFIX)])
+            staged.mkdir()
+        except OSError as exc:
+            raise InputError(f"{self.root}: the step cache is not writable ({describe_os_error(exc)})") from None
+        self._locks[staged] = fd
+        return staged
+
+    def discard(self, staged: Path) -> None:
+        shutil.rmtree(staged, ignore_errors=True)
+        self._release(staged)
+
+    def _release(self, staged: Path) -> None:
+        fd = self._locks.pop(staged, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(str(staged) + LOCK_SUFFIX)
+            os.close(fd)
 
     def put(self, key: str, staged: Path, result: dict[str, Any]) -> Path:
+        try:
+            return self._put(key, staged, result)
+        except OSError as exc:
+            self.discard(staged)
+            raise InputError(f"{self.root}: cannot store a step result ({describe_os_error(exc)})") from None
+
+    def _put(self, key: str, staged: Path, result: dict[str, Any]) -> Path:
         files = {p.relative_to(staged).as_posix(): file_digest(p) for p in sorted(staged.rglob("*")) if p.is_file()}
-        (staged / ENTRY).write_text(json.dumps({"files": files, "result": result}, sort_keys=True, indent=1))
+        doc = {"files": files, "result": result, "sha256": entry_digest(files, result)}
+        (staged / ENTRY).write_text(json.dumps(doc, sort_keys=True, indent=1, allow_nan=False))
         for p in staged.rglob("*"):
             if p.is_file():
                 with open(p, "rb") as f:
@@ -74,4 +123,60 @@ class Cache:
             os.rename(staged, final)
         except OSError:  # another build stored the same key first: identical content, keep theirs
             shutil.rmtree(staged, ignore_errors=True)
+        self._release(staged)
         return final
+
+
+def entry_digest(files: dict[str, str], result: Any) -> str:
+    """sha256 over an entry's file list (with each file's sha256) and its result, as stored."""
+    text = json.dumps({"files": files, "result": result}, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _present_files(d: Path) -> set[str]:
+    """The entry's files; a link or a special file in an entry is corruption."""
+    out: set[str] = set()
+    for p in d.rglob("*"):
+        mode = p.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{p.name} is not a regular file")
+        rel = p.relative_to(d).as_posix()
+        if rel != ENTRY:
+            out.add(rel)
+    return out
+
+
+def sweep_staging(tmp: Path, legacy_age_s: float = 3600) -> list[Path]:
+    """Remove staging folders whose build is gone: their lock is free (the process that held it died). Folders
+    without a lock file (left by older versions) go once they are an hour old. Returns what was removed."""
+    import fcntl
+    import time
+
+    removed: list[Path] = []
+    for lock in sorted(tmp.glob(f"step-*{LOCK_SUFFIX}")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live build holds it
+        try:
+            if time.time() - os.fstat(fd).st_mtime < 60:
+                continue  # just made, about to be locked by its owner
+            staged = Path(str(lock)[: -len(LOCK_SUFFIX)])
+            shutil.rmtree(staged, ignore_errors=True)
+            os.unlink(lock)
+            removed.append(staged)
+        finally:
+            os.close(fd)
+    now = time.time()
+    for d in sorted(tmp.glob("step-*")):
+        if d.is_dir() and not Path(str(d) + LOCK_SUFFIX).exists() and now - d.stat().st_mtime > legacy_age_s:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed

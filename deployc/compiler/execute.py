@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,7 @@ from deployc.compiler.cache import Cache
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepContext, StepOutput
 from deployc.compiler.write import crash_point
-from deployc.errors import DeploycError
+from deployc.errors import DeploycError, input_error
 from deployc.ml.convert import KERAS_SAFE_MODE
 
 
@@ -30,6 +29,7 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
             outputs[step.id] = StepOutput(hit[0], hit[1])
             cached[step.id] = True
             log(f"[{i}/{n}] {step.id}: cached ({key[:12]})")
+            _check(plan, step.id, hit[1])
             continue
         log(f"[{i}/{n}] {step.id}: {step.description}")
         t0 = time.perf_counter()
@@ -40,10 +40,13 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         try:
             result = _normalized(step.run(ctx))
         except DeploycError:
-            shutil.rmtree(staged, ignore_errors=True)
+            cache.discard(staged)
             raise
+        except OSError as exc:  # a full disk, a file that vanished: name the path, no traceback
+            cache.discard(staged)
+            raise input_error(exc, f"step {step.id}") from exc
         except Exception as exc:
-            shutil.rmtree(staged, ignore_errors=True)
+            cache.discard(staged)
             raise StepError(f"step {step.id} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             KERAS_SAFE_MODE.reset(safe)
@@ -52,9 +55,15 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         outputs[step.id] = StepOutput(final, result)
         cached[step.id] = False
         log(f"      {step.id}: done in {time.perf_counter() - t0:.1f}s")
+        _check(plan, step.id, result)
     return outputs, cached
+
+
+def _check(plan: Plan, step_id: str, result: dict[str, Any]) -> None:
+    for check in plan.checks:
+        check(step_id, result)
 
 
 def _normalized(result: Any) -> dict[str, Any]:
     """What a cache hit would return: the JSON round trip (tuples -> lists, numpy scalars refused)."""
-    return json.loads(json.dumps(result, sort_keys=True))
+    return json.loads(json.dumps(result, sort_keys=True, allow_nan=False))

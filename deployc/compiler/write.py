@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from deployc import conventions as c
-from deployc.errors import InputError
+from deployc.errors import InputError, input_error
+from deployc.manifest import read_manifest
 
 
 def crash_point(name: str) -> None:
@@ -56,16 +58,53 @@ def build_lock(out: Path, log: Callable[[str], None]) -> Iterator[None]:
 
 
 def check_replaceable(out: Path) -> None:
+    """Refuse, touching nothing, an output folder that a build may not replace: anything but a deployc build
+    whose manifest lists every file in it (a folder that merely holds a `manifest.json` is someone's data)."""
+    from deployc.compiler.inputs import special_kind
+
+    if out.is_symlink():
+        raise InputError(f"{out}: is a symbolic link; give the real folder as --out")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / c.MANIFEST).is_file():
-        raise InputError(f"{out}: refusing to replace a folder that is not a deployc build (no {c.MANIFEST})")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    refuse = f"{out}: refusing to replace a folder that is not a deployc build"
+    try:
+        listed = set(read_manifest(out)["files"])
+    except (InputError, KeyError, TypeError):
+        raise InputError(f"{refuse} (no deployc {c.MANIFEST})") from None
+    for p in sorted(out.rglob("*")):
+        mode = p.lstat().st_mode
+        rel = p.relative_to(out).as_posix()
+        if stat.S_ISDIR(mode):
+            continue
+        if stat.S_ISLNK(mode) or special_kind(mode):
+            raise InputError(f"{refuse} ({rel} is not a regular file)")
+        if rel != c.MANIFEST and rel not in listed:
+            raise InputError(f"{refuse} ({rel} is not listed in its {c.MANIFEST})")
+
+
+def check_writable(out: Path) -> None:
+    """Before any step runs: the output's parent folder can be made and written, and is no system folder."""
+    where = out.absolute()
+    real = where.parent.resolve() / where.name
+    if any(real.is_relative_to(r) for r in ("/proc", "/sys", "/dev")):
+        raise InputError(f"{out}: refusing to write a build under /{real.parts[1]}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise input_error(exc, f"{out}: cannot write the build folder") from None
 
 
 def write_output(out: Path, files: dict[str, bytes], check: Callable[[Path], None] | None = None) -> None:
     check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise input_error(exc, f"{out}: cannot write the build folder") from None
     try:
         for rel, data in sorted(files.items()):
             p = tmp / rel
@@ -88,6 +127,9 @@ def write_output(out: Path, files: dict[str, bytes], check: Callable[[Path], Non
         os.rename(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise input_error(exc, f"{out}: cannot write the build (the previous build is unchanged)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
