@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# checkov pins boto3, packaging and networkx below what deployc uses, so it lives in a tool venv of its own
+# (tests/test_checkov.py finds it there).
+CHECKOV := .venv-tools/checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-tools/checkov
+	.venv-tools/checkov/bin/python -m pip install --quiet checkov==3.3.30 \
+	  || echo "note: could not install checkov; tests/test_checkov.py will skip"
+
 # Debian packages some tests use (promtool and the Prometheus server, wrk). Without root or apt the tests
 # that need them skip and say why.
 system-deps:
@@ -39,7 +47,7 @@ demo: install system-deps
 	@echo "Query it:   curl -s localhost:8080/v2/models/digits/infer -H 'content-type: application/json' \\"
 	@echo "              -d '{\"inputs\":[{\"name\":\"pixels\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[$$(python3 -c 'print(",".join(["0.5"]*64))')]}]}'"
 
-test: install system-deps
+test: install system-deps $(CHECKOV)
 	$(BIN)/python -m pytest -q
 
 bench: install system-deps

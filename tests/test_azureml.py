@@ -208,8 +208,9 @@ def test_entrypoint_fails_clearly_without_a_model(tmp_path: Path) -> None:
 
 
 def test_spec_name_that_is_no_endpoint_name_needs_endpoint_name(tmp_path: Path) -> None:
+    # validation refuses the name (spec_name_problems); the emitter still refuses a spec that skipped it
     with pytest.raises(InputError, match="not a valid endpoint name.*set endpoint_name"):
-        emit(spec_for({}, name="d1"), tmp_path)
+        emit(spec_for({}).model_copy(update={"name": "d1"}), tmp_path)
     files = emit(spec_for({"endpoint_name": "digits-one"}, name="d1"), tmp_path)
     assert b"name: digits-one\n" in files["azureml/endpoint.yml"]
 
@@ -234,3 +235,27 @@ def test_spec_name_that_is_no_endpoint_name_needs_endpoint_name(tmp_path: Path) 
 def test_spec_errors_name_the_problem(field: str, value: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         spec_for({field: value})
+
+
+@pytest.mark.parametrize(("name", "refused"), [("d1", True), ("1digits", True), ("a" * 33, True),
+                                               ("a" * 32, False), ("digits-azureml", False)])
+def test_endpoint_name_derived_from_the_spec_name_follows_azure_rules(name: str, refused: bool) -> None:
+    cfg = spec_for({}).targets.azureml
+    assert cfg is not None
+    problems = cfg.spec_name_problems(name)
+    assert bool(problems) is refused
+    if refused:
+        assert problems == [(("targets", "azureml"), problems[0][1])] and "set endpoint_name" in problems[0][1]
+    named = spec_for({"endpoint_name": "digits-one"}).targets.azureml
+    assert named is not None and named.spec_name_problems(name) == []
+
+
+def test_dockerfile_runs_as_a_non_root_user_with_a_healthcheck(tmp_path: Path) -> None:
+    text = emit(spec_for({}), tmp_path)["azureml/Dockerfile"].decode()
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("USER ")] == ["USER 10001:10001"]
+    assert "useradd --system --uid 10001 --gid 10001" in text
+    (check,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    cmd = json.loads(check.split(" CMD ", 1)[1])
+    assert cmd[:2] == ["python", "-c"] and "http://127.0.0.1:8080/v2/health/live" in cmd[2]
+    assert "FROM ${BASE_IMAGE}:${BASE_TAG}" in lines

@@ -190,7 +190,7 @@ BASE = {"apiVersion": "deployc/v1", "name": "m", "model": {"path": "model.keras"
     ({"storage_uri": "s3://b/m", "runtime": "onnx", "resources": {"requests": {"memory": "1 GB"}}},
      "'1 GB' is not a Kubernetes quantity"),
     ({"storage_uri": "s3://b/m", "runtime": "onnx", "monitoring": {"labels": {"team": "ml ops"}}},
-     "is not a label value"),
+     "is not a Kubernetes label value"),
     ({"storage_uri": "s3://b/m", "runtime": "onnx", "replicas": 3}, "Extra inputs are not permitted"),
 ])
 def test_schema_refuses_inconsistent_configs(kserve: dict[str, Any], message: str) -> None:
@@ -210,3 +210,73 @@ def test_quantities_accept_plain_numbers() -> None:
     s = spec_of({**BASE, "targets": {"kserve": {"storage_uri": "s3://b/m", "runtime": "onnx",
                                                 "resources": {"requests": {"cpu": 1}, "limits": {"cpu": 2.5}}}}})
     assert (s.targets.kserve.resources.requests.cpu, s.targets.kserve.resources.limits.cpu) == ("1", "2.5")
+
+
+def _emit_isvc(kserve: dict[str, Any], tmp: Path, **spec: Any) -> dict[str, Any]:
+    doc = {**BASE, **spec, "targets": {"kserve": {"storage_uri": "s3://b/m", **kserve}}}
+    files = get_target("kserve").emit(context(spec_of(doc), tmp))
+    return load_yaml(files["kserve/inferenceservice.yaml"])
+
+
+def test_predictor_runs_unprivileged_by_default(tmp_path: Path) -> None:
+    pred = _emit_isvc({"image": "ghcr.io/a/b:1"}, tmp_path)["spec"]["predictor"]
+    (container,) = pred["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+        "runAsGroup": 10001, "runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pred["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}  # what Knative admits
+    assert pred["automountServiceAccountToken"] is False
+    assert pred["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
+    assert container["imagePullPolicy"] == "Always"  # a tag can move
+
+
+def test_security_opt_outs_are_explicit_fields(tmp_path: Path) -> None:
+    digest = "ghcr.io/a/b:1@sha256:" + "a" * 64
+    security = {"run_as_user": 65532, "read_only_root_filesystem": False, "automount_service_account_token": True}
+    pred = _emit_isvc({"image": digest, "security": security}, tmp_path)["spec"]["predictor"]
+    (container,) = pred["containers"]
+    sc = container["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["readOnlyRootFilesystem"]) == (65532, 65532, False)
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}  # always
+    assert "automountServiceAccountToken" not in pred  # Knative admits only false: true leaves the default
+    assert "volumes" not in pred and "volumeMounts" not in container
+    assert container["image"] == digest and "imagePullPolicy" not in container  # a digest cannot move
+
+
+def test_onnx_runtime_gets_the_image_independent_settings(tmp_path: Path) -> None:
+    pred = _emit_isvc({"runtime": "onnx"}, tmp_path)["spec"]["predictor"]
+    assert pred["model"]["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                                "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pred["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(("mode", "namespace", "longest_ok"), [
+    ("serverless", None, 39), ("raw", None, 48), ("serverless", "ml", 39), ("raw", "a" * 30, 22)])
+def test_name_limits_follow_the_names_kserve_derives(mode: str, namespace: str | None, longest_ok: int) -> None:
+    extra: dict[str, Any] = {"deployment_mode": mode, "runtime": "onnx"}
+    if mode == "raw":
+        extra.update(scale_metric="cpu", scale_target=50)
+    if namespace:
+        extra["namespace"] = namespace
+    cfg = spec_of({**BASE, "targets": {"kserve": {"storage_uri": "s3://b/m", **extra}}}).targets.kserve
+    assert cfg is not None
+    assert cfg.spec_name_problems("a" * longest_ok) == []
+    ((loc, message),) = cfg.spec_name_problems("a" * (longest_ok + 1))
+    assert loc == ("name",) and f"use a name of at most {longest_ok} characters" in message
+    assert "starts with a letter" in cfg.spec_name_problems("7seg")[0][1]
+
+
+def test_monitoring_labels_are_refused_each_at_its_key() -> None:
+    from deployc.schema.spec import CrossFieldErrors
+
+    labels = {"release": "ok", "bad key": "x", "team": "-x", "a" * 254 + "/n": "v", "example.com/" + "n" * 64: "v"}
+    with pytest.raises(ValidationError) as info:
+        spec_of({**BASE, "targets": {"kserve": {"storage_uri": "s3://b/m", "runtime": "onnx",
+                                                "monitoring": {"labels": labels}}}})
+    (err,) = info.value.errors()
+    cross = err["ctx"]["error"]
+    assert isinstance(cross, CrossFieldErrors)
+    assert [loc for loc, _ in cross.problems] == [(k,) for k in list(labels)[1:]]

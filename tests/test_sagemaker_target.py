@@ -139,9 +139,11 @@ def test_cloudformation_resources_match_the_spec(tmp_path: Path) -> None:
 
 def test_spec_values_cannot_change_the_template_structure(tmp_path: Path) -> None:
     evil = 'x"\nResources:\n  Evil: {Type: "AWS::S3::Bucket"}\n# '
-    doc = cfn(emit(tmp_path, {"environment": {"NOTE": evil}, "tags": {"owner": evil}}, alarms=None))
+    odd_tag = "a: b - c = d / @ +"  # YAML-significant, yet a tag value AWS accepts (a newline or quote it refuses)
+    doc = cfn(emit(tmp_path, {"environment": {"NOTE": evil}, "tags": {"owner:team": odd_tag}}, alarms=None))
     assert set(doc["Resources"]) == {"Model", "EndpointConfig", "Endpoint"}
     assert doc["Resources"]["Model"]["Properties"]["PrimaryContainer"]["Environment"] == {"NOTE": evil}
+    assert doc["Resources"]["Model"]["Properties"]["Tags"] == [{"Key": "owner:team", "Value": odd_tag}]
     assert "Parameters" not in doc
 
 
@@ -152,6 +154,82 @@ def test_dockerfile_runs_deployc_serve_on_the_sagemaker_model_dir(tmp_path: Path
     assert json.loads(entry[0].removeprefix("ENTRYPOINT ")) == [
         "/bin/sh", "-c", "exec deployc serve /opt/ml/model --host 0.0.0.0 --port 8080"]
     assert "EXPOSE 8080" in text and 'ARG DEPLOYC_REQUIREMENT="deployc==' in text
+    assert [line for line in text.splitlines() if line.startswith("USER ")] == ["USER 10001:10001"]
+
+
+def test_dockerfile_healthcheck_asks_the_running_server(tmp_path: Path) -> None:
+    """The HEALTHCHECK command, run as Docker would (the image's python), against a real server and none."""
+    import subprocess
+    import sys
+
+    from serve_support import Server
+
+    files = emit(tmp_path, {})
+    (check,) = [line for line in files["sagemaker/Dockerfile"].decode().splitlines() if line.startswith("HEALTHCHECK")]
+    assert "--interval=30s" in check and "--timeout=5s" in check
+    cmd = json.loads(check.split(" CMD ", 1)[1])
+    assert cmd[0] == "python" and "http://127.0.0.1:8080/ping" in cmd[2]
+    bundle = tmp_path / "bundle"
+    with tarfile.open(fileobj=io.BytesIO(files["sagemaker/model.tar.gz"]), mode="r:gz") as tar:
+        tar.extractall(bundle, filter="data")
+    with Server(bundle, "--host", "127.0.0.1", "--port", "0") as server:
+        probe = [sys.executable, cmd[1], cmd[2].replace(":8080/", f":{server.port}/")]
+        assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    assert subprocess.run(probe, capture_output=True, timeout=30).returncode != 0  # nobody answers now
+
+
+def test_network_isolation_is_on_unless_the_spec_turns_it_off(tmp_path: Path) -> None:
+    on = cfn(emit(tmp_path, {}, alarms=None))["Resources"]["Model"]["Properties"]
+    off = cfn(emit(tmp_path, {"network_isolation": False}, alarms=None))["Resources"]["Model"]["Properties"]
+    assert on["EnableNetworkIsolation"] is True and off["EnableNetworkIsolation"] is False
+    plan = json.loads(emit(tmp_path, {}, alarms=None)["sagemaker/deploy-plan.json"])
+    (model,) = [c["parameters"] for c in plan["calls"] if c["operation"] == "create_model"]
+    assert model["EnableNetworkIsolation"] is True  # `deployc deploy` makes the same model as the template
+
+
+def test_names_derived_from_the_longest_spec_name_fit_sagemaker() -> None:
+    """EndpointName is the spec name; model and endpoint config names add a content hash; all must match
+    SageMaker's ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$ for every name the spec's pattern allows."""
+    import re
+
+    from deployc.deploy.plan import build_plan
+
+    pattern = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    for name in ("a" * 63, "a" * 49 + "-" + "b" * 13, "0-" + "9" * 61):
+        spec = spec_for({"autoscaling": {"min_instances": 1, "max_instances": 2,
+                                         "target_invocations_per_instance": 10}}, name=name)
+        plan = build_plan(spec.targets.sagemaker, name=name, version="1", artifact_sha256="0" * 64,  # type: ignore[arg-type]
+                          artifact_size=1, alarms=[])
+        for key in ("endpoint_name", "model_name", "endpoint_config_name"):
+            assert pattern.match(plan[key]), (key, plan[key])
+
+
+@pytest.mark.parametrize(("tags", "where", "message"), [
+    ({"team": "{{ owner }}"}, "team", "holds '{', '}'"),
+    ({"note": "two\nlines"}, "note", "holds '\\n'"),
+    ({"cost": "$100"}, "cost", "holds '$'"),
+    ({"aws:owner": "me"}, "aws:owner", "starts with aws:"),
+    ({"k" * 129: "x"}, "k" * 129, "has 129 characters; AWS allows 1-128"),
+    ({"team": "v" * 257}, "team", "has 257 characters; AWS allows 0-256"),
+])
+def test_tags_aws_refuses_are_refused_at_their_key(tags: dict[str, str], where: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    from deployc.schema.spec import CrossFieldErrors
+
+    with pytest.raises(ValidationError) as info:
+        spec_for({"tags": {"ok": "fine", **tags}})
+    (err,) = info.value.errors()
+    assert err["loc"] == ("targets", "sagemaker", "tags")
+    cross = err["ctx"]["error"]
+    assert isinstance(cross, CrossFieldErrors)
+    ((loc, text),) = cross.problems
+    assert loc == (where,) and message in text
+
+
+def test_tags_in_any_script_with_spaces_and_symbols_pass() -> None:
+    tags = {"Équipe": "Données et modèles", "owner:email": "ml+alerts@example.com", "a/b=c": "", "数据": "模型 1"}
+    assert spec_for({"tags": tags}).targets.sagemaker.tags == tags  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("doc, message", [

@@ -121,8 +121,9 @@ def test_model_id_follows_the_model_folder(tmp_path: Path) -> None:
     assert ids(spec_for({}), b"another model")[0] != first[0]
     assert ids(spec_for({}, targets={"local": {"batching": {"max_batch_size": 8}}}))[0] != first[0]
     assert ids(spec_for({"machine_type": "n1-standard-8"})) == first  # deployment settings: the same Model
+    # validation refuses the name (spec_name_problems); the emitter still refuses a spec that skipped it
     with pytest.raises(InputError, match="starts with a digit.*endpoint_id"):
-        emit(spec_for({}, name="7segments"), tmp_path)
+        emit(spec_for({}).model_copy(update={"name": "7segments"}), tmp_path)
     files = emit(spec_for({"endpoint_id": "seven"}, name="7segments"), tmp_path)
     assert json.loads(files["vertex/model-upload.json"])["modelId"].startswith("m7segments-")
 
@@ -134,7 +135,7 @@ def test_model_id_follows_the_model_folder(tmp_path: Path) -> None:
     ("project", "My_Project", "should match pattern"),
     ("service_account", "someone@example.com", "should match pattern"),
     ("labels", {"Team": "ml"}, "label key 'Team'"),
-    ("labels", {"team": "ML Ops"}, "may hold only"),
+    ("labels", {"team": "ML Ops"}, "is not a Vertex AI label value"),
     ("labels", {"deployc-model": "x"}, "set by deployc"),
     ("traffic_percent", 0, "greater than or equal to 1"),
     ("max_replicas", 0, "greater than or equal to 1"),
@@ -150,3 +151,26 @@ def test_spec_errors_name_the_problem(field: str, value: Any, message: str) -> N
 def test_min_above_max_is_rejected() -> None:
     with pytest.raises(ValidationError, match="max_replicas must be at least min_replicas"):
         spec_for({"min_replicas": 3, "max_replicas": 2})
+
+
+def test_labels_are_refused_each_at_its_key() -> None:
+    from deployc.schema.spec import CrossFieldErrors
+
+    with pytest.raises(ValidationError) as info:
+        spec_for({"labels": {"team": "ml", "Cost": "x", "env": "prod.eu", "k" * 64: "v"}})
+    (err,) = info.value.errors()
+    cross = err["ctx"]["error"]
+    assert isinstance(cross, CrossFieldErrors)
+    assert [loc for loc, _ in cross.problems] == [("Cost",), ("env",), ("k" * 64,)]
+
+
+@pytest.mark.parametrize(("name", "endpoint_id", "refused"), [
+    ("7segments", None, True), ("7segments", "seven", False), ("digits", None, False)])
+def test_endpoint_id_derived_from_the_name_must_start_with_a_letter(name: str, endpoint_id: str | None,
+                                                                    refused: bool) -> None:
+    cfg = spec_for({} if endpoint_id is None else {"endpoint_id": endpoint_id}).targets.vertex
+    assert cfg is not None
+    problems = cfg.spec_name_problems(name)
+    assert bool(problems) is refused
+    if refused:
+        assert problems[0][0] == ("targets", "vertex") and "set endpoint_id" in problems[0][1]

@@ -7,9 +7,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from deployc.schema.base import SpecModel
+from deployc.schema.base import Located, SpecModel
 
-# Endpoint and deployment names: 3-32 characters, a letter first, letters, digits and '-', no '-' last.
+# Endpoint and deployment names: 3-32 characters, a letter first, letters, digits and '-', no '-' last
+# (^[a-zA-Z][-a-zA-Z0-9]*[a-zA-Z0-9]$; the endpoint name is also unique in its Azure region).
 AZURE_NAME = r"^[a-zA-Z][-a-zA-Z0-9]{1,30}[a-zA-Z0-9]$"
 IMAGE = r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?$"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
@@ -98,6 +99,14 @@ class AzureMLTarget(SpecModel):
             if key.startswith(("AZUREML_", "AML_")):
                 raise ValueError(f"{key!r}: names starting with AZUREML_ or AML_ are set by Azure ML")
         return v
+
+    def spec_name_problems(self, spec_name: str) -> list[Located]:
+        """endpoint_name defaults to the spec name, which allows a digit first and up to 63 characters."""
+        if self.endpoint_name is None and not re.match(AZURE_NAME, spec_name):
+            return [(("targets", "azureml"), f"the endpoint name defaults to the spec name {spec_name!r}, which "
+                     "Azure ML refuses (3-32 characters, a letter first, then letters, digits and '-', not '-' "
+                     "last): set endpoint_name")]
+        return []
 
     @model_validator(mode="after")
     def _count_in_range(self) -> "AzureMLTarget":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -11,6 +11,37 @@ class SpecModel(BaseModel):
     """Mirrors a deploy.yaml mapping exactly: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def spec_name_problems(self, spec_name: str) -> list[Located]:
+        """Problems with the platform names a target derives from the spec's `name`, as (location from the spec's
+        root, message). A target whose platform limits the names it builds from `name` overrides this; the
+        spec's cross-field check calls it for every target the spec sets."""
+        return []
+
+
+Loc = tuple[str | int, ...]
+Located = tuple[Loc, str]
+
+
+def located(problems: list[Located]) -> ValueError:
+    """The error a validator raises for several problems, each at its own place below the field it checks (a
+    tag or label key rather than the whole mapping); the validate stage reports each one as file:line:col."""
+    from deployc.schema.spec import CrossFieldErrors  # spec imports every target schema: resolved at call time
+
+    return CrossFieldErrors(list(problems))
+
+
+def name_within(derived: str, limit: int, what: str) -> str | None:
+    """Why `derived` (a name a platform builds from the spec's name) is too long for `what`, or None."""
+    if len(derived) <= limit:
+        return None
+    return f"{what} {derived!r} would have {len(derived)} characters; the limit is {limit}"
+
+
+def show(value: Any) -> str:
+    """A value as an error message shows it: repr, shortened past 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from deployc.schema.base import SpecModel
+from deployc.schema.base import Located, SpecModel, located, name_within, show
 
 # Kubernetes resource quantities deployc accepts: a decimal number and an optional SI / binary suffix.
 QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -18,10 +18,35 @@ _SUFFIX = {None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # KServe's storage initializer schemes (pvc:// for a volume claim, oci:// for a modelcar image)
 STORAGE_URI = r"^(s3|gs|pvc|hdfs|webhdfs|oci|https?)://[^\s]+$"
-IMAGE = r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?$"
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+# registry/repository[:tag][@sha256:digest]: a digest pins the exact image (tag@digest keeps the tag readable)
+IMAGE = (r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?"
+         r"(@sha256:[0-9a-f]{64})?$")
+# Label keys: an optional DNS-subdomain prefix (at most 253) and '/', then a name of at most 63; values at most 63.
+LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+DNS_LABEL_MAX, DNS_SUBDOMAIN_MAX = 63, 253
 DURATION = r"^[0-9]+(ms|s|m|h)$"
+# KServe's webhook refuses an InferenceService name that does not start with a letter (DNS-1035).
+ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# What KServe (0.11+) and Knative derive from the InferenceService name, each limited to 63 characters (a DNS-1035
+# label: Service names, label values, a host name's first label):
+# - serverless: the Knative Service `<name>-predictor`, its first Revision `<name>-predictor-00001` (Knative
+#   numbers revisions with 5 digits) and that revision's Kubernetes Service `<name>-predictor-00001-private`, the
+#   longest: so a name has at most 63 - 24 = 39 characters;
+# - raw: the Deployment, Service and HPA `<name>-predictor` and the pod label `app: isvc.<name>-predictor`: at
+#   most 63 - 15 = 48;
+# - both: the host `<name>-predictor-<namespace>.<domain>` (KServe's default domainTemplate
+#   `{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}`) when the spec names the namespace.
+# (Older KServe releases named the component `<name>-predictor-default`; deployc targets the current layout.)
+SERVERLESS_DERIVED = (("the Knative Service", "{name}-predictor"),
+                      ("the Knative Revision", "{name}-predictor-00001"),
+                      ("the revision's Kubernetes Service", "{name}-predictor-00001-private"))
+RAW_DERIVED = (("the Deployment and Service", "{name}-predictor"),
+               ("the pod label value app", "isvc.{name}-predictor"))
+HOST_DERIVED = ("the host name label", "{name}-predictor-{namespace}")
+MAX_NAME = {"serverless": DNS_LABEL_MAX - len("-predictor-00001-private"), "raw": DNS_LABEL_MAX - len("isvc.-predictor")}
+DEFAULT_UID = 10001  # the user the Dockerfiles deployc writes create; 10000 and above stays clear of host users
 
 
 def quantity_value(text: str) -> Decimal:
@@ -76,13 +101,48 @@ class KServeMonitoring(SpecModel):
         return check_labels(v)
 
 
+def label_key_problem(key: str) -> str | None:
+    """Why `key` is no Kubernetes label key ([prefix/]name), or None."""
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not LABEL_PREFIX.match(prefix) or len(prefix) > DNS_SUBDOMAIN_MAX):
+        return (f"the label key prefix {show(prefix)} is not a DNS subdomain (at most {DNS_SUBDOMAIN_MAX} of "
+                "lower-case letters, digits, '-' and '.')")
+    if not LABEL_NAME.match(name) or len(name) > DNS_LABEL_MAX:
+        return (f"the label key {show(key)} is not a Kubernetes label key: the name after an optional prefix/ "
+                f"has 1-{DNS_LABEL_MAX} of letters, digits, '-', '_' and '.', a letter or digit at each end")
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    if not LABEL_VALUE.match(value) or len(value) > DNS_LABEL_MAX:
+        return (f"the label value {show(value)} is not a Kubernetes label value: at most {DNS_LABEL_MAX} of "
+                "letters, digits, '-', '_' and '.', a letter or digit at each end")
+    return None
+
+
 def check_labels(v: dict[str, str]) -> dict[str, str]:
+    """Every key and value Kubernetes accepts; each problem located at its label."""
+    problems: list[Located] = []
     for key, value in v.items():
-        if not LABEL_KEY.match(key):
-            raise ValueError(f"{key!r} is not a Kubernetes label key ([prefix/]name, letters, digits, -_.)")
-        if not LABEL_VALUE.match(value):
-            raise ValueError(f"label {key}: {value!r} is not a label value (at most 63 of letters, digits, -_.)")
+        problem = label_key_problem(key) or label_value_problem(value)
+        if problem:
+            problems.append(((key,), problem))
+    if problems:
+        raise located(problems)
     return v
+
+
+class PodSecurity(SpecModel):
+    run_as_user: int = Field(DEFAULT_UID, ge=1, le=2147483647, description="UID and GID the serving container "
+                             "runs as (runAsNonRoot: never root). The Dockerfiles deployc writes create this user "
+                             f"({DEFAULT_UID}); give your image's UID for another image.")
+    read_only_root_filesystem: bool = Field(True, description="Mount the image read-only (readOnlyRootFilesystem); "
+                                            "/tmp is a writable emptyDir. false for an image that writes elsewhere.")
+    automount_service_account_token: bool = Field(False, description="false: the pod gets no Kubernetes API "
+                                                  "token (`deployc serve` never calls the API; storage "
+                                                  "credentials from the service account's secrets, IRSA and "
+                                                  "workload identity do not need it). true leaves the cluster "
+                                                  "default (mounted), for storage access that reads the token.")
 
 
 class KServeTarget(SpecModel):
@@ -112,6 +172,8 @@ class KServeTarget(SpecModel):
     timeout_s: int | None = Field(None, ge=1, le=3600, description="Request timeout of the predictor.")
     monitoring: KServeMonitoring = Field(default_factory=KServeMonitoring, description="Prometheus Operator "
                                          "objects (runtime deployc).")
+    security: PodSecurity = Field(default_factory=PodSecurity, description="The pod's security settings; "
+                                  "seccomp RuntimeDefault, no privilege escalation and no capabilities always apply.")
     kubernetes_version: str = Field("1.30", pattern=r"^1\.[0-9]{2}$", description="Kubernetes minor version whose "
                                     "API schemas the manifests are checked against.")
 
@@ -134,3 +196,25 @@ class KServeTarget(SpecModel):
         if self.scale_metric == "cpu" and self.scale_target > 100:
             raise ValueError("scale_target is a CPU percent (1-100) with scale_metric cpu")
         return self
+
+    def spec_name_problems(self, spec_name: str) -> list[Located]:
+        """The InferenceService is named after the spec: KServe's name rule and the 63-character limit on each
+        name it and Knative derive (see SERVERLESS_DERIVED, RAW_DERIVED)."""
+        where = ("name",)
+        problems: list[Located] = []
+        if not ISVC_NAME.match(spec_name):
+            problems.append((where, f"targets.kserve: KServe needs an InferenceService name that starts with a letter, not "
+                                    f"{spec_name!r}"))
+        derived = SERVERLESS_DERIVED if self.deployment_mode == "serverless" else RAW_DERIVED
+        if self.namespace:
+            derived += (HOST_DERIVED,)
+        for what, template in derived:
+            problem = name_within(template.format(name=spec_name, namespace=self.namespace), DNS_LABEL_MAX,
+                                  f"targets.kserve ({self.deployment_mode}): {what}")
+            if problem:
+                limit = MAX_NAME[self.deployment_mode]
+                if what == HOST_DERIVED[0]:
+                    limit = min(limit, DNS_LABEL_MAX - len(f"-predictor-{self.namespace}"))
+                problems.append((where, f"{problem}: use a name of at most {limit} characters"))
+                break  # the longest derived name says it; the shorter ones would repeat it
+        return problems

@@ -4,11 +4,12 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import unicodedata
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from deployc.schema.base import SpecModel
+from deployc.schema.base import Located, SpecModel, located, show
 from deployc.schema.envref import EnvRef, credential_ref_problem, is_env_ref
 from deployc.schema.sagemaker_instance_types import INSTANCE_TYPES
 
@@ -26,6 +27,25 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 DEFAULT_INSTANCE_TYPE = "ml.c6i.large"
 MAX_ROLLOUT_S = 28800  # BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds upper bound
 PROVISIONING_S = 1800  # time allowed for the new fleet to start, on top of the traffic-shift waits
+
+# Tags (sagemaker:AddTags, the same on CloudWatch alarms): keys match ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$ with 1-128
+# characters, values the same set with 0-256; `aws:` starts AWS's own keys. Python's re has no \p{..}: the
+# Unicode categories are checked by hand (letters L*, separators Z* such as a space, numbers N*).
+TAG_KEY_MAX, TAG_VALUE_MAX = 128, 256
+TAG_SPECIALS = frozenset("_.:/=+-@")
+TAG_CHARSET = "letters, digits, spaces and _ . : / = + - @"
+
+
+def tag_text_problem(text: str, what: str, low: int, high: int) -> str | None:
+    """Why `text` is no SageMaker tag key or value (`what`), or None."""
+    bad = sorted({ch for ch in text if ch not in TAG_SPECIALS and unicodedata.category(ch)[0] not in "LZN"})
+    if bad:
+        shown = ", ".join(repr(ch) for ch in bad[:5])
+        return f"{what} {show(text)} holds {shown}: AWS allows only {TAG_CHARSET}"
+    if not low <= len(text) <= high:
+        return f"{what} {show(text)} has {len(text)} characters; AWS allows {low}-{high}"
+    return None
+
 
 # Credentials never belong in a spec: the deploy uses the standard AWS credential chain.
 _ACCESS_KEY_ID = re.compile(r"(?<![A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
@@ -140,10 +160,15 @@ class SageMakerTarget(SpecModel):
     kms_key: str | None = Field(None, pattern=KMS_KEY, description="KMS key (id, ARN or alias) for the endpoint's "
                                 "storage volume and the data capture files.")
     vpc: Vpc | None = Field(None, description="Run the model containers inside these subnets.")
-    network_isolation: bool = Field(False, description="No outbound network access from the container.")
+    network_isolation: bool = Field(True, description="EnableNetworkIsolation: the container gets no network "
+                                    "access (SageMaker still downloads model.tar.gz and the image for it; `deployc "
+                                    "serve` needs nothing else). Set false only for a container that must call out, "
+                                    "e.g. to read a secret store at start.")
     data_capture: DataCapture | None = Field(None, description="Capture requests/responses to S3.")
     rollout: Rollout = Field(default_factory=Rollout, description="How an update shifts traffic.")
-    tags: dict[str, str] = Field(default_factory=dict, max_length=50, description="Tags on every resource.")
+    tags: dict[str, str] = Field(default_factory=dict, max_length=50, description="Tags on every resource "
+                                 "(and alarm): keys 1-128 and values 0-256 of letters, digits, spaces and "
+                                 "_ . : / = + - @; keys may not start with aws:.")
     environment: dict[str, str | EnvRef] = Field(
         default_factory=dict, max_length=100,
         description="Container environment: each value a string, or an !ENV reference (`API_KEY: !ENV NAME`) that "
@@ -217,10 +242,22 @@ class SageMakerTarget(SpecModel):
                 raise ValueError(problem)
             if info.field_name == "environment" and not ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not an environment variable name (letters, digits, _)")
-            if info.field_name == "tags":
-                if not 1 <= len(key) <= 128 or len(value) > 256 or key.lower().startswith("aws:"):
-                    raise ValueError(f"tag {key!r}: keys have 1-128 characters and may not start with aws:, "
-                                     "values at most 256")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        problems: list[Located] = []
+        for key, value in v.items():
+            problem = tag_text_problem(key, "the tag key", 1, TAG_KEY_MAX)
+            if problem is None and key.lower().startswith("aws:"):
+                problem = f"the tag key {show(key)} starts with aws:, which AWS keeps for its own tags"
+            if problem is None:
+                problem = tag_text_problem(value, "the tag value", 0, TAG_VALUE_MAX)
+            if problem:
+                problems.append(((key,), problem))
+        if problems:
+            raise located(problems)
         return v
 
     def resolved_instance_type(self) -> str | None:

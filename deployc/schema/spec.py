@@ -162,6 +162,10 @@ class DeploySpec(SpecModel):
                 problems.append((("slos", i), "a latency SLO needs a target that runs `deployc serve` "
                                  f"({', '.join(SERVED_TARGETS)})"))
         problems.extend(latency_threshold_problems(self.slos, DEFAULT_LATENCY_BUCKETS))
+        for target in Targets.model_fields:  # platform names derived from `name` (each target's own limits)
+            cfg = getattr(self.targets, target)
+            if cfg is not None:
+                problems.extend(cfg.spec_name_problems(self.name))
         if problems:
             raise CrossFieldErrors(problems)
         return self

@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from deployc.schema.base import SpecModel
+from deployc.schema.base import Located, SpecModel, located, show
 
 PROJECT_ID = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
 GCS_URI = r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s#?*\[\]]*)?$"
@@ -14,6 +14,8 @@ GCS_URI = r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s#?*\[\]]*)?$"
 IMAGE_URI = r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?$"
 SERVICE_ACCOUNT = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com$"
 ENDPOINT_ID = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
+# Vertex AI (Google Cloud) labels: keys and values at most 63 of lower-case letters, digits, '_' and '-'; a key
+# starts with a letter; at most 64 per resource, two of them deployc's own (deployc-model, deployc-digest).
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 DEFAULT_MACHINE_TYPE = "n1-standard-2"
@@ -102,12 +104,18 @@ class VertexTarget(SpecModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        problems: list[Located] = []
         for key, value in v.items():
-            if not LABEL_KEY.match(key) or key.startswith("deployc"):
-                raise ValueError(f"label key {key!r}: a lower-case letter, then up to 62 of [a-z0-9_-] "
-                                 "(keys starting with deployc are set by deployc)")
-            if not LABEL_VALUE.match(value):
-                raise ValueError(f"label {key!r}: the value {value!r} may hold only [a-z0-9_-], at most 63")
+            if not LABEL_KEY.match(key):
+                problems.append(((key,), f"the label key {show(key)} is not a Vertex AI label key: a lower-case "
+                                 "letter, then at most 62 of lower-case letters, digits, '_' and '-'"))
+            elif key.startswith("deployc"):
+                problems.append(((key,), f"the label key {key!r}: keys starting with deployc are set by deployc"))
+            elif not LABEL_VALUE.match(value):
+                problems.append(((key,), f"the label value {show(value)} is not a Vertex AI label value: at most "
+                                 "63 of lower-case letters, digits, '_' and '-'"))
+        if problems:
+            raise located(problems)
         return v
 
     @model_validator(mode="after")
@@ -120,6 +128,15 @@ class VertexTarget(SpecModel):
 
     def resolved_max_replicas(self) -> int:
         return self.max_replicas if self.max_replicas is not None else self.min_replicas
+
+    def spec_name_problems(self, spec_name: str) -> list[Located]:
+        """The endpoint id defaults to the spec name; Vertex AI reads an id that starts with a digit as a numeric
+        one (at most 9 digits). The model id and the deployc-model label take at most 50 and 63 characters of
+        the name, so any spec name fits them."""
+        if self.endpoint_id is None and not re.match(ENDPOINT_ID, spec_name):
+            return [(("targets", "vertex"), f"the endpoint id defaults to the spec name {spec_name!r}, which "
+                     "Vertex AI refuses (it must start with a lower-case letter): set endpoint_id")]
+        return []
 
 
 def _one_of(value: str, allowed: frozenset[str], what: str) -> str:

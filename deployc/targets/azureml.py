@@ -17,12 +17,12 @@ from deployc.render import dump_yaml, render_template
 from deployc.schema.azureml import AZURE_NAME, Probe
 from deployc.schema.azureml import AzureMLTarget as AzureMLConfig
 from deployc.targets.base import EmitContext, Target
+from deployc.targets.sagemaker import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
 from deployc.targets.vertex import model_files
 
 ENDPOINT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json"
 DEPLOYMENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json"
 MODEL_MOUNT_PATH = "/var/azureml-app/deployc-model"  # the model folder appears as <mount>/model inside it
-BASE_IMAGE = "python:3.12-slim"
 
 
 def endpoint_name(cfg: AzureMLConfig, spec_name: str) -> str:
@@ -108,5 +108,6 @@ def dockerfile(name: str, version: str, *, header: str) -> str:
                f'if [ -f "$d/serving.json" ]; then exec python -m deployc serve "$d" --host 0.0.0.0 --port {port}; '
                f'fi; done; echo "deployc: no serving.json under $DEPLOYC_MODEL_DIR" >&2; exit 1')
     return render_template("azureml", "Dockerfile.j2", header=header, bundle_name=name, version=version,
-                           base_image=BASE_IMAGE, requirement=f"deployc=={__version__}", port=port,
+                           base_image=BASE_IMAGE, base_tag=BASE_TAG, requirement=f"deployc=={__version__}",
+                           port=port, uid=SERVING_UID, healthcheck=healthcheck(port, c.CLOUD_LIVE_ROUTE),
                            model_dir=MODEL_MOUNT_PATH, entrypoint=["/bin/sh", "-c", command])

@@ -34,6 +34,8 @@ ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
 RULES_PATH = f"{c.MONITORING_DIR}/prometheus-rules.yaml"
 SCHEMAS = Path(__file__).with_name("schemas")
 ANNOTATION_PREFIX = "deployc.dev"
+TMP_VOLUME = "tmp"  # an emptyDir at /tmp: the one writable folder under a read-only root filesystem
+SECCOMP_PROFILE = "RuntimeDefault"
 
 
 class ManifestError(DeploycError):
@@ -107,6 +109,11 @@ def inference_service(ctx: EmitContext, cfg: KServeConfig) -> dict[str, Any]:
         predictor["timeout"] = cfg.timeout_s
     if cfg.service_account:
         predictor["serviceAccountName"] = cfg.service_account
+    # Knative accepts automountServiceAccountToken only as false: the opt-out leaves the field out.
+    if not cfg.security.automount_service_account_token:
+        predictor["automountServiceAccountToken"] = False
+    # Pod level only what Knative admits without its podspec-securitycontext flag; the rest is per container.
+    predictor["securityContext"] = {"seccompProfile": {"type": SECCOMP_PROFILE}}
     # a new model must roll out a new revision even when storage_uri is reused: the hash is a pod annotation
     pod_annotations = {f"{ANNOTATION_PREFIX}/model-sha256": ctx.onnx_sha256}
     isvc_annotations = {"serving.kserve.io/deploymentMode": "Serverless" if cfg.deployment_mode == "serverless"
@@ -115,10 +122,14 @@ def inference_service(ctx: EmitContext, cfg: KServeConfig) -> dict[str, Any]:
         pod_annotations.update({"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
                                 "prometheus.io/path": "/metrics"})
         predictor["containers"] = [_container(ctx, cfg)]
+        if cfg.security.read_only_root_filesystem:
+            predictor["volumes"] = [{"name": TMP_VOLUME, "emptyDir": {}}]
     else:
         isvc_annotations["serving.kserve.io/enable-prometheus-scraping"] = "true"
+        # KServe's runtime image picks its own user and writes where it needs: only the image-independent settings
         predictor["model"] = {"modelFormat": {"name": "onnx"}, "protocolVersion": "v2",
-                              "storageUri": cfg.storage_uri, "resources": _resources(cfg)}
+                              "storageUri": cfg.storage_uri, "resources": _resources(cfg),
+                              "securityContext": _base_security_context()}
     predictor["annotations"] = pod_annotations
     return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
             "metadata": _metadata(ctx, cfg, spec.name, _labels(ctx), isvc_annotations),
@@ -131,17 +142,35 @@ def _container(ctx: EmitContext, cfg: KServeConfig) -> dict[str, Any]:
     if local is not None and local.auth is not None:  # the token comes from a Secret you create
         env.append({"name": local.auth.token_env,
                     "valueFrom": {"secretKeyRef": {"name": f"{ctx.spec.name}-auth", "key": "token"}}})
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": PORT}, "periodSeconds": 10}
-    return {
+    sec = cfg.security
+    security = {**_base_security_context(), "runAsNonRoot": True, "runAsUser": sec.run_as_user,
+                "runAsGroup": sec.run_as_user, "readOnlyRootFilesystem": sec.read_only_root_filesystem}
+    container: dict[str, Any] = {
         "name": CONTAINER,
         "image": cfg.image,
         "command": ["deployc"],
         "args": ["serve", MOUNT, "--host", "0.0.0.0", "--port", str(PORT)],
         "env": env,
         "ports": [{"containerPort": PORT, "name": PORT_NAME, "protocol": "TCP"}],
-        "readinessProbe": probe,
+        "readinessProbe": {"httpGet": {"path": c.CLOUD_READY_ROUTE, "port": PORT}, "periodSeconds": 10},
+        # restarts a server that stopped answering; generous, as a large model may take a while to load
+        "livenessProbe": {"httpGet": {"path": c.CLOUD_LIVE_ROUTE, "port": PORT}, "initialDelaySeconds": 10,
+                          "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
         "resources": _resources(cfg),
+        "securityContext": security,
     }
+    if "@sha256:" not in (cfg.image or ""):  # a tag can move: pull it every time (a digest cannot)
+        container["imagePullPolicy"] = "Always"
+    if sec.read_only_root_filesystem:
+        container["volumeMounts"] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    return container
+
+
+def _base_security_context() -> dict[str, Any]:
+    """What every serving container gets, whatever its image: no privilege escalation, no Linux capabilities
+    (it binds 8080, no privileged port) and the runtime's default seccomp profile."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": SECCOMP_PROFILE}}
 
 
 def pod_monitor(ctx: EmitContext, cfg: KServeConfig) -> dict[str, Any]:

@@ -19,13 +19,14 @@ from deployc.errors import InputError
 from deployc.manifest import sha256_bytes
 from deployc.render import dump_json, render_template, render_yaml
 from deployc.schema.envref import ENV_KEY, is_env_ref, parameter_names
+from deployc.schema.kserve import DEFAULT_UID as SERVING_UID  # the kserve target's runAsUser runs this image too
 from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.schema.sagemaker import SageMakerTarget as SageMakerConfig
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.local import serving_files
 
 MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks ModelDataUrl
-BASE_IMAGE = "python:3.12-slim"
+BASE_IMAGE, BASE_TAG = "python", "3.12-slim"  # FROM BASE_IMAGE:BASE_TAG (build arguments, overridable)
 ALARMS_FILE = c.CLOUDWATCH_ALARMS
 _LOGICAL_ID = re.compile(r"^[A-Za-z0-9]{1,255}$")
 _RESERVED_IDS = {"Model", "EndpointConfig", "Endpoint", "ScalableTarget", "ScalingPolicy"}
@@ -141,10 +142,18 @@ def template_environment(environment: dict[str, Any], *, taken: list[str]) -> tu
     return out, params
 
 
+def healthcheck(port: int, route: str) -> list[str]:
+    """The image's HEALTHCHECK (for `docker run` and plain container hosts; SageMaker, Azure ML and Kubernetes
+    probe the routes themselves): the image's Python asks the server on loopback, no curl needed."""
+    url = f"http://127.0.0.1:{port}{route}"
+    return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"]
+
+
 def dockerfile(name: str, version: str, *, header: str) -> str:
     command = f"exec deployc serve {MODEL_DIR} --host 0.0.0.0 --port {c.SAGEMAKER_PORT}"
     return render_template("sagemaker", "Dockerfile.j2", header=header, bundle_name=name, version=version,
-                           base_image=BASE_IMAGE, requirement=f"deployc=={__version__}", port=c.SAGEMAKER_PORT,
+                           base_image=BASE_IMAGE, base_tag=BASE_TAG, requirement=f"deployc=={__version__}",
+                           port=c.SAGEMAKER_PORT, uid=SERVING_UID, healthcheck=healthcheck(c.SAGEMAKER_PORT, "/ping"),
                            entrypoint=["/bin/sh", "-c", command])
 
 
