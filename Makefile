@@ -30,7 +30,6 @@ system-deps:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null) \
 	    || echo "note: could not install prometheus/wrk; tests that need them will skip"; \
-	  pkill -x prometheus 2>/dev/null || true; \
 	else echo "note: not root or no apt-get: install Debian's prometheus and wrk for the full test suite"; fi
 
 demo: install system-deps
