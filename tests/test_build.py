@@ -80,7 +80,7 @@ def test_build_writes_verified_bundle_and_rebuild_is_cached_and_identical(projec
 
     second = run_deployc("build", "deploy.yaml", "--out", str(out), cwd=project, cache_dir=cache)
     assert second.returncode == 0, second.stderr
-    assert "4/4 steps from cache" in second.stdout
+    assert "5/5 steps from cache" in second.stdout
     assert tree(out) == files
     plan = json.loads(run_deployc("plan", "deploy.yaml", "--format", "json", cwd=project, cache_dir=cache).stdout)
     assert all(s["cached"] for s in plan["steps"])
@@ -128,7 +128,7 @@ def test_corrupt_cache_entry_is_rebuilt(project: Path, tmp_path: Path) -> None:
     (cache / "steps" / key[:2] / key / "model.onnx").write_bytes(b"garbage")
     r = run_deployc("build", "deploy.yaml", "--out", str(out), cwd=project, cache_dir=cache)
     assert r.returncode == 0, r.stderr
-    assert "3/4 steps from cache" in r.stdout
+    assert "4/5 steps from cache" in r.stdout
     assert tree(out) == good
 
 

@@ -112,7 +112,8 @@ def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
             evaluations.append(steps[-1].id)
     shipped = [evaluations[-1]] if evaluations else []
     targets = tuple(t for t in _target_order() if getattr(spec.targets, t) is not None)
-    for t in targets:
+    # local plans `local:batch-invariance` for every target that ships a serving.json, so it runs even unset
+    for t in targets if "local" in targets else ("local", *targets):
         from deployc.targets import get_target
 
         extra = get_target(t).steps(spec, spec_dir, prev, keras_step)

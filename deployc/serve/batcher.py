@@ -4,6 +4,9 @@ The batch closes as soon as nothing else is queued *and* no other request is sti
 (`arriving`), so a lone request never waits; `max_delay_ms` only bounds the wait for requests that are known to
 be on their way. Inference runs on one worker thread, so the event loop keeps parsing the next requests while a
 batch computes (onnxruntime releases the GIL).
+
+With batching off (serving.json says so, e.g. for a model the build measured as not batch-invariant), each
+request's own rows still run as one batch, but never together with another request's.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ class Batcher:
                  observe_batch: Callable[[int], None]):
         self.runner = runner
         self.enabled = enabled and runner.batchable
+        if self.enabled and getattr(runner.cfg, "batch_invariant", None) is False:
+            log.warning("cross-request batching is on for a model the build measured as not batch-invariant "
+                        "(batching.allow_cross_request_variance): a request's outputs depend on its batch companions")
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000.0
         self.observe_batch = observe_batch

@@ -14,6 +14,7 @@ from typing import Any
 
 from deployc import conventions as C
 from deployc.errors import InputError
+from deployc.serve.limits import Limits
 
 # Open Inference Protocol datatype -> numpy dtype name (BYTES is not served: models here take numbers).
 DATATYPES: dict[str, str] = {
@@ -60,6 +61,9 @@ class ServingConfig:
     max_batch_size: int
     max_delay_ms: float
     latency_buckets: tuple[float, ...]
+    batch_invariant: bool | None = None  # the build's measurement (batching.batch_invariant.invariant); None: unknown
+    grpc_port: int | None = None  # the Open Inference Protocol gRPC port; None: off, 0: a free one
+    limits: Limits = Limits()  # timeouts, connections, in-flight body bytes (deployc/serve/limits.py)
 
     @property
     def config_path(self) -> Path:
@@ -127,6 +131,17 @@ def _inside(root: Path, rel: str, where: str) -> Path:
     return target
 
 
+def _limits(raw: dict[str, Any], where: str) -> Limits:
+    """serving.json's `limits` (every key optional; the defaults are Limits')."""
+    known = Limits.__dataclass_fields__
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected {', '.join(known)}")
+    values = {k: _get(raw, k, int if f.type == "int" else (int, float), where, getattr(Limits, k))
+              for k, f in known.items()}
+    return Limits(**{k: v if known[k].type == "int" else float(v) for k, v in values.items()})
+
+
 def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig:
     """Parse, check and resolve serving.json; verify the model file's sha256 against the config."""
     path = find_serving_json(bundle)
@@ -175,9 +190,18 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
         inter_op_threads=_get(runtime, "inter_op_threads", int, wr, 1),
         batching=_get(batching, "enabled", bool, wb, True), max_batch_size=_get(batching, "max_batch_size", int, wb, 32),
         max_delay_ms=float(_get(batching, "max_delay_ms", (int, float), wb, 2.0)),
+        batch_invariant=_get(_get(batching, "batch_invariant", dict, wb, {}), "invariant", bool,
+                             f"{wb}.batch_invariant", None),
         latency_buckets=tuple(sorted(float(b) for b in buckets)),
+        grpc_port=_get(server, "grpc_port", int, ws, None),
+        limits=_limits(_get(raw, "limits", dict, f"{w}:", {}), f"{w}: limits"),
     )
     if cfg.max_batch_size < 1 or cfg.max_delay_ms < 0 or cfg.max_body_bytes < 1 or cfg.workers < 1:
         raise InputError(f"{w}: batching.max_batch_size, server.workers and server.max_body_bytes must be >= 1, "
                          "batching.max_delay_ms >= 0")
+    if cfg.grpc_port is not None and not 0 <= cfg.grpc_port <= 65535:
+        raise InputError(f"{w}: server.grpc_port must be 0..65535 (or null: no gRPC), got {cfg.grpc_port}")
+    bad = cfg.limits.problems(cfg.max_body_bytes)
+    if bad:
+        raise InputError(f"{w}: limits.{bad[0]}")
     return cfg
