@@ -49,6 +49,7 @@ def test_health_and_metadata_routes(server: Server) -> None:
     assert server.json("GET", "/v2/models/iris/versions/1/ready")[0] == 200
     status, meta = server.json("GET", "/v2")
     assert status == 200 and meta["name"] == "deployc"
+    assert meta["extensions"] == ["binary_tensor_data"]  # tests/test_serve_binary.py
     for path in ("/v2/models/iris", "/v2/models/iris/versions/1"):
         status, meta = server.json("GET", path)
         assert status == 200

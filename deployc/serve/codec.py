@@ -46,13 +46,20 @@ def _plain(obj: Any) -> Any:
 class ClientError(Exception):
     """A 4xx answer: the request, not the server, is at fault."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # extra response headers (e.g. Accept-Encoding on a 415)
 
 
 _DTYPE_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
+# The binary tensor extension's element encodings: little-endian, whatever the host. BYTES elements have no fixed
+# size (each is a 4-byte little-endian length, then the bytes); BF16 is a datatype numpy has no dtype for.
+WIRE_DTYPES: dict[str, np.dtype] = {k: np.dtype(v).newbyteorder("<") for k, v in DATATYPES.items()}
+ELEMENT_SIZES: dict[str, int] = {**{k: d.itemsize for k, d in WIRE_DTYPES.items()}, "BF16": 2}
+HEADER_LENGTH = "inference-header-content-length"  # request and response header of the binary extension
+OCTET_STREAM = "application/octet-stream"  # Triton's Content-Type for responses with binary outputs
 
 
 def v2_datatype(arr: np.ndarray) -> str:
@@ -88,14 +95,19 @@ def to_array(data: Any, spec: TensorSpec, what: str, shape: list[Any] | None = N
         raise ClientError(400, f"{what}: data contains a non-finite number (NaN or Infinity, or too large for "
                                f"{spec.datatype})")
     if shape is not None:
-        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                  for s in shape):
-            raise ClientError(400, f"{what}: shape must be a list of non-negative integers")
+        shape = check_shape_list(shape, what)
         if math.prod(shape) != arr.size:
             raise ClientError(400, f"{what}: shape {shape} needs {math.prod(shape)} values, data has {arr.size}")
         arr = arr.reshape(shape)
     check_shape(arr, spec, what)
     return arr
+
+
+def check_shape_list(shape: Any, what: str) -> list[int]:
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                              for s in shape):
+        raise ClientError(400, f"{what}: shape must be a list of non-negative integers")
+    return shape
 
 
 def check_shape(arr: np.ndarray, spec: TensorSpec, what: str) -> None:
@@ -116,13 +128,18 @@ def rows_of(feed: dict[str, np.ndarray], specs: tuple[TensorSpec, ...]) -> int:
     return rows.pop()
 
 
-def decode_v2(req: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
-              ) -> tuple[dict[str, np.ndarray], list[str] | None]:
-    """An inference request body -> (feed, requested output names or None for all)."""
+def decode_v2(req: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+              raw: memoryview | None = None) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """An inference request body -> (feed, requested output names or None for all).
+
+    `raw` is what follows the JSON header of a binary-extension request (`split_binary`): inputs with
+    `parameters.binary_data_size` take their bytes from it, in input order, and it must be used up exactly.
+    """
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
         raise ClientError(400, 'the body must be a JSON object with an "inputs" list')
     specs = {s.name: s for s in inputs}
     feed: dict[str, np.ndarray] = {}
+    cursor = 0
     for i, t in enumerate(req["inputs"]):
         if not isinstance(t, dict):
             raise ClientError(400, f"inputs[{i}]: expected an object with name, shape, datatype, data")
@@ -131,26 +148,45 @@ def decode_v2(req: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpe
             raise ClientError(400, f"inputs[{i}]: unknown input name {name!r}; the model takes {sorted(specs)}")
         if name in feed:
             raise ClientError(400, f"input {name!r} is given twice")
-        for key in ("shape", "datatype", "data"):
-            if key not in t:
-                raise ClientError(400, f"input {name!r}: {key!r} is missing")
-        if t["datatype"] != specs[name].datatype:
-            raise ClientError(400, f"input {name!r}: datatype {t['datatype']!r} does not match the model's "
-                                   f"{specs[name].datatype}")
-        feed[name] = to_array(t["data"], specs[name], f"input {name!r}", t["shape"])
+        size = _binary_size(t, name)
+        if size is None:
+            feed[name] = _json_input(t, specs[name], name)
+        else:
+            feed[name] = _binary_input(t, specs[name], name, _take(raw, cursor, size, name))
+            cursor += size
+    if raw is not None and cursor != len(raw):
+        raise ClientError(400, f"{len(raw) - cursor} bytes follow the last binary input (the binary_data_size "
+                               "values do not add up to the body after the JSON header)")
     missing = sorted(set(specs) - set(feed))
     if missing:
         raise ClientError(400, f"missing input(s) {missing}")
-    wanted = None
-    if req.get("outputs") is not None:
-        names = {s.name for s in outputs}
-        if not isinstance(req["outputs"], list) or not all(isinstance(o, dict) for o in req["outputs"]):
-            raise ClientError(400, '"outputs" must be a list of objects with a "name"')
-        wanted = [o.get("name") for o in req["outputs"]]
-        bad = [n for n in wanted if not isinstance(n, str) or n not in names]
-        if bad:
-            raise ClientError(400, f"unknown output name(s) {bad}; the model gives {sorted(names)}")
-    return feed, wanted
+    return feed, _wanted_outputs(req, outputs)
+
+
+def _json_input(t: dict[str, Any], spec: TensorSpec, name: str) -> np.ndarray:
+    for key in ("shape", "datatype", "data"):
+        if key not in t:
+            raise ClientError(400, f"input {name!r}: {key!r} is missing")
+    _check_datatype(t["datatype"], spec, name)
+    return to_array(t["data"], spec, f"input {name!r}", t["shape"])
+
+
+def _check_datatype(datatype: Any, spec: TensorSpec, name: str) -> None:
+    if datatype != spec.datatype:
+        raise ClientError(400, f"input {name!r}: datatype {datatype!r} does not match the model's {spec.datatype}")
+
+
+def _wanted_outputs(req: dict[str, Any], outputs: tuple[TensorSpec, ...]) -> list[str] | None:
+    if req.get("outputs") is None:
+        return None
+    names = {s.name for s in outputs}
+    if not isinstance(req["outputs"], list) or not all(isinstance(o, dict) for o in req["outputs"]):
+        raise ClientError(400, '"outputs" must be a list of objects with a "name"')
+    wanted = [o.get("name") for o in req["outputs"]]
+    bad = [n for n in wanted if not isinstance(n, str) or n not in names]
+    if bad:
+        raise ClientError(400, f"unknown output name(s) {bad}; the model gives {sorted(names)}")
+    return wanted
 
 
 def decode_instances(req: dict[str, Any], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
@@ -193,3 +229,142 @@ def encode_npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
+
+
+# --- the binary tensor extension (HTTP): raw little-endian tensors after a JSON header ---
+
+def split_binary(body: bytes, header: str | None) -> tuple[bytes, memoryview | None]:
+    """(JSON header, the bytes after it) from `Inference-Header-Content-Length`; (body, None) without it."""
+    if header is None:
+        return body, None
+    value = header.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 19):
+        raise ClientError(400, f"invalid Inference-Header-Content-Length {header[:40]!r}: expected the byte length "
+                               "of the JSON header")
+    n = int(value)
+    if n > len(body):
+        raise ClientError(400, f"Inference-Header-Content-Length {n} is larger than the body ({len(body)} bytes)")
+    return body[:n], memoryview(body)[n:]
+
+
+def _binary_size(t: dict[str, Any], name: str) -> int | None:
+    params = t.get("parameters")
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise ClientError(400, f"input {name!r}: parameters must be an object")
+    size = params.get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ClientError(400, f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
+    if "data" in t:
+        raise ClientError(400, f"input {name!r}: give either data or binary_data_size, not both")
+    return size
+
+
+def _take(raw: memoryview | None, cursor: int, size: int, name: str) -> memoryview:
+    if raw is None:
+        raise ClientError(400, f"input {name!r}: binary_data_size needs the Inference-Header-Content-Length header "
+                               "(the length of the JSON part of the body)")
+    if size > len(raw) - cursor:
+        raise ClientError(400, f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                               f"({len(raw) - cursor} bytes left)")
+    return raw[cursor:cursor + size]
+
+
+def _binary_input(t: dict[str, Any], spec: TensorSpec, name: str, buf: memoryview) -> np.ndarray:
+    """An input's raw bytes -> array, without copying them: sizes checked exactly, then dtype, values, shape."""
+    what = f"input {name!r}"
+    for key in ("shape", "datatype"):
+        if key not in t:
+            raise ClientError(400, f"{what}: {key!r} is missing")
+    shape, datatype = check_shape_list(t["shape"], what), t["datatype"]
+    count = math.prod(shape)
+    if datatype == "BYTES":  # checks the framing, so a malformed tensor is named as such
+        decode_bytes(buf, count, what)
+    elif datatype not in ELEMENT_SIZES:
+        raise ClientError(400, f"{what}: unknown datatype {datatype!r}")
+    elif count * ELEMENT_SIZES[datatype] != len(buf):
+        raise ClientError(400, f"{what}: binary_data_size {len(buf)} does not match shape {shape} of {datatype} "
+                               f"({count} x {ELEMENT_SIZES[datatype]} = {count * ELEMENT_SIZES[datatype]} bytes)")
+    _check_datatype(datatype, spec, name)
+    arr = np.frombuffer(buf, dtype=WIRE_DTYPES[datatype]).reshape(shape)
+    if datatype == "BOOL" and arr.size and np.frombuffer(buf, dtype=np.uint8).max() > 1:
+        raise ClientError(400, f"{what}: BOOL elements must be the bytes 0 or 1")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ClientError(400, f"{what}: data contains a non-finite number (NaN or Infinity)")
+    check_shape(arr, spec, what)
+    return arr
+
+
+def decode_bytes(buf: memoryview | bytes, count: int, what: str) -> np.ndarray:
+    """`count` BYTES elements (each a 4-byte little-endian length, then the bytes) -> an object array of bytes.
+    The framing must use `buf` exactly: no element may run past its end, and nothing may follow the last."""
+    buf = memoryview(buf)
+    n = len(buf)
+    if count * 4 > n:  # checked before allocating: a hostile shape cannot make a huge array
+        raise ClientError(400, f"{what}: {n} bytes cannot hold {count} BYTES elements (4-byte length each)")
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if n - pos < 4:
+            raise ClientError(400, f"{what}: BYTES element {i} is truncated (its 4-byte length is missing)")
+        size = int.from_bytes(buf[pos:pos + 4], "little")
+        pos += 4
+        if size > n - pos:
+            raise ClientError(400, f"{what}: BYTES element {i} declares {size} bytes but {n - pos} are left")
+        out[i] = bytes(buf[pos:pos + size])
+        pos += size
+    if pos != n:
+        raise ClientError(400, f"{what}: {n - pos} bytes follow the last of its {count} BYTES elements")
+    return out
+
+
+def encode_bytes(arr: np.ndarray) -> bytes:
+    """BYTES elements (bytes, or str as UTF-8) in the binary extension's framing, row-major."""
+    parts = []
+    for e in arr.ravel():
+        b = e if isinstance(e, bytes) else str(e).encode()
+        parts += [len(b).to_bytes(4, "little"), b]
+    return b"".join(parts)
+
+
+def binary_outputs(req: dict[str, Any], chosen: list[str]) -> set[str]:
+    """The outputs to send as raw bytes: an output's `parameters.binary_data`, else the request's
+    `parameters.binary_data_output` (false when absent)."""
+    params = req.get("parameters")
+    default = False
+    if params is not None:
+        if not isinstance(params, dict):
+            raise ClientError(400, "parameters must be an object")
+        default = _flag(params, "binary_data_output", "parameters")
+    per_output = {}
+    for o in req.get("outputs") or ():
+        p = o.get("parameters")
+        if p is None:
+            continue
+        if not isinstance(p, dict):
+            raise ClientError(400, f"output {o['name']!r}: parameters must be an object")
+        if p.get("class_count"):
+            raise ClientError(400, f"output {o['name']!r}: class_count (the classification extension) is not "
+                                   "supported; ask for the output's values")
+        if p.get("binary_data") is not None:
+            per_output[o["name"]] = _flag(p, "binary_data", f"output {o['name']!r}")
+    return {n for n in chosen if per_output.get(n, default)}
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise ClientError(400, f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def raw_bytes(arr: np.ndarray) -> bytes | memoryview:
+    """An output's bytes for the binary extension: little-endian, row-major, copied only when they are not."""
+    if arr.dtype.kind in "OSU":
+        return encode_bytes(arr)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")  # a 1-d view: also for empty arrays

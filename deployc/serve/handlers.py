@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployc import __version__
-from deployc.serve import codec
+from deployc.serve import codec, content
 from deployc.serve.app import JSON, NPY, ServerState, json_response, outputs_json, read_body
 from deployc.serve.codec import ClientError
 
@@ -26,8 +26,11 @@ async def ping(state: ServerState, request: Request) -> Response:
     return json_response({"status": "ok" if state.ready else "unavailable"}, 200 if state.ready else 503)
 
 
+EXTENSIONS = ("binary_tensor_data",)  # Open Inference Protocol extensions this server speaks (GET /v2)
+
+
 async def server_metadata(state: ServerState, request: Request) -> Response:
-    return json_response({"name": "deployc", "version": __version__, "extensions": []})
+    return json_response({"name": "deployc", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
 def _check_model(state: ServerState, request: Request) -> None:
@@ -61,20 +64,24 @@ async def metrics(state: ServerState, request: Request) -> Response:
 
 
 async def _run(state: ServerState, request: Request, decode: Any) -> tuple[Any, list[np.ndarray], Any]:
-    """Read + decode (counted as `arriving` so the batcher knows to wait), then infer through the batcher."""
+    """Read, decode (counted as `arriving` so the batcher knows to wait), then infer through the batcher.
+
+    Only a complete body becomes `arriving`: a client that is slow to send its body never makes a batch wait.
+    """
     batcher, gauge = state.batcher, state.metrics.in_flight_child
-    batcher.arriving += 1
     gauge.inc()
-    submitted = False
+    submitted = arriving = False
     try:
         body = await read_body(request, state.cfg.max_body_bytes)
+        batcher.arriving += 1
+        arriving = True
         feed, extra = decode(body)
         rows = codec.rows_of(feed, state.cfg.inputs)
         batcher.arrived()
         submitted = True
         outs = await batcher.infer(feed, rows)
     finally:
-        if not submitted:
+        if arriving and not submitted:
             batcher.arrived()
         gauge.dec()
     state.metrics.observe_predictions(outs[0])
@@ -84,14 +91,37 @@ async def _run(state: ServerState, request: Request, decode: Any) -> tuple[Any, 
 async def infer(state: ServerState, request: Request) -> Response:
     _check_model(state, request)
     cfg = state.cfg
+    header = request.headers.get(codec.HEADER_LENGTH)  # the binary tensor extension, when present
 
     def decode(body: bytes) -> tuple[dict[str, np.ndarray], Any]:
-        req = codec.parse_json(body)
-        feed, wanted = codec.decode_v2(req, cfg.inputs, cfg.outputs)
-        return feed, (req, wanted)
+        head, raw = codec.split_binary(body, header)
+        req = codec.parse_json(head)
+        feed, wanted = codec.decode_v2(req, cfg.inputs, cfg.outputs, raw)
+        chosen = wanted if wanted is not None else [s.name for s in cfg.outputs]
+        return feed, (req, wanted, codec.binary_outputs(req, chosen))
 
-    _, outs, (req, wanted) = await _run(state, request, decode)
+    _, outs, (req, wanted, binary) = await _run(state, request, decode)
+    if binary:
+        return _binary_response(state, req, outs, wanted, binary)
     return json_response(_v2_response(state, req, outs, wanted))
+
+
+def _binary_response(state: ServerState, req: dict[str, Any], outs: list[np.ndarray], wanted: list[str] | None,
+                     binary: set[str]) -> Response:
+    """The JSON header (binary outputs carry `binary_data_size` instead of `data`), then their raw bytes in the
+    order the header lists them; `Inference-Header-Content-Length` says where the JSON ends."""
+    resp = _v2_response(state, req, outs, wanted)
+    index = {s.name: i for i, s in enumerate(state.cfg.outputs)}
+    raws: list[bytes | memoryview] = []
+    for out in resp["outputs"]:
+        if out["name"] in binary:
+            del out["data"]
+            raw = codec.raw_bytes(outs[index[out["name"]]])
+            out["parameters"] = {"binary_data_size": len(raw)}
+            raws.append(raw)
+    head = codec.dumps(resp)
+    return Response(b"".join([head, *raws]), media_type=codec.OCTET_STREAM,
+                    headers={codec.HEADER_LENGTH: str(len(head))})
 
 
 def _v2_response(state: ServerState, req: dict[str, Any], outs: list[np.ndarray], wanted: list[str] | None
@@ -104,24 +134,19 @@ def _v2_response(state: ServerState, req: dict[str, Any], outs: list[np.ndarray]
 
 
 def _accept(request: Request) -> str:
-    """JSON unless the client asks for npy first; 406 when it accepts neither."""
-    header = request.headers.get("accept", "")
-    if not header.strip():
-        return JSON
-    for part in header.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in (JSON, "*/*", "application/*"):
-            return JSON
-        if media == NPY:
-            return NPY
-    raise ClientError(406, f"cannot answer in {header!r}; accepted: {JSON}, {NPY}")
+    """JSON or npy, whichever `Accept` prefers (q-values, RFC 9110); JSON without a preference; 406 for neither."""
+    header = request.headers.get("accept")
+    chosen = content.choose_media(header, (JSON, NPY))
+    if chosen is None:
+        raise ClientError(406, f"cannot answer in {header!r}; accepted: {JSON}, {NPY}")
+    return chosen
 
 
 async def invocations(state: ServerState, request: Request) -> Response:
     """SageMaker: JSON (`instances` or a KServe v2 body) or an .npy array in; JSON or .npy out, per Accept."""
     cfg = state.cfg
     accept = _accept(request)
-    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower() or JSON  # empty: as missing
     if ctype not in (JSON, NPY):
         raise ClientError(415, f"unsupported Content-Type {ctype!r}; send {JSON} or {NPY}")
 

@@ -18,6 +18,8 @@ OPENAPI_PATH = "/v2/openapi.json"
 OPENAPI_VERSION = "3.0.3"
 _JSON = "application/json"
 _NPY = "application/x-npy"
+_OCTET = "application/octet-stream"  # a binary tensor extension body: JSON header, then raw tensors
+_BINARY = {"type": "string", "format": "binary"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -32,8 +34,46 @@ def _errors(*codes: int) -> dict[str, Any]:
     why = {400: "the request is malformed (the message names the tensor and the problem)",
            401: "missing or wrong bearer token", 404: "unknown model, version or path",
            406: "Accept is neither JSON nor npy", 413: "the body is larger than server.max_body_bytes",
-           415: "unsupported Content-Type", 503: "not ready (starting or draining)"}
+           415: "unsupported Content-Type or Content-Encoding", 503: "not ready (starting or draining)"}
     return {str(c): _json_body(_ref("Error"), why[c]) for c in codes}
+
+
+def _header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+HEADER_LENGTH = _header("Inference-Header-Content-Length", {"type": "integer", "minimum": 0},
+                        "Binary tensor extension: the byte length of the JSON header at the start of the body.")
+CONTENT_ENCODING = _header("Content-Encoding", {"type": "string", "enum": ["gzip", "deflate"]},
+                           "A compressed body; its decompressed size counts against server.max_body_bytes.")
+ACCEPT_ENCODING = _header("Accept-Encoding", {"type": "string"},
+                          "gzip or deflate (q-values honoured): responses of 1 KiB and more are compressed.")
+
+
+def _infer_bodies() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request body and the 200 response of the infer routes: JSON, or the binary tensor extension."""
+    binary = {**_BINARY, "description": "Inference-Header-Content-Length bytes of JSON InferenceRequest, then "
+                                        "the raw little-endian tensors (BYTES: 4-byte length + bytes each)"}
+    body = {"required": True, "content": {_JSON: {"schema": _ref("InferenceRequest")}, _OCTET: {"schema": binary}}}
+    length = {"description": "Set when outputs are binary: the byte length of the JSON header",
+              "schema": {"type": "integer", "minimum": 0}}
+    encoding = {"description": "gzip or deflate, when Accept-Encoding asked for it", "schema": {"type": "string"}}
+    ok = {"description": "outputs (application/octet-stream: JSON header, then the binary outputs' bytes)",
+          "headers": {"Inference-Header-Content-Length": length, "Content-Encoding": encoding},
+          "content": {_JSON: {"schema": _ref("InferenceResponse")},
+                      _OCTET: {"schema": {**_BINARY, "description": "JSON InferenceResponse, then raw outputs"}}}}
+    return body, ok
+
+
+def _invocations_bodies() -> tuple[dict[str, Any], dict[str, Any]]:
+    body = {"required": True, "content": {
+        _JSON: {"schema": {"oneOf": [_ref("InstancesRequest"), _ref("InferenceRequest"),
+                                     {"type": "array", "items": {}}]}},
+        _NPY: {"schema": _BINARY}}}
+    ok = {"description": "predictions: JSON or .npy, whichever Accept prefers (q-values); JSON by default",
+          "content": {_JSON: {"schema": {"oneOf": [_ref("Predictions"), _ref("InferenceResponse")]}},
+                      _NPY: {"schema": _BINARY}}}
+    return body, ok
 
 
 def _schemas(cfg: ServingConfig) -> dict[str, Any]:
@@ -63,16 +103,28 @@ def _schemas(cfg: ServingConfig) -> dict[str, Any]:
             "name": {"type": "string", "enum": names},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "datatype": {"type": "string", "enum": sorted({t.datatype for t in cfg.inputs})},
-            "parameters": {"type": "object"}, "data": number_data}},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {
+                "type": "integer", "minimum": 0, "description": "Binary tensor extension: the input's bytes "
+                "follow the JSON header (in input order) instead of `data`; shape x datatype size."}}},
+            "data": number_data}, "description": "`data`, or `parameters.binary_data_size` with the binary "
+                                                 "tensor extension."},
         "RequestOutput": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "enum": [t.name for t in cfg.outputs]}, "parameters": {"type": "object"}}},
+            "name": {"type": "string", "enum": [t.name for t in cfg.outputs]},
+            "parameters": {"type": "object", "properties": {"binary_data": {
+                "type": "boolean", "description": "Send this output as raw bytes after the JSON header."}}}}},
         "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
-            "id": {"type": "string"}, "parameters": {"type": "object"},
+            "id": {"type": "string"},
+            "parameters": {"type": "object", "properties": {"binary_data_output": {
+                "type": "boolean", "description": "Send every output as raw bytes (an output's own binary_data "
+                                                  "overrides it)."}}},
             "inputs": {"type": "array", "minItems": 1, "items": _ref("RequestInput")},
             "outputs": {"type": "array", "items": _ref("RequestOutput")}}},
-        "ResponseOutput": {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+        "ResponseOutput": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
             "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-            "datatype": {"type": "string", "enum": list(DATATYPES)}, "data": {"type": "array", "items": {}}}},
+            "datatype": {"type": "string", "enum": list(DATATYPES)}, "data": {"type": "array", "items": {}},
+            "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}},
+            "description": "`data`, or for a binary output `parameters.binary_data_size`: its raw bytes follow the "
+                           "JSON header, in the order of `outputs`."},
         "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
             "outputs": {"type": "array", "items": _ref("ResponseOutput")}}},
@@ -104,18 +156,13 @@ def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
             o["responses"].update(_errors(401))
         return o
 
-    infer_body = {"required": True, "content": {_JSON: {"schema": _ref("InferenceRequest")}}}
-    infer = op("Run inference (Open Inference Protocol v2)", _json_body(_ref("InferenceResponse"), "outputs"),
-               (400, 404, 413), body=infer_body, protected=True)
+    infer_body, infer_ok = _infer_bodies()
+    infer = op("Run inference (Open Inference Protocol v2)", infer_ok, (400, 404, 413, 415), body=infer_body,
+               protected=True)
+    infer_headers = [HEADER_LENGTH, CONTENT_ENCODING, ACCEPT_ENCODING]
     ready_ok = _json_body(_ref("ModelReady"), "ready")
     meta_ok = _json_body(_ref("ModelMetadata"), "model metadata")
-    invocations_body = {"required": True, "content": {
-        _JSON: {"schema": {"oneOf": [_ref("InstancesRequest"), _ref("InferenceRequest"),
-                                     {"type": "array", "items": {}}]}},
-        _NPY: {"schema": {"type": "string", "format": "binary"}}}}
-    invocations_ok = {"description": "predictions (JSON by default, .npy when Accept asks for it)", "content": {
-        _JSON: {"schema": {"oneOf": [_ref("Predictions"), _ref("InferenceResponse")]}},
-        _NPY: {"schema": {"type": "string", "format": "binary"}}}}
+    invocations_body, invocations_ok = _invocations_bodies()
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": op("Liveness", _json_body(_ref("Live"), "alive"))},
         "/v2/health/ready": {"get": op("Readiness", _json_body(_ref("Ready"), "ready"), (503,))},
@@ -128,10 +175,11 @@ def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
         "/v2/models/{name}/ready": {"get": op("Model readiness", ready_ok, (404, 503), [model_name])},
         "/v2/models/{name}/versions/{version}/ready": {"get": op("Model readiness", ready_ok, (404, 503),
                                                                  [model_name, version])},
-        "/v2/models/{name}/infer": {"post": {**infer, "parameters": [model_name]}},
-        "/v2/models/{name}/versions/{version}/infer": {"post": {**infer, "parameters": [model_name, version]}},
+        "/v2/models/{name}/infer": {"post": {**infer, "parameters": [model_name, *infer_headers]}},
+        "/v2/models/{name}/versions/{version}/infer": {"post": {**infer, "parameters": [model_name, version,
+                                                                                        *infer_headers]}},
         "/invocations": {"post": op("Run inference (SageMaker)", invocations_ok, (400, 406, 413, 415),
-                                    body=invocations_body, protected=True)},
+                                    [CONTENT_ENCODING, ACCEPT_ENCODING], body=invocations_body, protected=True)},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
             "description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         OPENAPI_PATH: {"get": op("This document", {"description": "OpenAPI 3.0 document",
