@@ -23,6 +23,13 @@ $(CHECKOV):
 	.venv-tools/checkov/bin/python -m pip install --quiet checkov==3.3.30 \
 	  || echo "note: could not install checkov; tests/test_checkov.py will skip"
 
+# The kserve SDK (a real client of the binary tensor extension) pins psutil below what other test tools use.
+KSERVE_SDK := .venv-tools/kserve/bin/python
+$(KSERVE_SDK):
+	$(PYTHON) -m venv .venv-tools/kserve
+	.venv-tools/kserve/bin/python -m pip install --quiet 'kserve==0.21.*' \
+	  || echo "note: could not install the kserve SDK; its client test will skip"
+
 # Debian packages some tests use (promtool and the Prometheus server, wrk). Without root or apt the tests
 # that need them skip and say why.
 system-deps:
@@ -46,7 +53,7 @@ demo: install system-deps
 	@echo "Query it:   curl -s localhost:8080/v2/models/digits/infer -H 'content-type: application/json' \\"
 	@echo "              -d '{\"inputs\":[{\"name\":\"pixels\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[$$(python3 -c 'print(",".join(["0.5"]*64))')]}]}'"
 
-test: install system-deps $(CHECKOV)
+test: install system-deps $(CHECKOV) $(KSERVE_SDK)
 	$(BIN)/python -m pytest -q
 
 bench: install system-deps

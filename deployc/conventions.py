@@ -30,7 +30,7 @@ LABEL_VERSION = "version"
 LABEL_ROUTE = "route"
 LABEL_CODE = "code"
 LABEL_CLASS = "class"
-INFER_ROUTES = ("infer", "invocations")  # route label values counted as inference traffic by SLOs
+INFER_ROUTES = ("infer", "invocations", "grpc_infer")  # route label values counted as inference traffic by SLOs
 
 # Request-duration buckets (seconds). Every SLO latency threshold must be one of them: the build adds the
 # spec's thresholds to this default set when it writes the serving config, so the server always exports them.
@@ -61,6 +61,10 @@ ROUTE_METADATA = "metadata"  # GET /v2, /v2/models/{m}[/versions/{v}]
 ROUTE_HEALTH = "health"  # GET /v2/health/*, /v2/models/{m}/ready, /ping
 ROUTE_METRICS = "metrics"  # GET /metrics
 ROUTE_OTHER = "other"  # anything else (404s)
+ROUTE_GRPC_INFER = "grpc_infer"  # gRPC inference.GRPCInferenceService/ModelInfer; `code`: the HTTP equivalent
+ROUTE_GRPC_METADATA = "grpc_metadata"  # gRPC ServerMetadata, ModelMetadata
+ROUTE_GRPC_HEALTH = "grpc_health"  # gRPC ServerLive, ServerReady, ModelReady
+SERVE_GRPC_AUTH_METADATA = "authorization"  # gRPC metadata key (lower case) carrying "Bearer <token>"
 SERVE_AUTH_HEADER = "Authorization"  # "Bearer <token>" when the serving config names auth_token_env
 
 # --- CloudWatch alarms (written by the monitoring emitter, placed by the sagemaker target) --------------------

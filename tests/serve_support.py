@@ -183,3 +183,57 @@ def reference(x: np.ndarray) -> np.ndarray:
         make_classifier(Path(d) / "m.onnx")
         sess = ort.InferenceSession(str(Path(d) / "m.onnx"), providers=["CPUExecutionProvider"])
         return sess.run(None, {"x": x.astype(np.float32)})[0]
+
+
+# --- slow and hostile clients (tests/test_serve_slow_clients.py, bench/serve_slow.py) ---
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def stalled_bodies(port: int, count: int, declared: int, sent: int, path: str = "/v2/models/iris/infer"
+                   ) -> list[Any]:
+    """`count` connections that each declare a `declared`-byte body, send `sent` bytes of it and stall.
+
+    Returns the open sockets (the caller closes them); a connection the server refused may be closed already.
+    """
+    import socket
+
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+    chunk, socks = b" " * min(sent, 1 << 20), []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        socks.append(s)
+        try:
+            s.sendall(head)
+            left = sent
+            while left > 0:
+                left -= s.send(chunk[:left])
+        except OSError:  # refused (503) and closed by the server while we were sending
+            pass
+    return socks
+
+
+def latencies(port: int, body: bytes, seconds: float, max_requests: int = 100_000,
+              path: str = "/v2/models/iris/infer") -> list[float]:
+    """Sequential keep-alive POSTs for `seconds` (at most `max_requests`); each request's latency in seconds."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    out: list[float] = []
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end and len(out) < max_requests:
+            t0 = time.perf_counter()
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"normal request got {resp.status}")
+            out.append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+    return out

@@ -142,7 +142,7 @@ def test_recording_rules_cover_every_window_with_labels() -> None:
             assert (name, slo, "digits") in recorded
     text = compile_case("availability-latency-30d")[RULES_PATH].decode()
     assert text.startswith("# " + C.GENERATED_HEADER.format(spec="deploy.yaml"))
-    assert 'le="0.25"' in text and 'route=~"infer|invocations"' in text and 'code=~"5.."' in text
+    assert 'le="0.25"' in text and 'route=~"infer|invocations|grpc_infer"' in text and 'code=~"5.."' in text
 
 
 def test_latency_buckets_hold_every_threshold_exactly() -> None:

@@ -104,7 +104,8 @@ def test_served_folder_drops_bearer_auth_and_binds_the_container_port(tmp_path: 
     files = emit_case("autoscaling-split", tmp_path)
     serving = json.loads(files["vertex/model/serving.json"])
     assert serving["server"] == {"host": "0.0.0.0", "port": 8080, "workers": 2, "max_body_bytes": 8 * 1024 * 1024,
-                                 "auth_token_env": None}  # Vertex AI sends no token; local settings otherwise kept
+                                 "auth_token_env": None, "grpc_port": None}  # Vertex AI sends no token and
+    # routes only the HTTP port; local settings otherwise kept
     assert serving["batching"]["max_batch_size"] == 16
     assert files["vertex/model/model.onnx"] == MODEL_BYTES
     assert files["vertex/model/labels.txt"] == b"zero\none\ntwo\n"

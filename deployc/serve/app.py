@@ -22,10 +22,11 @@ from starlette.routing import Route
 
 from deployc import conventions as C
 from deployc.errors import InputError
-from deployc.serve import codec
+from deployc.serve import codec, content
 from deployc.serve.batcher import Batcher
 from deployc.serve.codec import ClientError
 from deployc.serve.config import ServingConfig
+from deployc.serve.limits import ABORTED_KEY, STATE_KEY, LimitsState
 from deployc.serve.metrics import ServerMetrics
 from deployc.serve.runtime import ModelRunner
 
@@ -70,7 +71,13 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, answering 413 as soon as it passes `limit` (from Content-Length, or while streaming)."""
+    """Read the body, answering 413 as soon as it passes `limit` (from Content-Length, or while streaming).
+
+    A gzip or deflate body (`Content-Encoding`) is decompressed as it arrives; its decompressed size counts
+    against `limit` too (deployc/serve/content.py). Any other coding is a 415, before the body is read.
+    """
+    coding = content.request_coding(request.headers.get("content-encoding"))
+    decoder = None if coding is None else content.BodyDecoder(coding, limit)
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -82,7 +89,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise ClientError(413, f"the body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
+        if decoder is None:
+            chunks.append(chunk)
+        else:
+            chunks += decoder.feed(chunk)
+    if decoder is not None:
+        chunks += decoder.finish()
     return b"".join(chunks)
 
 
@@ -97,12 +109,19 @@ def create_app(cfg: ServingConfig, runner: ModelRunner | None = None) -> Starlet
     routes = _routes(state)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         batcher.start()
+        grpc_server = None
+        if cfg.grpc_port is not None:  # same loop, model, batcher and metrics (docs/serving.md, gRPC)
+            from deployc.serve.grpc_server import start_grpc
+
+            grpc_server = await start_grpc(state)
         state.started = True
         log.info("serving %s %s (batching %s)", cfg.name, cfg.version, "on" if batcher.enabled else "off")
-        yield
+        yield {STATE_KEY: LimitsState(cfg.limits, cfg.max_body_bytes)}  # read by the protocol (limits.py)
         state.started = False
+        if grpc_server is not None:
+            await grpc_server.stop(30)  # finishes the RPCs in flight, like uvicorn's graceful shutdown
         await batcher.stop()
         if metrics.multiprocess:
             from prometheus_client import multiprocess
@@ -138,12 +157,14 @@ def _endpoint(state: ServerState, route: str, fn: Handler, protected: bool) -> H
             else:
                 resp = await fn(request)
         except ClientError as e:
-            resp = error_response(e.status, e.message, {"Connection": "close"} if e.status == 413 else None)
-        except ClientDisconnect:  # the client left mid-body: nothing to answer, counted as nginx's 499
-            resp = Response(status_code=499)
+            resp = error_response(e.status, e.message, {"Connection": "close", **(e.headers or {})}
+                                  if e.status == 413 else e.headers)
+        except ClientDisconnect:  # the client left mid-body (499, as nginx counts it) or was cut off (408, 503)
+            resp = Response(status_code=request.scope.get(ABORTED_KEY, 499))
         except Exception:
             log.exception("internal error on %s", request.url.path)
             resp = error_response(500, "internal server error (see the server log)")
+        resp = content.compress_response(request, resp)  # when Accept-Encoding asks and the body is large
         metrics.observe_request(route, resp.status_code, time.perf_counter() - t0)
         return resp
 
@@ -151,7 +172,11 @@ def _endpoint(state: ServerState, route: str, fn: Handler, protected: bool) -> H
 
 
 def _authorized(request: Request, token: bytes) -> bool:
-    header = request.headers.get(C.SERVE_AUTH_HEADER, "")
+    return bearer_ok(request.headers.get(C.SERVE_AUTH_HEADER, ""), token)
+
+
+def bearer_ok(header: str, token: bytes) -> bool:
+    """`Bearer <token>` checked in constant time; shared by the HTTP routes and the gRPC service."""
     scheme, _, given = header.partition(" ")
     # compare_digest runs in time independent of where the strings differ
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)

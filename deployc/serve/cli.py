@@ -20,6 +20,7 @@ from deployc.errors import EXIT_OK, DeploycError, InputError
 from deployc.serve.config import ServingConfig, load_config
 
 BUNDLE_ENV = "DEPLOYC_SERVE_BUNDLE"  # how `--workers N` passes the bundle to its worker processes
+GRPC_PORT_ENV = "DEPLOYC_SERVE_GRPC_PORT"  # ... and the gRPC port the parent chose (empty: no gRPC)
 log = logging.getLogger("deployc.serve")
 
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default: serving.json's server.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: serving.json's server.port; 0 picks a free one)")
     p.add_argument("--workers", type=int, help="server processes (default: serving.json's server.workers)")
+    p.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol over gRPC on this port "
+                   "(default: serving.json's server.grpc_port, off when null; 0 picks a free one)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level; 'debug' also writes an access log line per request")
     return p
@@ -44,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.bundle)
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
-                     if v is not None}
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers),
+                                       ("grpc_port", args.grpc_port)) if v is not None}
         cfg = replace(cfg, **overrides)
         if not 0 <= cfg.port <= 65535 or cfg.workers < 1:
             raise InputError("--port must be 0..65535 and --workers >= 1")
+        if cfg.grpc_port is not None and (not 0 <= cfg.grpc_port <= 65535 or cfg.grpc_port == cfg.port != 0):
+            raise InputError(f"--grpc-port must be 0..65535 and differ from the HTTP port {cfg.port}")
         if cfg.workers == 1:
             return _serve_one(cfg, args.log_level)
         return _serve_many(cfg, args.log_level)
@@ -76,9 +81,11 @@ def _uvicorn_config(app: Any, cfg: ServingConfig, log_level: str, **extra: Any) 
 
     from deployc.serve.protocol import uvicorn_http_options
 
-    # loop "auto" picks uvloop, and http httptools (bounded heads), when installed: see bench/serve.py.
+    # loop "auto" picks uvloop, and http httptools (bounded heads, timeouts, connection and in-flight body
+    # limits: protocol.py), when installed: see bench/serve.py and bench/serve_slow.py.
     return uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug", lifespan="on",
-                          timeout_graceful_shutdown=30, server_header=False, **uvicorn_http_options(), **extra)
+                          timeout_graceful_shutdown=30, server_header=False, **uvicorn_http_options(cfg.limits),
+                          **extra)
 
 
 def _serve_one(cfg: ServingConfig, log_level: str) -> int:
@@ -89,6 +96,7 @@ def _serve_one(cfg: ServingConfig, log_level: str) -> int:
     app = create_app(cfg)  # loads + warms up the model; errors here happen before the port opens
     state = app.state.serving
     sock = _bind(cfg)
+    _grpc_socket(cfg, share=False)  # checks the gRPC port is free; the app's lifespan binds it
 
     class DrainingServer(uvicorn.Server):
         """Turns readiness off the moment a stop signal arrives, then lets uvicorn drain in-flight requests."""
@@ -124,17 +132,50 @@ def _serve_many(cfg: ServingConfig, log_level: str) -> int:
     os.environ[BUNDLE_ENV] = str(cfg.config_path)
     os.environ["DEPLOYC_SERVE_OVERRIDES"] = f"{cfg.host},{cfg.port},{cfg.workers}"
     sock = _bind(cfg)
+    grpc_sock, grpc_port = _grpc_socket(cfg, share=True)
+    os.environ[GRPC_PORT_ENV] = "" if grpc_sock is None else str(grpc_port)
     try:
         config = _uvicorn_config("deployc.serve.worker:create_worker_app", cfg, log_level, factory=True,
                                  workers=cfg.workers)
         print(f"deployc serve: {cfg.name} {cfg.version} on http://{_addr(sock)} ({cfg.workers} workers)",
               file=sys.stderr, flush=True)
+        if grpc_sock is not None:
+            print(f"deployc serve: {cfg.name} {cfg.version} gRPC on {_addr(grpc_sock)} ({cfg.workers} workers)",
+                  file=sys.stderr, flush=True)
         Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
+        if grpc_sock is not None:
+            grpc_sock.close()
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
     return EXIT_OK
+
+
+def _grpc_socket(cfg: ServingConfig, share: bool) -> tuple[socket.socket | None, int]:
+    """Fail early (exit 1, one line) when the gRPC port is taken. With `share` (several workers), hold the port
+    with SO_REUSEPORT so that every worker binds the same one (a free one is chosen here for port 0); the held
+    socket never listens, so it never takes a connection."""
+    if cfg.grpc_port is None:
+        return None, 0
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    if cfg.grpc_port:  # probed without SO_REUSEPORT: refused even when a reuseport group holds the port
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((cfg.host, cfg.grpc_port))
+            except OSError as e:
+                raise InputError(f"cannot listen on {cfg.host}:{cfg.grpc_port} for gRPC: {e.strerror}") from None
+    if not share:
+        return None, cfg.grpc_port
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        held.bind((cfg.host, cfg.grpc_port))
+    except OSError as e:
+        held.close()
+        raise InputError(f"cannot listen on {cfg.host}:{cfg.grpc_port} for gRPC: {e.strerror}") from None
+    return held, held.getsockname()[1]
 
 
 def _addr(sock: socket.socket) -> str:
