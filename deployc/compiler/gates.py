@@ -54,4 +54,4 @@ def table(checks: list[GateCheck]) -> str:
     rows += [(c.artifact, c.gate, f"{c.limit:g}", "n/a" if c.value is None else f"{c.value:g}",
               "pass" if c.passed else "FAIL") for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -57,10 +57,8 @@ def reference(ctx: StepContext) -> dict[str, Any]:
     out = ctx.deps["source"]
     x, y = ctx.data("eval")
     fmt = out.result["format"]
-    if fmt == "savedmodel":  # run SavedModels through their ONNX conversion's source: the signature itself
-        pred = _predict_savedmodel(model_path(out), x)
-    else:
-        pred = predict(model_path(out), fmt, x)
+    # SavedModels run through their serving signature itself (the source of their ONNX conversion)
+    pred = _predict_savedmodel(model_path(out), x) if fmt == "savedmodel" else predict(model_path(out), fmt, x)
     np.save(ctx.out_dir / "predictions.npy", pred, allow_pickle=False)
     figures = compare(pred, pred, y, ctx.spec.model.task)
     if figures.get("non_finite_outputs"):

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,8 @@ def data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...
 def load_dataset(spec_dir: Path, ds: DataSet) -> tuple[Any, Any]:
     import numpy as np
 
-    from deployc.errors import InputError
-
     from deployc.compiler.inputs import open_regular
+    from deployc.errors import InputError
 
     path = spec_dir / ds.path
     try:
@@ -83,7 +82,7 @@ def load_dataset(spec_dir: Path, ds: DataSet) -> tuple[Any, Any]:
     return x, y
 
 
-@lru_cache(maxsize=None)
+@cache
 def lib_version(dist: str) -> str:
     try:
         return metadata.version(dist)

@@ -99,7 +99,7 @@ def same(desired: Any, actual: Any) -> bool:
             return not desired
         if not isinstance(actual, list) or len(desired) != len(actual):
             return False
-        return all(same(d, a) for d, a in zip(desired, actual))
+        return all(same(d, a) for d, a in zip(desired, actual, strict=True))
     if isinstance(desired, bool) or isinstance(actual, bool):
         return desired is actual or (desired is False and actual is None)
     if isinstance(desired, (int, float)) and isinstance(actual, (int, float)):

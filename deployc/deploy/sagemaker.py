@@ -63,7 +63,8 @@ def deploy(build_dir: Path, *, dry_run: bool = False, endpoint_url: str | None =
             log(f"would call {call['service']}.{call['operation']} ({call['when']}): "
                 f"{json.dumps(call['parameters'], sort_keys=True)}")
         for key, var in sorted(references(plan).items()):
-            log(f"environment {key} would come from ${var} ({'set' if environ.get(var) else 'NOT SET: a deploy stops'})")
+            state = "set" if environ.get(var) else "NOT SET: a deploy stops"
+            log(f"environment {key} would come from ${var} ({state})")
         log(f"dry run: nothing was called; endpoint {plan['endpoint_name']} would run {plan['endpoint_config_name']}")
         return _result(plan, dry_run=True, actions=[])
     resolved, secrets = resolve(plan, environ)  # before any client exists: a missing variable calls nothing

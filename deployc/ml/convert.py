@@ -128,7 +128,7 @@ def savedmodel_to_onnx(src: Path, dst: Path) -> dict[str, Any]:
     signature = [tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in sorted(kwargs.items())]
 
     def call(*args: Any) -> Any:
-        out = fn(**{s.name: a for s, a in zip(signature, args)})
+        out = fn(**{s.name: a for s, a in zip(signature, args, strict=True)})
         return [out[k] for k in sorted(out)]
 
     proto, _ = tf2onnx.convert.from_function(tf.function(call, input_signature=signature), input_signature=signature,
@@ -179,7 +179,7 @@ def _finish(proto: Any, dst: Path, rename: bool = True) -> dict[str, Any]:
     if rename:
         outs = list(proto.graph.output)
         names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
-        for out, new in zip(outs, names):
+        for out, new in zip(outs, names, strict=True):
             _rename_value(proto.graph, out.name, new)
     proto.producer_name = "deployc"
     proto.producer_version = ""

@@ -88,7 +88,7 @@ def _batches(x: Any) -> list[tuple[str, Any, Any]]:
 def _compare(alone: list[Any], idx: Any, outs: list[Any], classify: bool, acc: dict[str, Any]) -> None:
     import numpy as np
 
-    for k, (ref, got) in enumerate(zip(alone, outs)):
+    for k, (ref, got) in enumerate(zip(alone, outs, strict=True)):
         part = got[: len(idx)]
         bad = ~np.isfinite(part)
         acc["non_finite"] += int(bad.sum())

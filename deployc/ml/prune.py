@@ -83,7 +83,7 @@ def mask_callback(layers: list[Any], target: float, end_step: int, frequency: in
             if self.step % frequency == 0 or self.step == end_step:
                 self._update(polynomial_sparsity(self.step, end_step, target))
             else:
-                for layer, mask in zip(layers, self.masks):  # the optimizer step moved masked weights
+                for layer, mask in zip(layers, self.masks, strict=False):  # no masks before the first update
                     layer.kernel.assign(layer.kernel * mask)
 
         def on_train_end(self, logs: Any = None) -> None:

@@ -93,9 +93,8 @@ def convert(keras_model: Path, dst: Path, cfg: TFLiteTarget, calibration_x: np.n
         allow_select = cfg.allow_select_tf_ops and cfg.device != "microcontroller"
         conv.target_spec.supported_ops = [builtins] + ([tf.lite.OpsSet.SELECT_TF_OPS] if allow_select else [])
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                with native_stderr_silenced():
-                    flat = conv.convert()
+            with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
+                flat = conv.convert()
         except Exception as exc:  # ConverterError and friends: name the ops when the message does
             raise _conversion_error(keras_model.name, mode, str(exc)) from None
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ CloudWatch alarms. Pure: `compile_monitoring` returns files, the build writes th
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from deployc import conventions as C
 from deployc.errors import InputError

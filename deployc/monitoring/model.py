@@ -116,8 +116,8 @@ def resolve(spec: DeploySpec, reference: tuple[float, ...] | None, classes: tupl
         tiers = []
         for tier_name in ("page", "ticket"):
             tier_cfg = getattr(s.alerting, tier_name)
-            conds = tuple(c for c in BURN_CONDITIONS if c.tier == tier_name and c.long not in s.alerting.disabled_windows
-                          and tier_cfg.enabled)
+            conds = tuple(c for c in BURN_CONDITIONS
+                          if c.tier == tier_name and c.long not in s.alerting.disabled_windows and tier_cfg.enabled)
             tiers.append(Tier(tier_name, tier_cfg.severity, conds))
         ms = s.threshold_ms if isinstance(s, LatencySLO) else None
         out.append(BudgetSLO(

@@ -224,7 +224,7 @@ class Scenarios:
                         _expected_alert({**self.labels(d), **rule["labels"]}, rule["annotations"]))
             series = [_series(C.METRIC_PREDICTIONS, {C.LABEL_MODEL: self.model, C.LABEL_VERSION: VERSION,
                                                      C.LABEL_CLASS: c}, n, minutes)
-                      for c, n in zip(slo.classes, counts) if n > 0]
+                      for c, n in zip(slo.classes, counts, strict=True) if n > 0]
             t: dict[str, Any] = {"name": f"{slo.name}: {name}", "interval": "1m", "input_series": series,
                                  "alert_rule_test": self.alert_tests(eval_time, expected)}
             if check_value:

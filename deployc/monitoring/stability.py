@@ -7,7 +7,8 @@ data.eval, computed by the build.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from deployc import conventions as C
 from deployc.monitoring.model import DriftSLO, num
@@ -22,7 +23,7 @@ def drift_name(slo: DriftSLO) -> str:
 def reference_rules(slo: DriftSLO, model: str) -> list[dict[str, Any]]:
     return [{"record": C.SLO_REFERENCE_SHARE, "expr": f"vector({float(p)!r})",
              "labels": {C.LABEL_SLO: slo.name, C.LABEL_MODEL: model, C.LABEL_CLASS: cls}}
-            for cls, p in zip(slo.classes, slo.reference)]
+            for cls, p in zip(slo.classes, slo.reference, strict=True)]
 
 
 def live_rules(slo: DriftSLO, model: str) -> list[dict[str, Any]]:
@@ -76,6 +77,7 @@ def drift_groups(slo: DriftSLO, model: str) -> list[dict[str, Any]]:
 def drift_value(metric: str, live: Sequence[float], reference: Sequence[float]) -> float:
     """The drift the rules compute, in Python: used to pick test scenarios and by tests as the oracle."""
     if metric == "tv":
-        return 0.5 * sum(abs(q - p) for q, p in zip(live, reference))
+        return 0.5 * sum(abs(q - p) for q, p in zip(live, reference, strict=True))
     eps = C.PSI_EPSILON
-    return sum((max(q, eps) - max(p, eps)) * math.log(max(q, eps) / max(p, eps)) for q, p in zip(live, reference))
+    pairs = ((max(q, eps), max(p, eps)) for q, p in zip(live, reference, strict=True))
+    return sum((q - p) * math.log(q / p) for q, p in pairs)

@@ -43,7 +43,7 @@ def train_data(inp: PassInput, model: Any, name: str) -> tuple[np.ndarray, np.nd
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).reshape(-1).astype(np.int64)
     want = tuple(model.inputs[0].shape[1:])
-    if len(want) != x.ndim - 1 or any(w is not None and w != g for w, g in zip(want, x.shape[1:])):
+    if len(want) != x.ndim - 1 or any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=True)):
         raise InputError(f"{name}: data.train rows have shape {tuple(x.shape[1:])}, the model expects {want}")
     return x, y
 

@@ -138,4 +138,5 @@ def candidate_table(rows: list[dict[str, Any]]) -> str:
         lines.append((r["mode"], str(f.get("size_bytes", "-")), str(f.get("latency_p50_ms", "-")),
                       str(f.get("agreement", "-")), str(f.get("accuracy", "-")), r.get("why", "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] for line in lines)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
+                     for line in lines)

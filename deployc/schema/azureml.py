@@ -56,7 +56,7 @@ class AzureAutoscaling(SpecModel):
                                     "minutes above which one instance is added (one removed below half of it).")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AzureAutoscaling":
+    def _bounds(self) -> AzureAutoscaling:
         if self.max_instances <= self.min_instances:
             raise ValueError("max_instances must be greater than min_instances")
         return self
@@ -109,7 +109,7 @@ class AzureMLTarget(SpecModel):
         return []
 
     @model_validator(mode="after")
-    def _count_in_range(self) -> "AzureMLTarget":
+    def _count_in_range(self) -> AzureMLTarget:
         a = self.autoscaling
         if a is not None and not a.min_instances <= self.instance_count <= a.max_instances:
             raise ValueError(f"instance_count {self.instance_count} is outside autoscaling min_instances.."

@@ -45,7 +45,8 @@ SERVERLESS_DERIVED = (("the Knative Service", "{name}-predictor"),
 RAW_DERIVED = (("the Deployment and Service", "{name}-predictor"),
                ("the pod label value app", "isvc.{name}-predictor"))
 HOST_DERIVED = ("the host name label", "{name}-predictor-{namespace}")
-MAX_NAME = {"serverless": DNS_LABEL_MAX - len("-predictor-00001-private"), "raw": DNS_LABEL_MAX - len("isvc.-predictor")}
+MAX_NAME = {"serverless": DNS_LABEL_MAX - len("-predictor-00001-private"),
+            "raw": DNS_LABEL_MAX - len("isvc.-predictor")}
 DEFAULT_UID = 10001  # the user the Dockerfiles deployc writes create; 10000 and above stays clear of host users
 
 
@@ -78,7 +79,7 @@ class Resources(SpecModel):
                             description="The most a replica may use (memory over the limit is OOM-killed).")
 
     @model_validator(mode="after")
-    def _requests_within_limits(self) -> "Resources":
+    def _requests_within_limits(self) -> Resources:
         for what in ("cpu", "memory"):
             req, lim = getattr(self.requests, what), getattr(self.limits, what)
             if req is not None and lim is not None and quantity_value(req) > quantity_value(lim):
@@ -178,7 +179,7 @@ class KServeTarget(SpecModel):
                                     "API schemas the manifests are checked against.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "KServeTarget":
+    def _consistent(self) -> KServeTarget:
         if self.runtime == "deployc" and self.image is None:
             raise ValueError("runtime deployc needs image: the `deployc serve` image to run")
         if self.runtime == "onnx" and self.image is not None:
@@ -203,8 +204,8 @@ class KServeTarget(SpecModel):
         where = ("name",)
         problems: list[Located] = []
         if not ISVC_NAME.match(spec_name):
-            problems.append((where, f"targets.kserve: KServe needs an InferenceService name that starts with a letter, not "
-                                    f"{spec_name!r}"))
+            problems.append((where, "targets.kserve: KServe needs an InferenceService name that starts with a "
+                                    f"letter, not {spec_name!r}"))
         derived = SERVERLESS_DERIVED if self.deployment_mode == "serverless" else RAW_DERIVED
         if self.namespace:
             derived += (HOST_DERIVED,)

@@ -63,13 +63,13 @@ class LocalTarget(SpecModel):
                                   "and auth as the HTTP port. Unset: no gRPC (docs/serving.md).")
 
     @model_validator(mode="after")
-    def _distinct_ports(self) -> "LocalTarget":
+    def _distinct_ports(self) -> LocalTarget:
         if self.grpc_port == self.port:
             raise ValueError(f"grpc_port must differ from port ({self.port})")
         return self
 
     @model_validator(mode="after")
-    def _budget_holds_a_body(self) -> "LocalTarget":
+    def _budget_holds_a_body(self) -> LocalTarget:
         if self.limits.max_inflight_body_bytes < self.max_body_bytes:
             raise ValueError(f"limits.max_inflight_body_bytes ({self.limits.max_inflight_body_bytes}) must be "
                              f"at least max_body_bytes ({self.max_body_bytes})")

@@ -1,7 +1,7 @@
 """The `optimize:` list: each item is a one-key mapping naming the pass (`- quantize: {mode: int8-dynamic}`)."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -93,8 +93,9 @@ def _pass_tag(value: Any) -> str | None:
 
 
 PassItem = Annotated[
-    Union[Annotated[QuantizeStep, Tag("quantize")], Annotated[PruneStep, Tag("prune")],
-          Annotated[DistillStep, Tag("distill")]],
+    Annotated[QuantizeStep, Tag("quantize")]
+    | Annotated[PruneStep, Tag("prune")]
+    | Annotated[DistillStep, Tag("distill")],
     Discriminator(_pass_tag, custom_error_type="pass", custom_error_message=(
         "each optimize item is one of `quantize:`, `prune:`, `distill:` with its settings"),
         custom_error_context={}),

@@ -82,7 +82,7 @@ class Autoscaling(SpecModel):
     scale_out_cooldown_s: int = Field(60, ge=0, le=86400, description="Wait after a scale-out before another.")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "Autoscaling":
+    def _bounds(self) -> Autoscaling:
         if self.max_instances < self.min_instances:
             raise ValueError("max_instances must be at least min_instances")
         return self
@@ -121,7 +121,7 @@ class Rollout(SpecModel):
     rollback_on_alarms: bool = Field(True, description="Roll back when a generated CloudWatch page alarm fires.")
 
     @model_validator(mode="after")
-    def _strategy_fields(self) -> "Rollout":
+    def _strategy_fields(self) -> Rollout:
         if self.strategy == "canary" and self.canary_percent is None:
             raise ValueError("strategy canary needs canary_percent")
         if self.strategy == "linear" and self.linear_step_percent is None:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Annotated, Literal, Sequence, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -184,13 +185,13 @@ class StabilitySLO(SpecModel):
         return v
 
     @model_validator(mode="after")
-    def _tv_range(self) -> "StabilitySLO":
+    def _tv_range(self) -> StabilitySLO:
         if self.metric == "tv" and self.max_drift >= 1:
             raise ValueError("total variation never exceeds 1: set max_drift below 1")
         return self
 
 
-SLO = Annotated[Union[AvailabilitySLO, LatencySLO, StabilitySLO], Field(discriminator="kind")]
+SLO = Annotated[AvailabilitySLO | LatencySLO | StabilitySLO, Field(discriminator="kind")]
 
 
 def slo_name(slo: AvailabilitySLO | LatencySLO | StabilitySLO) -> str:

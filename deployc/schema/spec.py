@@ -110,7 +110,7 @@ class DeploySpec(SpecModel):
     slos: list[SLO] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "DeploySpec":
+    def _cross_checks(self) -> DeploySpec:
         problems: list[tuple[tuple[str | int, ...], str]] = []
         fmt = resolved_format(self.model)
         seen_onnx_pass = False

@@ -13,7 +13,7 @@ class Normalization(SpecModel):
     std: list[float] = Field(default_factory=list, description="Divides the centred input, per channel.")
 
     @model_validator(mode="after")
-    def _std(self) -> "Normalization":
+    def _std(self) -> Normalization:
         if any(s == 0 for s in self.std):
             raise ValueError("std values must not be 0")
         if self.mean and self.std and len(self.mean) != len(self.std) and 1 not in (len(self.mean), len(self.std)):
@@ -37,7 +37,7 @@ class TFLiteTarget(SpecModel):
     normalization: Normalization | None = Field(None, description="What the device must do to raw input.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TFLiteTarget":
+    def _consistent(self) -> TFLiteTarget:
         if self.io_type != "float32" and self.quantization not in ("int8", "auto"):
             raise ValueError(f"io_type {self.io_type} needs quantization int8 (or auto)")
         if self.device == "microcontroller":

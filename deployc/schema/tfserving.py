@@ -1,6 +1,7 @@
 """`targets.tfserving`: a versioned SavedModel and the model server's config for TensorFlow Serving."""
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -23,10 +24,10 @@ class TFServingBatching(SpecModel):
                                            "one of these sizes (increasing; the last equals max_batch_size).")
 
     @model_validator(mode="after")
-    def _sizes(self) -> "TFServingBatching":
+    def _sizes(self) -> TFServingBatching:
         sizes = self.allowed_batch_sizes
         if sizes:
-            if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+            if any(b <= a for a, b in itertools.pairwise(sizes)) or sizes[0] < 1:
                 raise ValueError("allowed_batch_sizes must be positive and strictly increasing")
             if sizes[-1] != self.max_batch_size:
                 raise ValueError(f"the last of allowed_batch_sizes ({sizes[-1]}) must equal max_batch_size "

@@ -63,7 +63,7 @@ class VertexAutoscaling(SpecModel):
                                             "(metric prediction/online/request_count).")
 
     @model_validator(mode="after")
-    def _one_target(self) -> "VertexAutoscaling":
+    def _one_target(self) -> VertexAutoscaling:
         if self.cpu_target_percent is None and self.requests_per_minute is None:
             raise ValueError("set cpu_target_percent, requests_per_minute or both")
         return self
@@ -119,7 +119,7 @@ class VertexTarget(SpecModel):
         return v
 
     @model_validator(mode="after")
-    def _replicas(self) -> "VertexTarget":
+    def _replicas(self) -> VertexTarget:
         if self.max_replicas is not None and self.max_replicas < self.min_replicas:
             raise ValueError("max_replicas must be at least min_replicas")
         if self.autoscaling is not None and self.resolved_max_replicas() == self.min_replicas:

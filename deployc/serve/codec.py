@@ -112,7 +112,7 @@ def check_shape_list(shape: Any, what: str) -> list[int]:
 
 def check_shape(arr: np.ndarray, spec: TensorSpec, what: str) -> None:
     want = list(spec.shape)
-    if arr.ndim != len(want) or any(w != -1 and w != g for w, g in zip(want, arr.shape)):
+    if arr.ndim != len(want) or any(w != -1 and w != g for w, g in zip(want, arr.shape, strict=True)):
         raise ClientError(400, f"{what}: shape {list(arr.shape)} does not match the model's {want} (-1: any size)")
     if spec.batched and arr.shape[0] == 0:
         raise ClientError(400, f"{what}: the batch is empty")

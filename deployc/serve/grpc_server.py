@@ -54,9 +54,7 @@ def grpc_address(host: str, port: int) -> str:
 # grpc.aio admits new calls one at a time per server (a completion-queue round trip each), which caps one server
 # near 2k calls/s here and starves the batcher; several servers on the same port (SO_REUSEPORT, the kernel spreads
 # connections over them) admit calls in parallel: bench/serve_grpc.py measured x1.6-2.4 with 8.
-import os
-ACCEPTORS = int(os.environ.get("DEPLOYC_GRPC_ACCEPTORS", "8"))
-EXTRA_OPTIONS = [tuple(kv.split("=", 1)) for kv in os.environ.get("DEPLOYC_GRPC_OPTIONS", "").split("|") if kv]
+ACCEPTORS = 8
 
 
 class GrpcService:
@@ -75,7 +73,6 @@ async def start_grpc(state: ServerState) -> GrpcService:
     cfg = state.cfg
     assert cfg.grpc_port is not None
     options = [("grpc.max_receive_message_length", cfg.max_body_bytes), ("grpc.so_reuseport", 1)]
-    options += [(k, int(v) if v.lstrip("-").isdigit() else v) for k, v in EXTRA_OPTIONS]
     servicer = InferenceServicer(state)
     servers: list[grpc.aio.Server] = []
     port = cfg.grpc_port

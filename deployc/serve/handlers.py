@@ -173,6 +173,6 @@ async def invocations(state: ServerState, request: Request) -> Response:
         return json_response(_v2_response(state, extra[0], outs, extra[1]))
     if len(outs) == 1:
         return json_response({"predictions": outs[0]})
-    rows = [{s.name: o[i].tolist() for s, o in zip(cfg.outputs, outs)} for i in range(outs[0].shape[0])]
+    rows = [{s.name: o[i].tolist() for s, o in zip(cfg.outputs, outs, strict=True)} for i in range(outs[0].shape[0])]
     return json_response({"predictions": rows})
 

@@ -31,7 +31,8 @@ class ModelRunner:
             self.session = ort.InferenceSession(str(cfg.model_path), sess_options=opts,
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise InputError(f"{cfg.model_path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
+            first = str(e).splitlines()[0]
+            raise InputError(f"{cfg.model_path}: onnxruntime cannot load the model ({first})") from None
         self._check("inputs", cfg.inputs, self.session.get_inputs())
         self._check("outputs", cfg.outputs, self.session.get_outputs())
         self.input_dtypes = {t.name: np.dtype(DATATYPES[t.datatype]) for t in cfg.inputs}
@@ -67,4 +68,5 @@ class ModelRunner:
             try:
                 self.run(feed)
             except Exception as e:
-                raise InputError(f"{self.cfg.model_path}: warm-up inference failed ({str(e).splitlines()[0]})") from None
+                first = str(e).splitlines()[0]
+                raise InputError(f"{self.cfg.model_path}: warm-up inference failed ({first})") from None

@@ -93,7 +93,8 @@ class AzureMLTarget(Target):
         out[f"{d}/README.md"] = render_template(
             "azureml", "README.md.j2", header=header, bundle_name=spec.name, version=spec.version, endpoint=endpoint,
             deployment=cfg.deployment_name, traffic=cfg.traffic_percent,
-            traffic_arg=f"{cfg.deployment_name}={cfg.traffic_percent} OTHER={100 - cfg.traffic_percent}", auth_mode=cfg.auth_mode,
+            traffic_arg=f"{cfg.deployment_name}={cfg.traffic_percent} OTHER={100 - cfg.traffic_percent}",
+            auth_mode=cfg.auth_mode,
             autoscaling=None if a is None else {"min": a.min_instances, "max": a.max_instances,
                                                 "count": cfg.instance_count, "cpu": a.cpu_target_percent,
                                                 "cpu_in": max(1, a.cpu_target_percent // 2)},

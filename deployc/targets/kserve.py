@@ -9,7 +9,7 @@ that the kubernetes-validate package ships. A manifest that fails is a deployc b
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,7 @@ def validate_manifest(doc: dict[str, Any], kubernetes_version: str, where: str) 
                             "(a bug in deployc's kserve target; nothing was written)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema(name: str) -> dict[str, Any]:
     return json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
 
