@@ -2,23 +2,34 @@
 
 Safe means: a size limit, UTF-8 only, no tags beyond YAML's core schema (no Python objects, no custom
 constructors), duplicate keys are errors, and aliases are bounded (a billion-laughs file fails at once).
+Fast means: ruamel's pure-Python parser costs up to ~1 µs a character and ~30 µs a node, so lines and words
+are counted before parsing, and nodes (as written and alias-expanded) and nesting while composing: any file
+under the size limit is accepted or refused in well under a second (bench/loader.py), at the line, word or
+node where its bound passed.
 The one extra tag, `!ENV NAME` on a scalar, constructs nothing: it becomes the plain reference
 `{"$env": "NAME"}` (deployc/schema/envref.py), and validation decides where one may stand.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from deployc.errors import Problem, SpecError
+from deployc.errors import DeploycError, Problem, SpecError
 from deployc.schema.envref import ENV_KEY, ENV_TAG, env_ref_name_problem
 
 MAX_BYTES = 1024 * 1024
-MAX_EXPANDED_NODES = 50_000
+MAX_LINES = 10_000  # a real deploy.yaml has a few dozen; these bounds keep loading any file well under 1 s
+MAX_WORDS = 50_000  # runs of characters between spaces, tabs and line breaks
+MAX_NODES = 10_000  # keys, values and list items as written (an alias counts once)
+MAX_EXPANDED_NODES = 50_000  # the same with every alias expanded
 MAX_DEPTH = 64
+_WORD = re.compile(r"[^ \t\r\n]+")
 _TAG_FORMS = {  # what an explicitly tagged scalar must look like to construct
     "tag:yaml.org,2002:int": re.compile(r"^[-+]?(0b[01_]+|0o?[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)$"),
     "tag:yaml.org,2002:float": re.compile(r"^[-+]?((\.[0-9]+|[0-9][0-9_]*)(\.[0-9_]*)?([eE][-+]?[0-9]+)?"
@@ -45,13 +56,22 @@ def load_spec(path: Path) -> LoadedSpec:
     def fail(msg: str, line: int = 1, col: int = 1) -> SpecError:
         return SpecError([Problem(display, line, col, "", msg)])
 
+    from deployc.compiler.inputs import open_regular, special_kind
+
     try:
         if path.is_dir():
             raise fail("is a folder; give the path of a deploy.yaml file")
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise fail(f"file is {size} bytes; deploy.yaml files are limited to {MAX_BYTES} bytes")
-        raw = path.read_bytes()
+        what = special_kind(path.stat().st_mode)
+        if what:  # a FIFO would block the read forever
+            raise fail(f"is {what}, not a regular file")
+        with open_regular(path) as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise fail(f"file is over {MAX_BYTES} bytes; deploy.yaml files are limited to {MAX_BYTES} bytes")
+    except SpecError:
+        raise
+    except DeploycError as exc:  # open_regular's refusal of a file swapped for a special one
+        raise fail(str(exc).removeprefix(f"{path}: ")) from None
     except FileNotFoundError:
         raise fail("no such file") from None
     except PermissionError:
@@ -63,19 +83,58 @@ def load_spec(path: Path) -> LoadedSpec:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise fail(f"not UTF-8 text (byte {exc.start})", line) from None
+    shape = _shape_problem(text, display)
+    if shape is not None:
+        raise SpecError([shape])
     if not text.strip() or all(ln.strip().startswith("#") or not ln.strip() for ln in text.splitlines()):
         raise fail("file is empty: expected a mapping with apiVersion, name and model")
+    tree = _parse(text, display, fail)
+    if not isinstance(tree, dict):
+        raise fail(f"the document must be a mapping (apiVersion, name, model, ...), not a {_kind(tree)}")
+    return LoadedSpec(path=path, display=display, text=text, tree=tree, data=plain(tree))
 
+
+def _shape_problem(text: str, display: str) -> Problem | None:
+    """Too many lines or words for the YAML parser (pure Python, up to ~1 µs a character and ~20 µs a comment
+    line) to finish in well under a second: refused before parsing, at the line or word past the limit."""
+    breaks = text.count("\n") + text.count("\r") - text.count("\r\n") + sum(map(text.count, "\x85\u2028\u2029"))
+    lines = breaks + (0 if text.endswith(("\n", "\r", "\x85", "\u2028", "\u2029")) else 1)
+    if lines > MAX_LINES:
+        return Problem(display, MAX_LINES + 1, 1, "", f"the file has more than {MAX_LINES} lines; deploy.yaml "
+                       f"files are limited to {MAX_LINES} lines")
+    if _WORD.subn("", text)[1] > MAX_WORDS:
+        word = next(itertools.islice(_WORD.finditer(text), MAX_WORDS, None))
+        line = text.count("\n", 0, word.start()) + 1
+        col = word.start() - (text.rfind("\n", 0, word.start()) + 1) + 1
+        return Problem(display, line, col, "", f"the file has more than {MAX_WORDS} words (runs of characters "
+                       f"between spaces and line breaks); deploy.yaml files are limited to {MAX_WORDS} words")
+    return None
+
+
+def _parse(text: str, display: str, fail: Callable[..., SpecError]) -> Any:
+    """Compose the document with its bounds checked as it grows, check its nodes, then construct it: one pass
+    of ruamel's `load`, whose composer (below) refuses before the constructor sees anything."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
     from ruamel.yaml.reader import ReaderError
 
+    def check(roots: list[Any]) -> None:
+        if len(roots) != 1:
+            raise fail(f"expected one YAML document, found {len(roots)}")
+        problems = _check_nodes(roots[0], display)
+        if problems:
+            raise SpecError(problems)
+
     yaml = YAML(typ="rt", pure=True)
+    yaml.Composer = functools.partial(_bounded_composer(), check=check)
     try:
-        nodes = list(yaml.compose_all(StringIO(text)))
+        return yaml.load(StringIO(text))
+    except _Refused as exc:
+        raise fail(exc.message, exc.mark.line + 1, exc.mark.column + 1) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        msg = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        parts = (exc.problem,) if _composed(yaml) else (exc.context, exc.problem)  # constructing: the problem
+        msg = " ".join(str(x) for x in parts if x)
         raise fail(f"invalid YAML: {msg}", mark.line + 1 if mark else 1, mark.column + 1 if mark else 1) from None
     except ReaderError as exc:  # a character YAML does not allow
         line = text.count("\n", 0, exc.position) + 1
@@ -84,47 +143,105 @@ def load_spec(path: Path) -> LoadedSpec:
         raise fail(f"invalid YAML: character {char!r} is not allowed", line, col) from None
     except YAMLError as exc:
         raise fail(f"invalid YAML: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise fail(f"the document is nested more than {MAX_DEPTH} levels deep") from None
-    if len(nodes) != 1:
-        raise fail(f"expected one YAML document, found {len(nodes)}")
-    problems = _check_nodes(nodes[0], display)
-    if problems:
-        raise SpecError(problems)
-    try:
-        tree = yaml.load(StringIO(text))
-    except MarkedYAMLError as exc:  # e.g. a value the constructor rejects
-        mark = exc.problem_mark or exc.context_mark
-        raise fail(f"invalid YAML: {exc.problem}", mark.line + 1 if mark else 1,
-                   mark.column + 1 if mark else 1) from None
     except (ValueError, KeyError, TypeError, OverflowError) as exc:  # e.g. `!!int abc`
-        line, col = _mistagged(nodes[0])
+        root = _composed(yaml)
+        if root is None:
+            raise
+        line, col = _mistagged(root)
         raise fail(f"invalid YAML: a value does not fit its explicit tag ({type(exc).__name__}: {exc})",
                    line, col) from None
-    if not isinstance(tree, dict):
-        raise fail(f"the document must be a mapping (apiVersion, name, model, ...), not a {_kind(tree)}")
-    return LoadedSpec(path=path, display=display, text=text, tree=tree, data=plain(tree))
+
+
+def _composed(yaml: Any) -> Any:
+    """The checked root node once composing is over (so an error comes from the constructor), else None."""
+    return getattr(getattr(yaml, "_composer", None), "root", None)
+
+
+class _Refused(Exception):
+    """A bound passed while composing: what passed, and ruamel's mark of the node where it did."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+
+
+@functools.cache
+def _bounded_composer() -> type:
+    """ruamel's Composer, counting while it composes: `nodes` counts what the file spells out (an alias once)
+    against MAX_NODES, which bounds parsing time; `expanded` counts an alias as the nodes it stands for against
+    MAX_EXPANDED_NODES, which bounds constructing and validating (a billion-laughs file fails at its first alias
+    past the bound, nothing expanded); nesting is bounded by MAX_DEPTH, well before Python's recursion limit."""
+    from ruamel.yaml.composer import Composer
+    from ruamel.yaml.events import AliasEvent, StreamEndEvent
+
+    class BoundedComposer(Composer):  # type: ignore[misc]
+        def __init__(self, loader: Any = None, *, check: Callable[[list[Any]], None]) -> None:
+            super().__init__(loader)
+            self.warn_double_anchors = False  # legal YAML (the later one counts); a warning would break the output
+            self.check = check  # called with every document's root before the first is constructed
+            self.root: Any = None  # the document's root, once composed and checked
+            self.nodes = self.expanded = 0  # all documents together
+            self.level = 0  # nesting of the node being composed (the root is 0)
+            self.sizes: dict[Any, int] = {}  # anchor -> expanded size of the node it names, once composed
+
+        def get_single_node(self) -> Any:
+            """Every document (so that a second one is counted, not just noticed), checked, then the first."""
+            self.parser.get_event()  # stream start
+            roots = []
+            while not self.parser.check_event(StreamEndEvent):
+                self.sizes = {}
+                roots.append(self.compose_document())
+            self.parser.get_event()  # stream end
+            self.check(roots)
+            self.root = roots[0]
+            return self.root
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.parser.peek_event()
+            self.nodes += 1
+            if self.nodes > MAX_NODES:
+                raise _Refused(f"the document has more than {MAX_NODES} nodes (keys, values and list items); "
+                               f"deploy.yaml files are limited to {MAX_NODES}", event.start_mark)
+            if isinstance(event, AliasEvent):
+                self.expand(self.sizes.get(event.anchor, 1), event)  # an anchor still open: a recursive alias
+                return super().compose_node(parent, index)
+            if self.level > MAX_DEPTH:
+                raise _Refused(f"the document is nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            before, anchor = self.expanded, event.anchor
+            self.expand(1, event)
+            self.sizes.pop(anchor, None)
+            self.level += 1
+            node = super().compose_node(parent, index)
+            self.level -= 1
+            if anchor is not None:
+                self.sizes[anchor] = self.expanded - before
+            return node
+
+        def expand(self, size: int, event: Any) -> None:
+            self.expanded += size
+            if self.expanded > MAX_EXPANDED_NODES:
+                raise _Refused(f"the document expands to more than {MAX_EXPANDED_NODES} nodes (aliases nested "
+                               "too deeply?)", event.start_mark)
+
+    return BoundedComposer
 
 
 def _check_nodes(root: Any, display: str) -> list[Problem]:
-    """Refuse non-core tags and duplicate keys, and bound alias expansion, before anything is constructed."""
+    """Refuse non-core tags and duplicate keys, and recursive or too deeply expanding aliases, before anything
+    is constructed. The composer has bounded the expanded size already, so this walk is bounded too."""
     from ruamel.yaml.nodes import MappingNode, SequenceNode
 
     problems: list[Problem] = []
-    budget = [MAX_EXPANDED_NODES]
     stack: set[int] = set()
 
     def at(node: Any) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
 
     def walk(node: Any, depth: int = 0, path: str = "") -> None:
-        if depth > MAX_DEPTH:
+        if depth > MAX_DEPTH:  # through aliases: the composer bounds the nesting it reads
             raise SpecError([Problem(display, *at(node), "", f"the document is nested more than {MAX_DEPTH} "
                                      "levels deep")])
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise SpecError([Problem(display, *at(root), "", f"the document expands to more than "
-                                     f"{MAX_EXPANDED_NODES} nodes (aliases nested too deeply?)")])
         if id(node) in stack:
             raise SpecError([Problem(display, *at(node), "", "a recursive alias refers to itself")])
         if node.tag == ENV_TAG:
@@ -148,17 +265,11 @@ def _check_nodes(root: Any, display: str) -> list[Problem]:
             if isinstance(node, MappingNode):
                 seen: dict[Any, Any] = {}
                 for k, v in node.value:
-                    if k.tag == "tag:yaml.org,2002:merge":
-                        problems.append(Problem(display, *at(k), "", "merge keys (<<) are not supported"))
+                    refused = _key_problem(k, path, display)
+                    if refused is not None:
+                        problems.append(refused)
                         continue
                     key = getattr(k, "value", None)
-                    if k.tag == ENV_TAG:
-                        problems.append(Problem(display, *at(k), path, "!ENV cannot tag a key, only a value"))
-                        continue
-                    if key == ENV_KEY:
-                        problems.append(Problem(display, *at(k), path, f"the key {ENV_KEY!r} is reserved for "
-                                                "!ENV references: write `!ENV NAME` instead"))
-                        continue
                     if isinstance(key, str) and key in seen:
                         first = seen[key]
                         problems.append(Problem(display, *at(k), "", f"duplicate key {key!r} (first at line "
@@ -174,6 +285,19 @@ def _check_nodes(root: Any, display: str) -> list[Problem]:
 
     walk(root)
     return problems
+
+
+def _key_problem(key: Any, path: str, display: str) -> Problem | None:
+    """A key deploy.yaml cannot hold: a merge key, a key tagged !ENV, or the reserved `$env`."""
+    line, col = key.start_mark.line + 1, key.start_mark.column + 1
+    if key.tag == "tag:yaml.org,2002:merge":
+        return Problem(display, line, col, "", "merge keys (<<) are not supported")
+    if key.tag == ENV_TAG:
+        return Problem(display, line, col, path, "!ENV cannot tag a key, only a value")
+    if getattr(key, "value", None) == ENV_KEY:
+        return Problem(display, line, col, path, f"the key {ENV_KEY!r} is reserved for !ENV references: write "
+                       "`!ENV NAME` instead")
+    return None
 
 
 def _mistagged(root: Any) -> tuple[int, int]:
