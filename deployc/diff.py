@@ -7,6 +7,7 @@ from typing import Any
 
 from deployc import conventions as c
 from deployc.manifest import read_manifest
+from deployc.render import md_code, md_text
 
 FIGURES = (("accuracy", "{:.4f}"), ("agreement", "{:.4f}"), ("max_abs_error", "{:.2e}"), ("size_bytes", "{:,}"),
            ("gzip_bytes", "{:,}"), ("latency_p50_ms", "{:.3f}"), ("latency_p99_ms", "{:.3f}"))
@@ -49,26 +50,39 @@ def diff_builds(old: Path, new: Path) -> dict[str, Any]:
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "–"
-    return dict(FIGURES)[key].format(value)
+    return dict(FIGURES)[key].format(value) if _is_number(value) else md_text(value)
+
+
+def _size(value: Any) -> str:
+    return f"{value:,}" if _is_number(value) else md_text(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def render_markdown(d: dict[str, Any]) -> str:
-    lines = [f"### deployc: `{d['name'][1]}` {d['version'][0]} → {d['version'][1]}", ""]
+    """Markdown for a pull-request comment. The build folders may come from the pull request itself, so every
+    value read from them is escaped for where it stands (render.md_text / md_code), numbers included when
+    they are not numbers."""
+    lines = [f"### deployc: {md_code(d['name'][1])} {md_text(d['version'][0])} → {md_text(d['version'][1])}", ""]
     if d["identical"]:
         return "\n".join(lines + ["No changes: the two builds are byte-identical.", ""])
     f = d["files"]
     lines += [f"{len(f['added'])} added, {len(f['removed'])} removed, {len(f['changed'])} changed files.", ""]
     if any(f.values()):
         lines += ["| file | change | size |", "|---|---|---|"]
-        lines += [f"| `{x['path']}` | added | {x['size']:,} |" for x in f["added"]]
-        lines += [f"| `{x['path']}` | removed | {x['size']:,} |" for x in f["removed"]]
-        lines += [f"| `{x['path']}` | changed | {x['old_size']:,} → {x['new_size']:,} |" for x in f["changed"]]
+        lines += [f"| {md_code(x['path'], in_table=True)} | added | {_size(x['size'])} |" for x in f["added"]]
+        lines += [f"| {md_code(x['path'], in_table=True)} | removed | {_size(x['size'])} |" for x in f["removed"]]
+        lines += [f"| {md_code(x['path'], in_table=True)} | changed | {_size(x['old_size'])} → "
+                  f"{_size(x['new_size'])} |" for x in f["changed"]]
         lines.append("")
     if d["figures"]:
         lines += ["| artifact | figure | old | new |", "|---|---|---|---|"]
-        lines += [f"| {x['artifact']} | {x['figure']} | {_fmt(x['figure'], x['old'])} | {_fmt(x['figure'], x['new'])} |"
-                  for x in d["figures"]]
+        lines += [f"| {md_text(x['artifact'])} | {md_text(x['figure'])} | {_fmt(x['figure'], x['old'])} | "
+                  f"{_fmt(x['figure'], x['new'])} |" for x in d["figures"]]
         lines.append("")
     if d["versions"]:
-        lines += ["Library versions: " + ", ".join(f"{k} {v[0]} → {v[1]}" for k, v in d["versions"].items()), ""]
+        lines += ["Library versions: " + ", ".join(f"{md_text(k)} {md_text(v[0])} → {md_text(v[1])}"
+                                                   for k, v in d["versions"].items()), ""]
     return "\n".join(lines)

@@ -4,6 +4,11 @@ Sandboxed (a template cannot reach Python internals), StrictUndefined (a missing
 string), trailing newlines kept, and no autoescape: values must enter through `tojson` (JSON is valid YAML), so a
 spec value can never change the structure of the rendered file. Every rendered YAML/JSON is parsed back by
 `render_yaml` / `render_json` before it is returned.
+
+Markdown documents (READMEs, report.md, `deployc diff`) escape each value for where it stands, with the helpers
+below (also the template filters `md` and `comment`): `md_text` for inline text (prose, headings, table cells),
+`md_code` for a code span, `html_comment` inside `<!-- -->`. JSON in a fenced code block needs none: it holds no
+line break, so it cannot close the fence.
 """
 from __future__ import annotations
 
@@ -35,6 +40,44 @@ def _tojson(value: Any) -> str:
         0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + int(m.group(3), 16) - 0xDC00), text)
 
 
+_MD_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+# What starts inline markup anywhere in a line: escapes, code, emphasis, strike-through, links, raw HTML and
+# autolinks, entities, table pipes, headings' closing #s, math, mentions. `_` between two letters or digits
+# cannot open or close emphasis, so `min_agreement` stays as it is.
+_MD_SPECIAL = re.compile(r"[\\`*~\[\]<>&|#$@]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# At the start of a line: a list item (`- `, `+ `, `1. `), a thematic break or setext underline (`---`, `===`).
+_MD_LINE_START = re.compile(r"^([ \t]*)(?:([-+=])(?=[ \t]|[-=]*[ \t]*$)|(\d{1,9})(?=[.)](?:[ \t]|$)))")
+
+
+def md_text(value: Any) -> str:
+    """`value` as literal inline Markdown: it renders as the text it is (line breaks as spaces), never as markup,
+    in a table cell, a heading or prose. At a line's start it cannot open a list, heading, quote or rule either
+    (though indentation by four spaces would still make a code block: no document puts a value there)."""
+    text = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), _MD_BREAKS.sub(" ", str(value)))
+    return _MD_LINE_START.sub(lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) else f"{m.group(3)}\\"),
+                              text)
+
+
+def md_code(value: Any, *, in_table: bool = False) -> str:
+    """`value` as an inline code span, verbatim whatever it holds: the fence is one backtick longer than its
+    longest run of backticks; in a table, pipes are escaped (GFM splits cells before it reads code spans)."""
+    text = _MD_BREAKS.sub(" ", str(value))
+    if in_table:
+        text = text.replace("|", "\\|")
+    if not text.strip(" "):
+        return f"`{text or ' '}`"  # spaces only are kept as they are (an empty span would be two backticks)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def html_comment(value: Any) -> str:
+    """`value` as JSON that stays inside `<!-- ... -->`: no two `-` in a row (so no `-->`, `--!>` or `<!--`), a
+    `-` after a `-` written as the JSON escape `\\u002d`, so the comment still decodes to the value exactly.
+    (JSON holds `--` only inside strings, where the escape is valid.)"""
+    return re.sub(r"(?<=-)-", lambda _: "\\u002d", _tojson(value))
+
+
 @lru_cache(maxsize=1)
 def _env() -> Any:
     from jinja2 import PackageLoader, StrictUndefined
@@ -49,6 +92,8 @@ def _env() -> Any:
         lstrip_blocks=True,
     )
     env.filters["tojson"] = _tojson
+    env.filters["md"] = md_text
+    env.filters["comment"] = html_comment
     return env
 
 
@@ -86,7 +131,7 @@ def render_json(target: str, name: str, **values: Any) -> tuple[str, Any]:
 
 def dump_json(data: Any) -> bytes:
     """The canonical serialization of generated JSON: sorted keys, 2-space indent, trailing newline."""
-    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
 _YAML_BREAKS = ("\x85", "\u2028", "\u2029")  # line breaks to YAML 1.1 readers unless escaped

@@ -6,6 +6,11 @@ environment), the Dockerfile and the device README (the spec path in their heade
 (alert labels, annotations, runbook_url, class names) and labels.txt. Every output must still parse, keep its
 shape, and carry the value verbatim where it belongs. Values the schema refuses must be refused as validation
 errors, never as a crash.
+
+Markdown documents (the TFLite and Azure ML READMEs, report.md, `deployc diff`) are rendered to HTML with
+markdown-it (CommonMark, raw HTML on, GFM tables and strike-through, as GitHub reads them): whatever the values,
+the HTML holds the elements of a rendering with plain values, in the same order, and the header comment is one
+comment that decodes to the header.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from aws_support import ALARMS, emit_context, spec_for, tiny_onnx
+from deployc.render import _tojson
 from deployc.schema.spec import DeploySpec
 from deployc.targets.sagemaker import SageMakerTarget, dockerfile
 from fuzz_support import hostile_text
@@ -112,14 +118,15 @@ def test_dockerfile_values_stay_inside_json_strings(spec_file: str, name: str, v
     assert json.loads(next(ln for ln in lines if ln.startswith("ENTRYPOINT "))[len("ENTRYPOINT "):])[0] == "/bin/sh"
 
 
-def _meta(name: str, tensor: str, spec_labels: bool) -> dict[str, Any]:
-    tensor_doc = {"name": tensor, "tensor": tensor, "index": 0, "dtype": "float32", "shape": [-1, 4],
+def _meta(name: str, tensor: str, spec_labels: bool, dtype: str = "float32", mode: str | None = None) -> dict[str, Any]:
+    tensor_doc = {"name": tensor, "tensor": tensor, "index": 0, "dtype": dtype, "shape": [-1, 4],
                   "quantization": None}
+    candidates = [] if mode is None else [{"mode": mode, "size_bytes": 10, "agreement": 0.5, "passed": True}]
     return {"name": name, "version": "1.0.0", "labels": "labels.txt" if spec_labels else None,
             "model": {"quantization": "float16", "io_type": "float32", "sha256": "0" * 64, "ops": ["FULLY_CONNECTED"],
                       "select_tf_ops": [], "device": "generic"},
             "inputs": [tensor_doc], "outputs": [dict(tensor_doc, shape=[-1, 3])], "normalization": None,
-            "evaluation": {"size_bytes": 10, "gzip_bytes": 9}, "reference": {}, "candidates": []}
+            "evaluation": {"size_bytes": 10, "gzip_bytes": 9}, "reference": {}, "candidates": candidates}
 
 
 def _outside_fences(text: str) -> list[str]:
@@ -149,6 +156,157 @@ def test_tflite_readme_keeps_its_structure(spec_file: str, tensor: str, labels: 
     blocks = re.findall(r"```json\n(.*?)\n```", text, re.S)
     decoded = [json.loads(b) for b in blocks]
     assert {"name": tensor, "dtype": "float32", "shape": [-1, 4], "quantization": None} in decoded
+
+
+# What makes Markdown or HTML markup, and what closes an HTML comment.
+MD_HOSTILE = ["-->", "--->", "--!>", "<!--", "<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "|", "\\|",
+              "`", "``", "*", "**", "_", "__", "[x](javascript:alert(1))", "![i](x)", "<https://x>", "&lt;", "&", "\n",
+              "\r\n", "\r", "\u2028", "# ", "1. ", "- ", "> ", "~~", "\\", "$x$", "@team", "    ", "\t", "<", ">",
+              "</td>", "<br>", "---", "==="]
+md_hostile = st.lists(st.one_of(st.sampled_from(MD_HOSTILE), st.text(max_size=3)), min_size=1, max_size=10).map(
+    "".join)
+
+
+class _Outline:
+    """The start tags (in order), comments and text of the HTML a GitHub-like renderer makes of some Markdown."""
+
+    def __init__(self, markdown: str) -> None:
+        from html.parser import HTMLParser
+
+        from markdown_it import MarkdownIt
+
+        self.html = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(markdown)
+        self.tags: list[str] = []
+        self.comments: list[str] = []
+        self.text: list[str] = []
+        outline = self
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag: str, attrs: Any) -> None:
+                outline.tags.append(tag)
+
+            def handle_comment(self, data: str) -> None:
+                outline.comments.append(data)
+
+            def handle_data(self, data: str) -> None:
+                outline.text.append(data)
+
+        parser = Parser(convert_charrefs=True)
+        parser.feed(self.html)
+        parser.close()
+
+    def same_structure_as(self, base: _Outline) -> None:
+        assert "script" not in self.tags and "img" not in self.tags, self.html
+        assert self.tags == base.tags, (self.tags, base.tags, self.html)
+        assert len(self.comments) == len(base.comments), self.html
+
+
+def _header_comment(markdown: str, header: str) -> None:
+    """The document starts with one HTML comment, which decodes (JSON) to the header."""
+    outline = _Outline(markdown)
+    assert outline.comments and json.loads(outline.comments[0].strip()) == header, outline.html
+
+
+def _shown(value: str) -> str:
+    """What a renderer shows of an escaped value: line breaks as spaces, NUL as U+FFFD."""
+    return re.sub(r"\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]", " ", value).replace("\x00", "\ufffd")
+
+
+@settings(FUZZ, max_examples=150)
+@given(value=st.one_of(md_hostile, hostile_text(0, 60)))
+def test_escaped_markdown_shows_the_value_and_nothing_else(value: str) -> None:
+    from deployc.render import md_code, md_text
+
+    para = _Outline(f"a {md_text(value)} b")
+    assert para.tags == ["p"] and "".join(para.text).strip("\n") == f"a {_shown(value)} b", para.html
+    code = _Outline(f"a {md_code(value)} b")
+    assert code.tags == ["p", "code"], code.html
+    assert "".join(code.text).strip("\n") == f"a {_shown(value) or ' '} b", code.html
+    start = _shown(value).lstrip(" \t")  # at a line's start (indentation aside) it starts no block either
+    line = _Outline(f"{md_text(start)} b")
+    assert line.tags == ["p"] and "".join(line.text).strip("\n") == f"{start} b".lstrip(" "), line.html
+    cell = _Outline(f"| h | c |\n|---|---|\n| {md_text(value)} | {md_code(value, in_table=True)} |\n")
+    assert cell.tags == _Outline("| h | c |\n|---|---|\n| x | `y` |\n").tags, cell.html
+
+
+@settings(FUZZ, max_examples=60)
+@given(spec_file=md_hostile, tensor=md_hostile, dtype=md_hostile, mode=md_hostile)
+def test_tflite_readme_renders_no_markup_from_values(spec_file: str, tensor: str, dtype: str, mode: str) -> None:
+    from deployc import conventions as c
+    from deployc.targets.tflite import readme
+
+    base = _Outline(readme(_meta("digits", "x", True, mode="auto"), "deploy.yaml"))
+    text = readme(_meta("digits", tensor, True, dtype=dtype, mode=mode), spec_file)
+    _Outline(text).same_structure_as(base)
+    _header_comment(text, c.GENERATED_HEADER.format(spec=spec_file))
+
+
+def _azureml_readme(header: str, name: str, version: str, endpoint: str, deployment: str) -> str:
+    from deployc.render import render_template
+
+    return render_template("azureml", "README.md.j2", header=header, bundle_name=name, version=version,
+                           endpoint=endpoint, deployment=deployment, traffic=50,
+                           traffic_arg=f"{deployment}=50 OTHER=50", auth_mode="key",
+                           autoscaling={"min": 1, "max": 3, "count": 1, "cpu": 70, "cpu_in": 35})
+
+
+@settings(FUZZ, max_examples=60)
+@given(header=md_hostile, name=md_hostile, version=md_hostile, endpoint=md_hostile, deployment=md_hostile)
+def test_azureml_readme_renders_no_markup_from_values(header: str, name: str, version: str, endpoint: str,
+                                                      deployment: str) -> None:
+    base = _Outline(_azureml_readme("h", "digits", "1.0.0", "digits", "blue"))
+    text = _azureml_readme(header, name, version, endpoint, deployment)
+    _Outline(text).same_structure_as(base)
+    _header_comment(text, header)
+    heading = _Outline(text.splitlines()[1])
+    shown = _shown(f"Azure ML deployment of {_tojson(name)} {_tojson(version)}")
+    assert "".join(heading.text).strip("\n") == shown, heading.html
+
+
+def _build_report(name: str, version: str, artifact: str, step: str, text: str) -> dict[str, Any]:
+    ev = {"accuracy": 0.9, "agreement": 1.0, "size_bytes": 2048, "latency_p50_ms": 1.5}
+    return {"name": name, "version": version, "spec_sha256": "ab" * 32, "reference": ev,
+            "artifacts": [{"artifact": artifact, "step": step, "shipped": True, "evaluation": ev},
+                          {"artifact": text, "step": step, "shipped": False, "evaluation": ev}],
+            "passes": [{"step": step, "details": {text: text, "sparsity": [text, 0.5]}}],
+            "gates": [{"artifact": artifact, "gate": text, "limit": 0.01, "value": None, "passed": False}],
+            "steps": [{"id": step, "description": text, "key": "0" * 64}], "targets": ["local"]}
+
+
+@settings(FUZZ, max_examples=80)
+@given(name=md_hostile, version=md_hostile, artifact=md_hostile, step=md_hostile, text=md_hostile,
+       spec_file=md_hostile)
+def test_report_md_renders_no_markup_from_values(name: str, version: str, artifact: str, step: str, text: str,
+                                                 spec_file: str) -> None:
+    from deployc.compiler.report import render_markdown
+
+    base = _Outline(render_markdown(_build_report("digits", "1.0.0", "onnx-fp32", "optimize[0].prune", "prune"),
+                                    "deploy.yaml"))
+    md = render_markdown(_build_report(name, version, artifact, step, text), spec_file)
+    _Outline(md).same_structure_as(base)
+    heading = _Outline(md.splitlines()[0])
+    assert "".join(heading.text).strip("\n") == _shown(f"deployc build report: {name} {version}").strip(" \t"), \
+        heading.html
+
+
+def _diff(name: str, version: str, path: str, artifact: str, value: Any) -> dict[str, Any]:
+    return {"old": "a", "new": "b", "name": [name, name], "version": ["1", version], "identical": False,
+            "files": {"added": [{"path": path, "size": value}], "removed": [{"path": path, "size": 1}],
+                      "changed": [{"path": path, "old_size": 1, "new_size": value}]},
+            "figures": [{"artifact": artifact, "figure": "accuracy", "old": 0.5, "new": value}],
+            "failed_gates": [], "versions": {artifact: [version, "2"]}}
+
+
+@settings(FUZZ, max_examples=80)
+@given(name=md_hostile, version=md_hostile, path=md_hostile, artifact=md_hostile,
+       value=st.one_of(st.integers(0, 10**9), md_hostile))
+def test_diff_markdown_renders_no_markup_from_values(name: str, version: str, path: str, artifact: str,
+                                                     value: Any) -> None:
+    """The build folders may come from a pull request: even a figure that is not a number is shown as text."""
+    from deployc.diff import render_markdown
+
+    base = _Outline(render_markdown(_diff("digits", "1.0.0", "local/model.onnx", "onnx-fp32", 1)))
+    _Outline(render_markdown(_diff(name, version, path, artifact, value))).same_structure_as(base)
 
 
 def _slo_spec(alerting: dict[str, Any], description: str | None, stability: bool) -> DeploySpec:

@@ -141,6 +141,12 @@ def test_fifos_are_refused_without_hanging(tmp_path: Path, where: str) -> None:
         refused(cli(folder, command, "deploy.yaml", timeout=60), pos, what)
 
 
+def test_a_fifo_as_the_spec_is_refused_without_hanging(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "deploy.yaml")
+    for command in ("validate", "plan", "build"):
+        refused(cli(tmp_path, command, "deploy.yaml", timeout=60), "deploy.yaml:1:1: is a FIFO (named pipe)")
+
+
 def test_a_file_swapped_for_a_fifo_after_validation_fails_instead_of_hanging(tmp_path: Path) -> None:
     from deployc.compiler.inputs import read_bytes
 

@@ -6,6 +6,7 @@ from typing import Any
 from deployc.compiler.gates import GateCheck
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepOutput
+from deployc.render import md_code, md_text
 
 COLUMNS = (  # (figure key, column title, format)
     ("accuracy", "accuracy", "{:.4f}"),
@@ -46,7 +47,18 @@ def make_report(plan: Plan, outputs: dict[str, StepOutput], checks: list[GateChe
                   for c in checks],
         "steps": [{"id": s.id, "description": s.description, "key": plan.keys[s.id]} for s in plan.steps],
         "targets": list(plan.targets),
+        "batching": _batching(plan, outputs),
     }
+
+
+def _batching(plan: Plan, outputs: dict[str, StepOutput]) -> dict[str, Any] | None:
+    """Whether served bundles batch requests together, and the batch-invariance figures behind it."""
+    from deployc.targets.local import INVARIANCE, decide
+
+    if INVARIANCE not in outputs:
+        return None
+    d = decide(plan.spec, {INVARIANCE: outputs[INVARIANCE].result})
+    return {"enabled": d.enabled, "reason": d.reason, "batch_invariant": d.figures}
 
 
 def _fmt(value: Any, how: str) -> str:
@@ -57,13 +69,11 @@ def _fmt(value: Any, how: str) -> str:
     return how.format(value)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(report: dict[str, Any], spec_file: str) -> str:
-    lines = [f"# deployc build report: {report['name']} {report['version']}", "",
-             f"Spec `{_cell(spec_file)}` (sha256 `{report['spec_sha256'][:16]}`).", ""]
+    """report.md. Every name, path and message is escaped for where it stands (render.md_text / md_code); the
+    figures are numbers deployc formats itself."""
+    lines = [f"# deployc build report: {md_text(report['name'])} {md_text(report['version'])}", "",
+             f"Spec {md_code(spec_file)} (sha256 {md_code(report['spec_sha256'][:16])}).", ""]
     if report["artifacts"] or report["reference"]:
         lines += ["## Verification (data.eval, this machine)", ""]
         cols = [c for c in COLUMNS if any(c[0] in a["evaluation"] for a in report["artifacts"])
@@ -76,29 +86,33 @@ def render_markdown(report: dict[str, Any], spec_file: str) -> str:
                          + " | – | – |")
         for a in report["artifacts"]:
             ev = a["evaluation"]
-            name = a["artifact"] + (" **(shipped)**" if a["shipped"] else "")
+            name = md_text(a["artifact"]) + (" **(shipped)**" if a["shipped"] else "")
             ratio = f"{ev['size_ratio']:.3f}" if "size_ratio" in ev else "–"
             speed = f"{ev['speedup_p50']:.2f}x" if "speedup_p50" in ev else "–"
-            lines.append(f"| {_cell(name)} | " + " | ".join(_fmt(ev.get(k), f) for k, _, f in cols)
+            lines.append(f"| {name} | " + " | ".join(_fmt(ev.get(k), f) for k, _, f in cols)
                          + f" | {ratio} | {speed} |")
         lines.append("")
+    if report.get("batching"):
+        lines += [f"Cross-request batching: {md_text(report['batching']['reason'])}.", ""]
     if report["gates"]:
         lines += ["## Gates", "", "| artifact | gate | limit | measured | result |", "|---|---|---|---|---|"]
         for g in report["gates"]:
             shown = "n/a" if g["value"] is None else f"{g['value']:g}"
-            lines.append(f"| {_cell(g['artifact'])} | {g['gate']} | {g['limit']:g} | {shown} | "
+            lines.append(f"| {md_text(g['artifact'])} | {md_text(g['gate'])} | {g['limit']:g} | {shown} | "
                          f"{'pass' if g['passed'] else '**FAIL**'} |")
         lines.append("")
     if report["passes"]:
         lines += ["## Passes", ""]
         for p in report["passes"]:
-            lines.append(f"- `{p['step']}`: " + ", ".join(f"{k}={_short(v)}" for k, v in sorted(p["details"].items())))
+            lines.append(f"- {md_code(p['step'])}: " + ", ".join(f"{md_text(k)}={_short(v)}"
+                                                              for k, v in sorted(p["details"].items())))
         lines.append("")
     lines += ["## Steps", "", "| step | what | key |", "|---|---|---|"]
-    lines += [f"| `{s['id']}` | {_cell(s['description'])} | `{s['key'][:12]}` |" for s in report["steps"]]
+    lines += [f"| {md_code(s['id'], in_table=True)} | {md_text(s['description'])} | {md_code(s['key'][:12])} |"
+              for s in report["steps"]]
     return "\n".join(lines) + "\n"
 
 
 def _short(value: Any) -> str:
     text = str(value)
-    return _cell(text if len(text) <= 120 else text[:117] + "...")
+    return md_text(text if len(text) <= 120 else text[:117] + "...")

@@ -218,7 +218,7 @@ def readme(meta: dict[str, Any], spec_file: str) -> str:
     inp, out = meta["inputs"][0], meta["outputs"][0]
     figures = {k: v for k, v in meta["evaluation"].items() if isinstance(v, (int, float))}
     return render_template(
-        "tflite", "README.md.j2", header=c.GENERATED_HEADER.format(spec=spec_file).replace("--", "- -"),
+        "tflite", "README.md.j2", header=c.GENERATED_HEADER.format(spec=spec_file),
         meta=meta, input=inp, output=out, figures=figures, labels=meta["labels"] is not None,
         ref_accuracy=meta["reference"].get("accuracy"),
         candidates=[r for r in meta["candidates"] if "size_bytes" in r])
