@@ -145,8 +145,8 @@ def _represent_str(representer: Any, value: str) -> Any:
 
 @lru_cache(maxsize=1)
 def _portable_emitter() -> tuple[Any, Any]:
-    """Strings holding line breaks go double-quoted; escape NEL / LS / PS as \\x85 / \\u2028 / \\u2029 rather than YAML's \\N / \\L / \\P, which Go's YAML
-    parser (Prometheus, promtool, kubectl) does not read."""
+    """Strings holding line breaks go double-quoted; escape NEL / LS / PS as \\x85 / \\u2028 / \\u2029 rather
+    than YAML's \\N / \\L / \\P, which Go's YAML parser (Prometheus, promtool, kubectl) does not read."""
     from ruamel.yaml.emitter import Emitter
     from ruamel.yaml.representer import SafeRepresenter
 

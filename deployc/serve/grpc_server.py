@@ -12,7 +12,8 @@ import logging
 import math
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -250,7 +251,7 @@ def _shape(shape: Any, spec: TensorSpec, what: str) -> list[int]:
                                f"dimensions; the model's {list(spec.shape)} has {len(spec.shape)}")
     if any(d < 0 for d in dims):
         raise ClientError(400, f"{what}: shape {dims} has a negative dimension")
-    if any(w != -1 and w != d for w, d in zip(spec.shape, dims)):
+    if any(w != -1 and w != d for w, d in zip(spec.shape, dims, strict=True)):
         raise ClientError(400, f"{what}: shape {dims} does not match the model's {list(spec.shape)} (-1: any size)")
     return dims
 
@@ -288,7 +289,7 @@ def _from_contents(contents: Any, spec: TensorSpec, shape: list[int], what: str)
 def encode_response(cfg: ServingConfig, request_id: str, outs: list[np.ndarray], wanted: set[str] | None) -> Any:
     """Outputs in the model's order, each as raw little-endian bytes (what tritonclient reads by default)."""
     resp = pb.ModelInferResponse(model_name=cfg.name, model_version=cfg.version, id=request_id)
-    for spec, out in zip(cfg.outputs, outs):
+    for spec, out in zip(cfg.outputs, outs, strict=True):
         if wanted is not None and spec.name not in wanted:
             continue
         resp.outputs.add(name=spec.name, datatype=codec.v2_datatype(out), shape=list(out.shape))
