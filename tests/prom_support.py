@@ -10,8 +10,9 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from deployc import conventions as C
 
@@ -60,7 +61,7 @@ class Prometheus:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "prometheus.log"
 
-    def start(self, timeout_s: float = 20) -> "Prometheus":
+    def start(self, timeout_s: float = 20) -> Prometheus:
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
         self._log_fh = open(self.log, "wb")
@@ -90,7 +91,7 @@ class Prometheus:
         if hasattr(self, "_log_fh"):
             self._log_fh.close()
 
-    def __enter__(self) -> "Prometheus":
+    def __enter__(self) -> Prometheus:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

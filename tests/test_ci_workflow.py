@@ -83,9 +83,8 @@ def test_several_specs_build_in_parallel(digits: Path, tmp_path: Path) -> None:
 
 
 def test_shipped_ci_files_parse_and_call_real_commands() -> None:
-    from ruamel.yaml import YAML
-
     from conftest import ROOT
+    from ruamel.yaml import YAML
 
     yaml = YAML(typ="safe", pure=True)
     hooks = {h["id"]: h for h in yaml.load((ROOT / ".pre-commit-hooks.yaml").read_text())}

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_deployc
+from fuzz_support import FIELD_NAMES, HOSTILE, max_rss_kb, yaml_documents
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from conftest import run_deployc
 from deployc.cli import main
-from fuzz_support import FIELD_NAMES, HOSTILE, max_rss_kb, yaml_documents
 
 GOOD = Path(__file__).parent / "specs" / "good"
 FUZZ = settings(deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

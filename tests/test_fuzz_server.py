@@ -14,18 +14,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from fuzz_support import HOSTILE, rss_kb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serve_support import Server, v2_body, write_bundle
 
 from deployc.serve.protocol import MAX_HEAD_BYTES
-from fuzz_support import HOSTILE, rss_kb
-from serve_support import Server, v2_body, write_bundle
 
 FUZZ = settings(deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 derandomize=True, database=None)

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_support import ALARMS, emit_context, spec_for, tiny_onnx
+from fuzz_support import hostile_text
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
-from aws_support import ALARMS, emit_context, spec_for, tiny_onnx
 from deployc.render import _tojson
 from deployc.schema.spec import DeploySpec
 from deployc.targets.sagemaker import SageMakerTarget, dockerfile
-from fuzz_support import hostile_text
 
 FUZZ = settings(deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 derandomize=True, database=None)

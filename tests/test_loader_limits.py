@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from deployc.compiler import load
-from deployc.compiler.load import (MAX_BYTES, MAX_DEPTH, MAX_EXPANDED_NODES, MAX_LINES, MAX_NODES, MAX_WORDS,
-                                   load_spec)
+from deployc.compiler.load import MAX_BYTES, MAX_DEPTH, MAX_EXPANDED_NODES, MAX_LINES, MAX_NODES, MAX_WORDS, load_spec
 from deployc.errors import SpecError
 
 SECONDS = 5.0  # generous: a loaded CI machine, not the target

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from aws_support import emit_context, spec_for, tiny_onnx, write_bundle
 from conftest import ROOT, run_deployc
+
 from deployc.errors import InputError
 from deployc.targets.sagemaker import SageMakerTarget
 
@@ -72,7 +72,6 @@ def test_keras_lambda_layer_is_refused_in_safe_mode(tmp_path: Path) -> None:
 
 def _onnx_with_external_data(path: Path, location: str) -> None:
     """A valid graph whose weight claims to live in `location` (external data), as a hostile file would."""
-    import onnx
     from onnx import TensorProto, helper
 
     weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4, 3])

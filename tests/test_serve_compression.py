@@ -9,8 +9,8 @@ import http.client
 import io
 import json
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

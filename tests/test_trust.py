@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from aws_support import tiny_onnx as shared_tiny_onnx
 from conftest import run_deployc
+
 from deployc import api
 from deployc.compiler.cache import LOCK_SUFFIX
 from deployc.errors import InputError, SpecError
