@@ -9,10 +9,11 @@ from typing import Any
 from deployc import __version__
 from deployc import conventions as c
 from deployc.compiler.cache import Cache, default_cache_dir
-from deployc.compiler.load import load_spec
+from deployc.compiler.load import LoadedSpec, load_spec, value_position
 from deployc.compiler.plan import Plan, make_plan
+from deployc.compiler.validate import dotted
 from deployc.compiler.validate import validate as _validate
-from deployc.errors import GateError
+from deployc.errors import GateError, Problem, SpecError, SpecFieldError
 from deployc.schema.spec import DeploySpec
 
 VERSIONED_LIBS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
@@ -70,13 +71,22 @@ def spec_label(spec_path: Path) -> str:
 def compile_build(spec_path: Path, cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
                   out_dir: Path | None = None) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
     """Everything a build writes, as {path: bytes}, without writing it (steps still fill the cache)."""
+    loaded = load_spec(spec_path)
+    try:
+        return _compile(loaded, spec_path, cache_dir, log, out_dir)
+    except SpecFieldError as exc:  # found by a step, reported at its field like any spec error
+        line, col = value_position(loaded.tree, exc.loc)
+        raise SpecError([Problem(loaded.display, line, col, dotted(exc.loc), exc.message)]) from None
+
+
+def _compile(loaded: LoadedSpec, spec_path: Path, cache_dir: Path | None, log: Callable[[str], None],
+             out_dir: Path | None) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
     from deployc.compiler import emit, gates, report
     from deployc.compiler.execute import execute
     from deployc.compiler.steps import lib_version
     from deployc.manifest import make_manifest
     from deployc.render import dump_json
 
-    loaded = load_spec(spec_path)
     spec = _validate(loaded)
     p = make_plan(spec, spec_path, loaded.text)
     out = out_dir or default_out_dir(spec)

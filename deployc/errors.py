@@ -49,6 +49,16 @@ class InputError(DeploycError):
     """An input other than the spec (model, data, bundle) is unusable."""
 
 
+class SpecFieldError(InputError):
+    """A problem with one spec field that only a build step can find (a measured figure, a model's shape); the
+    API turns it into a SpecError at that field's position in deploy.yaml."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str):
+        self.loc = loc
+        self.message = message
+        super().__init__(message)
+
+
 class UsageError(DeploycError):
     exit_code = EXIT_USAGE
 

@@ -17,7 +17,7 @@ import pytest
 from serve_support import Server, make_mlp, v2_body
 
 from deployc.api import build
-from deployc.errors import InputError
+from deployc.errors import SpecError
 from deployc.schema.local import Batching
 from deployc.targets.local import ENABLED_FIELD, OPT_IN_FIELD, batching_decision
 
@@ -142,9 +142,12 @@ def test_build_turns_batching_off_for_an_int8_dynamic_model_and_says_why(builds:
 
 def test_enabled_true_without_the_opt_in_is_a_build_error(models: dict[str, Any], tmp_path: Path) -> None:
     spec = _project(tmp_path, models, "explicit", "{enabled: true}")
-    with pytest.raises(InputError) as e:
+    with pytest.raises(SpecError) as e:
         build(spec, tmp_path / "out", tmp_path / "cache")
-    assert str(e.value).startswith(f"{ENABLED_FIELD}: true, but the shipped model is not batch-invariant")
+    (problem,) = e.value.problems  # located at the field, like a validate error
+    line = next(i for i, text in enumerate(spec.read_text().splitlines(), 1) if "enabled: true" in text)
+    assert (problem.path, problem.line) == (ENABLED_FIELD, line)
+    assert problem.message.startswith("true, but the shipped model is not batch-invariant")
     assert OPT_IN_FIELD in str(e.value) and "eval predictions changed class" in str(e.value)
     assert not (tmp_path / "out").exists()
 

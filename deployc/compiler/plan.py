@@ -141,7 +141,7 @@ def _checks(spec: DeploySpec, spec_dir: Path) -> tuple[Callable[[str, dict[str, 
 
 def _labels_match(rel: str, count: int, step_id: str, result: dict[str, Any]) -> None:
     """The labels file names one class per model output, checked as soon as a step reveals the class count."""
-    from deployc.errors import InputError
+    from deployc.errors import SpecFieldError
 
     if "distribution" in result:
         classes = len(result["distribution"])
@@ -150,8 +150,8 @@ def _labels_match(rel: str, count: int, step_id: str, result: dict[str, Any]) ->
     else:
         return
     if classes > 1 and classes != count:
-        raise InputError(f"model.labels: {rel} lists {count} class names, but the model has {classes} outputs "
-                         f"(found by step {step_id})")
+        raise SpecFieldError(("model", "labels"), f"{rel} lists {count} class names, but the model has {classes} "
+                             f"outputs (found by step {step_id})")
 
 
 def _model_files(spec_dir: Path, rel: str, fmt: str) -> tuple[Path, ...]:

@@ -35,7 +35,7 @@ def scan_secrets(loaded: LoadedSpec) -> list[Problem]:
                            "secrets never go in the spec")
                 if msg:
                     line, col = value_position(loaded.tree, path + (k,))
-                    problems.append(Problem(loaded.display, line, col, _dotted(path + (k,)), msg))
+                    problems.append(Problem(loaded.display, line, col, dotted(path + (k,)), msg))
 
     walk(loaded.tree, ())
     return problems
@@ -52,7 +52,7 @@ def env_ref_problems(loaded: LoadedSpec) -> list[Problem]:
             msg = credential_ref_problem(node[ENV_KEY]) if allowed else ALLOWED_HINT
             if msg:
                 line, col = value_position(loaded.tree, path)
-                problems.append(Problem(loaded.display, line, col, _dotted(path), msg))
+                problems.append(Problem(loaded.display, line, col, dotted(path), msg))
             return
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for k, v in items:
@@ -155,7 +155,7 @@ def check_paths(loaded: LoadedSpec, spec: DeploySpec) -> list[Problem]:
     problems = []
     for loc, msg in found:
         line, col = value_position(loaded.tree, loc)
-        problems.append(Problem(loaded.display, line, col, _dotted(loc), msg))
+        problems.append(Problem(loaded.display, line, col, dotted(loc), msg))
     return problems
 
 
@@ -178,7 +178,7 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
     return found
 
 
-def _dotted(loc: tuple[Any, ...]) -> str:
+def dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for elem in loc:
         out += f"[{elem}]" if isinstance(elem, int) else (f".{elem}" if out else str(elem))

@@ -13,7 +13,7 @@ from typing import Any
 
 from deployc import conventions as c
 from deployc.compiler.steps import Step, StepContext, data_files
-from deployc.errors import InputError
+from deployc.errors import SpecFieldError
 from deployc.render import dump_json
 from deployc.schema.local import Batching
 from deployc.schema.local import LocalTarget as LocalConfig
@@ -115,7 +115,8 @@ def batching_section(ctx: EmitContext, cfg: LocalConfig) -> dict[str, Any]:
     """serving.json's `batching`: the decision, its settings and the figures it rests on (null: not measured)."""
     decision = batching_decision(cfg.batching, ctx.step_results.get(INVARIANCE))
     if decision.error:
-        raise InputError(decision.error)
+        raise SpecFieldError(("targets", "local", "batching", "enabled"), decision.error.removeprefix(
+            f"{ENABLED_FIELD}: "))
     fig = decision.figures
     return {
         "enabled": decision.enabled,
