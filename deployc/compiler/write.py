@@ -92,7 +92,8 @@ def check_writable(out: Path) -> None:
         raise InputError(f"{out}: refusing to write a build under /{real.parts[1]}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+        # not `.<name>.tmp-*`: a build holding the lock removes those as leftovers while this one waits
+        probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)
         os.rmdir(probe)
     except OSError as exc:
         raise input_error(exc, f"{out}: cannot write the build folder") from None
