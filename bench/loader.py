@@ -26,6 +26,8 @@ from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 
+from machine import cpu_info
+
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ROOT / "tests" / "specs" / "good"
 LIMIT = 1024 * 1024 - 64  # just under deploy.yaml's size limit
@@ -155,16 +157,6 @@ def floor(repeat: int) -> float:
     return statistics.median(times)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def run_case(path: Path, loader: Path | None, timeout: float) -> dict[str, object]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(path)]
     if loader is not None:
@@ -223,7 +215,7 @@ def main() -> None:
     if args.cli is not None:
         sys.exit(cli(args.cli, args.loader))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, load average {load}), Python {sys.version.split()[0]}")
+    print(f"CPU: {cpu_info()} (load average {load}), Python {sys.version.split()[0]}")
     print(f"loader: {args.loader or 'deployc/compiler/load.py'}" + (f", before: {args.against}" if args.against
                                                                    else ""))
     print(f"floor: yaml.compose of full.yaml = {floor(args.repeat) * 1000:.1f} ms\n")

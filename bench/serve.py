@@ -41,8 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,7 @@ BENCH = ROOT / "bench"
 PEERS = BENCH / "peers"
 VENVS = BENCH / ".venvs"
 sys.path.insert(0, str(ROOT / "tests"))
+from machine import cpu_info  # noqa: E402
 from serve_support import make_mlp  # noqa: E402
 
 MODEL = "mlp"
@@ -353,14 +355,6 @@ def build(work: Path, model: Path, name: str, batching: dict[str, Any]) -> tuple
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
-def cpu_info() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = (re.search(r"^model name\s*:\s*(.+)$", text, re.M) or [None, "unknown"])[1]
-    flags = set((re.search(r"^flags\s*:\s*(.+)$", text, re.M) or [None, ""])[1].split())
-    have = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512_vnni", "avx2"))
-    return f"{model}, {os.cpu_count()} CPUs, {have}"
-
-
 def make_servers(args: argparse.Namespace, work: Path, model: Path, builds: dict[str, tuple[Path, str]],
                  notes: list[str]) -> list[Server]:
     env_model = {"MODEL_PATH": str(model), "ORT_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -547,7 +541,7 @@ def report(args: argparse.Namespace, servers: list[Server], live: list[Server],
     f = med(floor)
     deployc = [s.name for s in servers if s.name.startswith("deployc")]
     peers = [s.name for s in servers if not s.name.startswith("deployc")]
-    print(f"\n## deployc serve vs peers: wide MLP 64-1024-1024-1024-10 (fp32), batch 1 per request")
+    print("\n## deployc serve vs peers: wide MLP 64-1024-1024-1024-10 (fp32), batch 1 per request")
     print(f"CPU: {cpu_info()}")
     print(f"{args.rounds} rounds x {max(1, round(args.duration))} s per row, wrk -t1 (gRPC: h2load -t1), medians over "
           "rounds, errors summed (non-2xx + socket errors; h2load: failed streams)")

@@ -27,20 +27,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from machine import cpu_info  # noqa: E402
 from serve_support import Server, latencies, rss_bytes, stalled_bodies, v2_body, write_bundle  # noqa: E402
 
 BODY = json.dumps(v2_body(np.array([[0.1, 0.2, 0.3, 0.4]], np.float32))).encode()
 LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {body}\n'
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def slowloris(port: int, count: int, stop: threading.Event) -> list[socket.socket]:
@@ -137,7 +128,7 @@ def main() -> None:
             rps = wrk_rps(srv.port, max(1, round(args.seconds))) if args.wrk else None
             quiet = summary(latencies(srv.port, BODY, args.seconds), rss_bytes(srv.proc.pid))
             attack, note = attack_phase(srv, args)
-    print(f"CPU: {cpu_model()}; python {platform.python_version()}")
+    print(f"CPU: {cpu_info()}; python {platform.python_version()}")
     print(f"attack: {args.stalled} x {args.declared_mib} MiB declared, {args.sent_mib} MiB sent, stalled; "
           f"{args.slowloris} slowloris")
     print(f"{'phase':<14}{'p50 ms':>9}{'p99 ms':>9}{'RSS MiB':>9}{'requests':>10}")
