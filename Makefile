@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SPEC := examples/digits/deploy.yaml
 
-.PHONY: demo test install system-deps bench schema clean
+.PHONY: demo test lint install system-deps bench schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,12 @@ demo: install system-deps
 	@echo "Query it:   curl -s localhost:8080/v2/models/digits/infer -H 'content-type: application/json' \\"
 	@echo "              -d '{\"inputs\":[{\"name\":\"pixels\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[$$(python3 -c 'print(",".join(["0.5"]*64))')]}]}'"
 
-test: install system-deps $(CHECKOV) $(KSERVE_SDK)
+# ruff and mypy (configured in pyproject.toml); part of `make test`, so CI runs them
+lint: install
+	$(BIN)/ruff check deployc tests bench
+	$(BIN)/mypy deployc
+
+test: install system-deps $(CHECKOV) $(KSERVE_SDK) lint
 	$(BIN)/python -m pytest -q
 
 bench: install system-deps

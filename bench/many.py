@@ -1,8 +1,8 @@
 """Many deployments in one `deployc build`: wall time from 1 to 20 specs, each built in a worker process.
 
 Each spec is the digits example (quantize int8-dynamic, local + tflite targets) under its own name and with its
-own model bytes, built with an empty cache, so every spec does the full work. Printed per count: wall time, time per spec, and the speed-up
-of `-j 2` (both cores) over `-j 1` measured in the same run.
+own model bytes, built with an empty cache, so every spec does the full work. Printed per count: wall time, time
+per spec, and the speed-up of `-j 2` (both cores) over `-j 1` measured in the same run.
 Run: python bench/many.py [--counts 1,2,5,10,20]
 """
 from __future__ import annotations

@@ -187,14 +187,14 @@ def selected(only: str | None) -> list[tuple[str, str, RowFn]]:
     return [r for r in ROWS if any(hit(r[0], r[1], k) for k in keys)]
 
 
-COLUMNS = ("model", "row", "size_ratio", "gzip_ratio", "speedup", "agreement", "accuracy_drop_pts", "fp32_p50_ms", "p50_ms",
-           "target", "note")
+COLUMNS = ("model", "row", "size_ratio", "gzip_ratio", "speedup", "agreement", "accuracy_drop_pts", "fp32_p50_ms",
+           "p50_ms", "target", "note")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     cells = [COLUMNS] + [tuple(str(r[c]) for c in COLUMNS) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)) for c in cells)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) for c in cells)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ Ctrl-C or an error. Needs wrk (apt-get install wrk) and, for gRPC, h2load (apt-g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import http.client
@@ -270,10 +271,9 @@ class Server:
                 self.proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 continue
-            try:  # the leader is gone: end what is left of its group (workers, multiprocessing helpers)
+            # the leader is gone: end what is left of its group (workers, multiprocessing helpers)
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             break
         self.proc = None
 
@@ -610,4 +610,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except KeyboardInterrupt:  # the servers were stopped by main's finally
         print("interrupted: every server this run started has been stopped", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None

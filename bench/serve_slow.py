@@ -11,6 +11,7 @@ Limits come from the server's defaults (docs/serving.md, "Limits"); `--limits '{
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -45,10 +46,8 @@ def slowloris(port: int, count: int, stop: threading.Event) -> list[socket.socke
     def drip() -> None:
         while not stop.wait(1.0):
             for s in socks:
-                try:
+                with contextlib.suppress(OSError):
                     s.send(b"X")
-                except OSError:
-                    pass
 
     threading.Thread(target=drip, daemon=True).start()
     return socks

@@ -108,7 +108,7 @@ def main() -> None:
                       f"{r['latency_p50_ms'] / onnx_fig['latency_p50_ms']:.2f}"))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for row in table:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
     for r in rows:
         if r["mode"] in ("dynamic", "int8", "int8 per-tensor"):
             ratio = r["size_bytes"] / base["size_bytes"]

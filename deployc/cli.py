@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from deployc import __version__
 from deployc.errors import EXIT_OK, EXIT_USAGE, DeploycError, input_error
@@ -152,8 +153,8 @@ def build_one(spec: Path, args: argparse.Namespace, prefix: str = "") -> int:
     log = (lambda m: None) if quiet else _progress(prefix)
     if args.check:
         res = api.check(spec, args.out, args.cache_dir, log=log)
-        doc = {"ok": res.clean, "out": str(res.out_dir), "added": res.added, "removed": res.removed,
-               "changed": res.changed}
+        doc: dict[str, Any] = {"ok": res.clean, "out": str(res.out_dir), "added": res.added,
+                               "removed": res.removed, "changed": res.changed}
         if args.format == "json":
             print(json.dumps(doc, indent=2, sort_keys=True))
         elif res.clean:

@@ -88,7 +88,7 @@ def _flow(draw: Any, depth: int, anchors: list[str]) -> str:
     if draw(st.booleans()):
         return _decorate(draw, "[" + ", ".join(items) + "]", anchors)
     keys = draw(st.lists(st.sampled_from(FIELD_NAMES), min_size=len(items), max_size=len(items)))
-    return _decorate(draw, "{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, items)) + "}", anchors)
+    return _decorate(draw, "{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, items, strict=True)) + "}", anchors)
 
 
 @st.composite

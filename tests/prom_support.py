@@ -64,7 +64,7 @@ class Prometheus:
     def start(self, timeout_s: float = 20) -> Prometheus:
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
-        self._log_fh = open(self.log, "wb")
+        self._log_fh = open(self.log, "wb")  # noqa: SIM115 - prometheus writes to it until stop() closes it
         self.proc = subprocess.Popen(
             [self.binary, f"--config.file={self.config_file}", f"--storage.tsdb.path={data}",
              "--storage.tsdb.retention.time=1h", f"--web.listen-address=127.0.0.1:{self.port}"],
@@ -141,7 +141,7 @@ class DeploycMetrics:
             self.requests[(route, code)] = self.requests.get((route, code), 0) + n
             if seconds is not None:
                 counts, total, count = self.hist.get(route, ([0] * len(self.buckets), 0.0, 0))
-                counts = [c + (n if seconds <= b else 0) for c, b in zip(counts, self.buckets)]
+                counts = [c + (n if seconds <= b else 0) for c, b in zip(counts, self.buckets, strict=True)]
                 self.hist[route] = (counts, total + n * seconds, count + n)
             if predicted is not None:
                 self.predictions[predicted] = self.predictions.get(predicted, 0) + n
@@ -158,7 +158,8 @@ class DeploycMetrics:
             hist = HistogramMetricFamily(C.METRIC_REQUEST_DURATION, "Request duration.",
                                          labels=[C.LABEL_MODEL, C.LABEL_VERSION, C.LABEL_ROUTE])
             for route, (counts, total, count) in sorted(self.hist.items()):
-                buckets = [(floatToGoString(b), c) for b, c in zip(self.buckets, counts)] + [("+Inf", count)]
+                buckets = [(floatToGoString(b), c) for b, c in zip(self.buckets, counts, strict=True)]
+                buckets.append(("+Inf", count))
                 hist.add_metric([self.model, self.version, route], buckets, total)
             pred = CounterMetricFamily(C.METRIC_PREDICTIONS.removesuffix("_total"), "Predicted classes.",
                                        labels=[C.LABEL_MODEL, C.LABEL_VERSION, C.LABEL_CLASS])

@@ -47,7 +47,7 @@ def digits_mlp(path: Path, hidden: int = 128) -> Path:
     coefs = [rng.standard_normal((64, hidden)) / 4, rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)]
     intercepts = [rng.standard_normal(hidden) * 0.5, rng.standard_normal(hidden) * 0.1]
     h = x.astype(np.float64)
-    for w, b in zip(coefs, intercepts):
+    for w, b in zip(coefs, intercepts, strict=True):
         h = np.maximum(h @ w + b, 0)
     target = np.eye(10)[y] * 10.0  # logits scaled so the softmax is confident
     hb = np.hstack([h, np.ones((len(h), 1))])
@@ -55,7 +55,7 @@ def digits_mlp(path: Path, hidden: int = 128) -> Path:
     coefs.append(sol[:-1])
     intercepts.append(sol[-1])
     nodes, inits, prev = [], [], "x"
-    for i, (w, b) in enumerate(zip(coefs, intercepts)):
+    for i, (w, b) in enumerate(zip(coefs, intercepts, strict=True)):
         inits += [numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
                   numpy_helper.from_array(b.astype(np.float32), f"b{i}")]
         nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"mm{i}"], name=f"dense{i}/MatMul"),

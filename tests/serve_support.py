@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import re
@@ -53,7 +54,7 @@ def make_mlp(path: Path, dims: tuple[int, ...] = (64, 1024, 1024, 1024, 10), see
 
     rng = np.random.default_rng(seed)
     nodes, inits, prev = [], [], "x"
-    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"W{i}"),
                   numpy_helper.from_array(np.zeros(b, np.float32), f"B{i}")]
         nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"B{i}"], [f"g{i}"]))
@@ -105,7 +106,8 @@ class Server:
     """`python -m deployc.serve BUNDLE --port 0` as a real process; the bound port is read from its log."""
 
     def __init__(self, bundle: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30):
-        self.log = tempfile.NamedTemporaryFile(prefix="deployc-serve-", suffix=".log", delete=False)
+        # the server process writes to it until stop() closes it; __exit__ removes it
+        self.log = tempfile.NamedTemporaryFile(prefix="deployc-serve-", suffix=".log", delete=False)  # noqa: SIM115
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "deployc.serve", str(bundle), "--port", "0", *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=str(ROOT))

@@ -203,11 +203,11 @@ def _mixed_traffic(bundle: Path, x: np.ndarray) -> tuple[float, int, str]:
         for r in range(ROUNDS):
             gate = threading.Barrier(2 * PER_ROUND)
 
-            def client_a(i: int) -> None:
+            def client_a(i: int, gate: threading.Barrier = gate) -> None:
                 gate.wait()
                 got[i] = _predict(s, x[i:i + 1])[0]
 
-            def client_b() -> None:
+            def client_b(gate: threading.Barrier = gate) -> None:
                 gate.wait()
                 _predict(s, hostile)
 

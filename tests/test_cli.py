@@ -19,10 +19,9 @@ HEAVY = ("tensorflow", "onnxruntime", "keras", "tf2onnx", "boto3", "onnx")
     ["plan", str(SPECS / "good" / "full.yaml")], ["validate", str(SPECS / "bad" / "wrong-type.yaml")],
 ])
 def test_fast_commands_import_no_heavy_library(argv: list[str], tmp_path: Path) -> None:
-    code = ("import sys, runpy\nsys.argv = ['deployc'] + %r\n"
+    code = (f"import sys, runpy\nsys.argv = ['deployc'] + {argv!r}\n"
             "try:\n    runpy.run_module('deployc', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in %r if m in sys.modules)\nprint('HEAVY', heavy, file=sys.stderr)\n"
-            % (argv, HEAVY))
+            f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\nprint('HEAVY', heavy, file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code], env=deployc_env(tmp_path / "cache"), capture_output=True,
                        text=True, timeout=120)
     assert "HEAVY []" in r.stderr, r.stderr[-2000:]

@@ -93,7 +93,8 @@ def test_plan_and_template_carry_the_reference(built: Path) -> None:
     text = (built / "sagemaker/cloudformation.yaml").read_text()
     doc = YAML(typ="safe", pure=True).load(text)
     assert doc["Parameters"]["EnvDIGITSAPIKEY"]["NoEcho"] is True
-    assert doc["Parameters"]["EnvDIGITSAPIKEY"]["Type"] == "String" and "Default" not in doc["Parameters"]["EnvDIGITSAPIKEY"]
+    param = doc["Parameters"]["EnvDIGITSAPIKEY"]
+    assert param["Type"] == "String" and "Default" not in param
     assert doc["Resources"]["Model"]["Properties"]["PrimaryContainer"]["Environment"] == {
         "API_KEY": {"Ref": "EnvDIGITSAPIKEY"}, "API_KEY_COPY": {"Ref": "EnvDIGITSAPIKEY"}, "LOG_LEVEL": "info"}
     matches = lint(text, regions=["us-east-1"])

@@ -109,7 +109,7 @@ def test_dockerfile_values_stay_inside_json_strings(spec_file: str, name: str, v
     header = c.GENERATED_HEADER.format(spec=spec_file)
     lines = dockerfile(name, version, header=header).splitlines()
     assert len(lines) == len(baseline)
-    for got, base in zip(lines, baseline):
+    for got, base in zip(lines, baseline, strict=True):
         # the same instruction (or comment) on every line: values never start a new one
         assert got.split(" ", 1)[0] == base.split(" ", 1)[0], (got, base)
     assert lines[0].startswith("# ") and json.loads(lines[0][2:]) == header

@@ -40,7 +40,8 @@ def context(spec: DeploySpec, tmp: Path) -> EmitContext:
     files = compile_monitoring(spec, spec_file="deploy.yaml", reference_distribution=None, class_names=None)
     return EmitContext(spec=spec, spec_file="deploy.yaml", onnx_model=model,
                        onnx_sha256=hashlib.sha256(MODEL_BYTES).hexdigest(),
-                       inputs=(TensorInfo("pixels", "FP32", (-1, 64)),), outputs=(TensorInfo("output", "FP32", (-1, 10)),),
+                       inputs=(TensorInfo("pixels", "FP32", (-1, 64)),),
+                       outputs=(TensorInfo("output", "FP32", (-1, 10)),),
                        labels=LABELS, reference_distribution=None, latency_buckets=(0.005, 0.05, 0.5),
                        files=dict(files))
 
@@ -78,7 +79,8 @@ def test_custom_container_runs_deployc_serve_on_the_downloaded_model(tmp_path: P
     assert container["name"] == "kserve-container" and container["ports"][0]["containerPort"] == 8080
     assert container["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"},
                                       "limits": {"cpu": "2", "memory": "1Gi"}}
-    assert (pred["minReplicas"], pred["maxReplicas"], pred["scaleMetric"], pred["scaleTarget"]) == (2, 8, "concurrency", 16)
+    assert (pred["minReplicas"], pred["maxReplicas"], pred["scaleMetric"], pred["scaleTarget"]) == (
+        2, 8, "concurrency", 16)
     assert pred["canaryTrafficPercent"] == 10 and pred["timeout"] == 30 and pred["serviceAccountName"] == "model-reader"
     assert pred["annotations"]["prometheus.io/scrape"] == "true" and pred["annotations"]["prometheus.io/port"] == "8080"
     assert pred["annotations"]["deployc.dev/model-sha256"] == ctx.onnx_sha256
@@ -185,7 +187,8 @@ BASE = {"apiVersion": "deployc/v1", "name": "m", "model": {"path": "model.keras"
     ({"storage_uri": "s3://b/m", "runtime": "onnx", "deployment_mode": "raw", "scale_metric": "cpu",
       "canary_traffic_percent": 5}, "canary_traffic_percent needs deployment_mode serverless"),
     ({"storage_uri": "s3://b/m", "runtime": "onnx", "min_replicas": 5, "max_replicas": 2}, "max_replicas must be"),
-    ({"storage_uri": "s3://b/m", "runtime": "onnx", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}},
+    ({"storage_uri": "s3://b/m", "runtime": "onnx",
+      "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}},
      "requests.cpu 2 is more than limits.cpu 1500m"),
     ({"storage_uri": "s3://b/m", "runtime": "onnx", "resources": {"requests": {"memory": "1 GB"}}},
      "'1 GB' is not a Kubernetes quantity"),

@@ -1,6 +1,7 @@
 """The prune pass on tiny digits models: exact sparsity, masks that hold, smaller files, smaller rebuilt models."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,8 @@ def test_masks_hold_through_fine_tuning(mlp_path: Path) -> None:
     assert len(seen) == 46 and shares[0] == 0.0  # nothing is pruned before the first mask update
     assert 0.0 < shares[len(shares) // 3] < 0.6  # ramping
     assert shares[-1] == pytest.approx(0.6, abs=1e-3)  # at target before the end, then held
-    for prev, cur in zip(seen, seen[1:]):  # a weight once pruned stays zero through every optimizer step
-        for p, c in zip(prev, cur):
+    for prev, cur in itertools.pairwise(seen):  # a weight once pruned stays zero through every optimizer step
+        for p, c in zip(prev, cur, strict=True):
             assert np.all(c[p])
 
 

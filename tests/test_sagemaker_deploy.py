@@ -220,7 +220,8 @@ def test_rolled_back_update_is_reported(aws: str, tmp_path: Path) -> None:
     good = deploy(bundle(tmp_path, M5), clients=Recorder(aws), log=lambda _: None)
     accepted = {"before-call.sagemaker.UpdateEndpoint":  # accepted, then SageMaker rolls back (alarm fired)
                 lambda **_: (AWSResponse(aws, 200, {}, None), {"EndpointArn": "arn"})}
-    with pytest.raises(DeployError, match=f"was rolled back .* serves the last good config {good['endpoint_config_name']}"):
+    with pytest.raises(DeployError,
+                       match=f"was rolled back .* serves the last good config {good['endpoint_config_name']}"):
         deploy(bundle(tmp_path, M5, scale=2.0, label="b"), clients=Recorder(aws, accepted), log=lambda _: None)
 
 
@@ -232,7 +233,8 @@ def test_wait_timeout_is_a_deploy_error(aws: str, tmp_path: Path) -> None:
 
     hooks = {"before-call.sagemaker.UpdateEndpoint": lambda **_: (AWSResponse(aws, 200, {}, None), {}),
              "after-call.sagemaker.DescribeEndpoint": stay_updating}
-    with pytest.raises(DeployError, match=f"still Updating after 0.3s .* previous config {good['endpoint_config_name']}"):
+    with pytest.raises(DeployError,
+                       match=f"still Updating after 0.3s .* previous config {good['endpoint_config_name']}"):
         deploy(bundle(tmp_path, M5, scale=2.0, label="b"), clients=Recorder(aws, hooks), log=lambda _: None,
                wait_timeout_s=0.3, poll_s=0.05)
 

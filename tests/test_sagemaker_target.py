@@ -81,7 +81,8 @@ def test_artifact_is_keyed_by_its_hash_and_names_follow_content(tmp_path: Path) 
     b = json.loads(emit(tmp_path, {}, scale=2.0)["sagemaker/deploy-plan.json"])  # a new model
     assert b["model_name"] != plan["model_name"] and b["endpoint_config_name"] != plan["endpoint_config_name"]
     assert b["endpoint_name"] == plan["endpoint_name"] == "digits"
-    c = json.loads(emit(tmp_path, {"autoscaling": {"target_invocations_per_instance": 9}})["sagemaker/deploy-plan.json"])
+    c = json.loads(
+        emit(tmp_path, {"autoscaling": {"target_invocations_per_instance": 9}})["sagemaker/deploy-plan.json"])
     assert c["endpoint_config_name"] == plan["endpoint_config_name"]  # autoscaling is not part of the config
     d = json.loads(emit(tmp_path, {"instance_type": "ml.m5.xlarge"})["sagemaker/deploy-plan.json"])
     assert d["model_name"] == plan["model_name"] and d["endpoint_config_name"] != plan["endpoint_config_name"]

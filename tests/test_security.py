@@ -243,7 +243,8 @@ def test_credentials_in_tags_are_refused(tmp_path: Path) -> None:
         "team: ml", "team: ml\n      owner: AKIAIOSFODNN7EXAMPLE"))
     tiny_onnx(tmp_path / "model.onnx")
     r = run_deployc("validate", "deploy.yaml", cwd=tmp_path, timeout=60)
-    assert_refused(r, "deploy.yaml:14:14: targets.sagemaker.tags.owner: 'owner' holds what looks like an AWS access key id")
+    assert_refused(r, "deploy.yaml:14:14: targets.sagemaker.tags.owner: 'owner' holds what looks like an AWS access "
+                      "key id")
 
 
 @pytest.mark.slow

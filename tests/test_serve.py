@@ -105,7 +105,7 @@ def test_concurrent_requests_are_batched_and_answered_correctly(server: Server) 
         results: list[Any] = [None] * len(inputs)
         barrier = threading.Barrier(len(inputs))
 
-        def call(i: int) -> None:
+        def call(i: int, barrier: threading.Barrier = barrier, results: list[Any] = results) -> None:
             barrier.wait()
             results[i] = server.json("POST", "/v2/models/iris/infer", v2_body(inputs[i]))
 
@@ -114,7 +114,7 @@ def test_concurrent_requests_are_batched_and_answered_correctly(server: Server) 
             t.start()
         for t in threads:
             t.join()
-        for x, (status, resp) in zip(inputs, results):
+        for x, (status, resp) in zip(inputs, results, strict=True):
             assert status == 200
             np.testing.assert_allclose(np.array(resp["outputs"][0]["data"]).reshape(len(x), 3), reference(x),
                                        rtol=1e-6, atol=1e-7)

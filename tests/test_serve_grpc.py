@@ -162,7 +162,7 @@ def test_concurrent_infers_each_get_their_rows_through_the_shared_batcher(server
         t.start()
     for t in threads:
         t.join()
-    for x, got in zip(xs, results):
+    for x, got in zip(xs, results, strict=True):
         np.testing.assert_allclose(got, reference(x), rtol=1e-6, atol=1e-7)
     after = samples(server)
     rows = sum(len(x) for x in xs)
@@ -288,4 +288,5 @@ def test_grpc_port_in_the_spec_and_on_the_command_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "deployc.serve", str(bundle), "--port", "9000", "--grpc-port",
                            "9000"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "deployc serve: error: --grpc-port must be 0..65535 and differ from the HTTP port 9000"
+    assert proc.stderr.strip() == ("deployc serve: error: --grpc-port must be 0..65535 and differ from the HTTP "
+                                   "port 9000")

@@ -271,7 +271,8 @@ def test_non_utf8_labels_are_a_validate_error(tmp_path: Path) -> None:
     folder = tmp_path / "p"
     project(folder, labels="labels.txt")
     (folder / "labels.txt").write_bytes(b"cat\ndog\n\xff\xfebird\n")
-    refused(cli(folder, "validate", "deploy.yaml"), "deploy.yaml:3:35: model.labels: 'labels.txt': not UTF-8 text (line 3")
+    refused(cli(folder, "validate", "deploy.yaml"),
+            "deploy.yaml:3:35: model.labels: 'labels.txt': not UTF-8 text (line 3")
 
 
 def test_label_count_must_match_the_classes(tmp_path: Path) -> None:

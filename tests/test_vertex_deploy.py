@@ -66,7 +66,9 @@ if "/operations/" in path:
     reply({"name": path, "done": True})
 if method == "GET" and "/models/" in path:
     mid = path.rsplit("/", 1)[1]
-    reply({"name": path} if mid in state["models"] else {"error": {"code": 404}}, 200 if mid in state["models"] else 404)
+    if mid in state["models"]:
+        reply({"name": path})
+    reply({"error": {"code": 404}}, 404)
 if method == "POST" and path.endswith("/models:upload"):
     state["models"].append(body["modelId"])
     reply(op(1))
@@ -147,7 +149,7 @@ def test_deploy_script_uploads_creates_and_deploys_then_does_nothing_again(tmp_p
                                      f"{PARENT}/endpoints/digits:deployModel"]
     assert posts[0][1] == upload and posts[1][1] == json.loads(files["vertex/endpoint.json"])
     assert posts[2][1] == json.loads(files["vertex/deploy-model.json"])
-    for (_, body), kind in zip(posts, (UploadModelRequest, Endpoint, DeployModelRequest)):
+    for (_, body), kind in zip(posts, (UploadModelRequest, Endpoint, DeployModelRequest), strict=True):
         json_format.ParseDict(body, kind.pb()())  # what the script sends is what Vertex AI's types accept
     gcloud = Path(str(fake_cloud["log"]) + ".gcloud").read_text().splitlines()
     assert f"gcloud storage cp model/labels.txt model/model.onnx model/serving.json {upload['model']['artifactUri']}/" \

@@ -34,8 +34,12 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         log(f"[{i}/{n}] {step.id}: {step.description}")
         t0 = time.perf_counter()
         staged = cache.staging()
+
+        def step_log(m: str, sid: str = step.id) -> None:
+            log(f"      {sid}: {m}")
+
         ctx = StepContext(out_dir=staged, deps={d: outputs[d] for d in step.deps}, spec=plan.spec,
-                          spec_dir=plan.spec_dir, log=lambda m, sid=step.id: log(f"      {sid}: {m}"))
+                          spec_dir=plan.spec_dir, log=step_log)
         safe = KERAS_SAFE_MODE.set(not plan.spec.model.allow_python_code)
         try:
             result = _normalized(step.run(ctx))

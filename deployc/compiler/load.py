@@ -126,7 +126,8 @@ def _parse(text: str, display: str, fail: Callable[..., SpecError]) -> Any:
             raise SpecError(problems)
 
     yaml = YAML(typ="rt", pure=True)
-    yaml.Composer = functools.partial(_bounded_composer(), check=check)
+    # ruamel annotates Composer as type[Composer] but only calls it, as Composer(loader=...)
+    yaml.Composer = functools.partial(_bounded_composer(), check=check)  # type: ignore[assignment]
     try:
         return yaml.load(StringIO(text))
     except _Refused as exc:
@@ -386,10 +387,8 @@ def value_position(tree: Any, path: tuple[Any, ...]) -> tuple[int, int]:
     pos = (1, 1)
     for elem in path:
         try:
-            if isinstance(node, dict):
-                ln, cl = node.lc.value(elem)
-            else:
-                ln, cl = node.lc.item(elem)
+            lc: Any = node.lc  # ruamel's CommentedMap/CommentedSeq line-and-column record
+            ln, cl = lc.value(elem) if isinstance(node, dict) else lc.item(elem)
             pos = (ln + 1, cl + 1)
             node = node[elem]
         except (AttributeError, KeyError, IndexError, TypeError):

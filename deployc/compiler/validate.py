@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from deployc.compiler.load import LoadedSpec, position, value_position
 from deployc.errors import Problem, SpecError
@@ -105,7 +106,7 @@ def _problems(loaded: LoadedSpec, exc: ValidationError) -> list[Problem]:
     return out
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     kind, msg = err["type"], err["msg"]
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":

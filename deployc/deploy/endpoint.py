@@ -47,7 +47,7 @@ def update_or_create(run: _Runner, p: dict[str, Any]) -> None:
         sm.update_endpoint(**kwargs)
         run.log(f"updating endpoint {name}: {previous} -> {config}; waiting (up to {run.wait_timeout_s:g}s)")
         _check_result(run, run.wait_settled(name), config, created=False)
-    except (DeployError, *aws_errors()):
+    except (DeployError,) + aws_errors():
         if restore:
             _restore_autoscaling(run)
         raise

@@ -133,17 +133,17 @@ def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256
         "EndpointName": name, "EndpointConfigName": config_name,
         "DeploymentConfig": deployment_config(cfg, rollback), **tags}))
     if cfg.autoscaling:
-        a = cfg.autoscaling
+        scaling = cfg.autoscaling
         target = {"ServiceNamespace": "sagemaker", "ResourceId": scaling_resource_id(name),
                   "ScalableDimension": SCALABLE_DIMENSION}
         calls.append(_call("application-autoscaling", "register_scalable_target", "changed", {
-            **target, "MinCapacity": a.min_instances, "MaxCapacity": a.max_instances}))
+            **target, "MinCapacity": scaling.min_instances, "MaxCapacity": scaling.max_instances}))
         calls.append(_call("application-autoscaling", "put_scaling_policy", "changed", {
             "PolicyName": f"{name}-invocations-per-instance", **target, "PolicyType": "TargetTrackingScaling",
             "TargetTrackingScalingPolicyConfiguration": {
-                "TargetValue": float(a.target_invocations_per_instance),
+                "TargetValue": float(scaling.target_invocations_per_instance),
                 "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
-                "ScaleInCooldown": a.scale_in_cooldown_s, "ScaleOutCooldown": a.scale_out_cooldown_s}}))
+                "ScaleInCooldown": scaling.scale_in_cooldown_s, "ScaleOutCooldown": scaling.scale_out_cooldown_s}}))
     return {
         "format_version": PLAN_FORMAT_VERSION,
         "name": name,

@@ -128,7 +128,8 @@ def measure(model: Path, x: Any, task: str) -> dict[str, Any]:
     singles = [_run(sess, inp.name, x[i:i + 1]) for i in range(len(x))]
     alone = [np.concatenate([s[k] for s in singles]) for k in range(len(singles[0]))]
     classify = task == "classification" and alone[0].ndim == 2 and alone[0].shape[1] > 1
-    accs = {kind: {"max_abs_diff": 0.0, "non_finite": 0, "changed": set()} for kind in ("eval", "hostile")}
+    accs: dict[str, dict[str, Any]] = {kind: {"max_abs_diff": 0.0, "non_finite": 0, "changed": set()}
+                                       for kind in ("eval", "hostile")}
     batches = _batches(x)
     for kind, idx, batch in batches:
         outs = _run(sess, inp.name, batch)

@@ -65,7 +65,9 @@ def preprocess(src: Path, dst: Path, log: Callable[[str], None] = print,
     resort the model is quantized without pre-processing (still valid, sometimes less accurate or slower).
     """
     if runner is None:
-        from onnxruntime.quantization.shape_inference import quant_pre_process as runner
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        runner = quant_pre_process
     errors: list[str] = []
     for step in PREPROCESS_STEPS:
         if step == "none":

@@ -45,7 +45,7 @@ class DistillPass(KerasPass):
             src = student_path(inp, cfg.student)
             student = load_keras(src)
             distill.check_student(teacher, student, cfg.student)
-            origin = {"student": cfg.student}
+            origin: dict[str, Any] = {"student": cfg.student}
         else:
             student = distill.shrink(teacher, cfg.width)
             origin = {"student": None, "width": cfg.width}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -104,7 +105,7 @@ class QuantizePass(Pass):
                                               **chosen.get("details", {})})
 
 
-def choose(rows: list[dict[str, Any]], order: list[str]) -> dict[str, Any] | None:
+def choose(rows: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any] | None:
     """Mark each built row kept or dropped (with why) and return the kept one, or None if none passes."""
     built = [r for r in rows if "figures" in r]
     for r in built:

@@ -206,7 +206,8 @@ class KServeTarget(SpecModel):
         if not ISVC_NAME.match(spec_name):
             problems.append((where, "targets.kserve: KServe needs an InferenceService name that starts with a "
                                     f"letter, not {spec_name!r}"))
-        derived = SERVERLESS_DERIVED if self.deployment_mode == "serverless" else RAW_DERIVED
+        serverless = self.deployment_mode == "serverless"
+        derived: tuple[tuple[str, str], ...] = SERVERLESS_DERIVED if serverless else RAW_DERIVED
         if self.namespace:
             derived += (HOST_DERIVED,)
         for what, template in derived:

@@ -8,6 +8,11 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from deployc.schema.base import RelPath, SpecModel
 
 QuantizeMode = Literal["int8-dynamic", "int8-static", "float16", "auto"]
+QuantizeCandidate = Literal["int8-dynamic", "int8-static", "float16"]
+
+
+def _all_candidates() -> list[QuantizeCandidate]:
+    return ["int8-dynamic", "int8-static", "float16"]
 
 
 class QuantizeConfig(SpecModel):
@@ -23,8 +28,8 @@ class QuantizeConfig(SpecModel):
     keep_edges_float: bool = Field(True, description="int8-static: leave the first Conv and the output head "
                                    "(last MatMul/Gemm and what follows it) in float: the layers int8 hurts most.")
     exclude_ops: list[str] = Field(default_factory=list, description="ONNX op types left in float (e.g. Softmax).")
-    candidates: list[Literal["int8-dynamic", "int8-static", "float16"]] = Field(
-        default_factory=lambda: ["int8-dynamic", "int8-static", "float16"],
+    candidates: list[QuantizeCandidate] = Field(
+        default_factory=_all_candidates,
         description="Modes `auto` tries, in order of preference when two tie.")
 
 

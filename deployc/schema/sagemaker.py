@@ -103,10 +103,14 @@ class Vpc(SpecModel):
         return _all_match(v, SECURITY_GROUP, "a security group id (sg- and 8 or 17 hex digits)")
 
 
+def _input_and_output() -> list[Literal["Input", "Output"]]:
+    return ["Input", "Output"]
+
+
 class DataCapture(SpecModel):
     sampling_percent: int = Field(..., ge=0, le=100, description="Share of requests captured.")
     destination: str = Field(..., pattern=S3_URI, description="s3:// URI the captured requests go to.")
-    capture: list[Literal["Input", "Output"]] = Field(default_factory=lambda: ["Input", "Output"],
+    capture: list[Literal["Input", "Output"]] = Field(default_factory=_input_and_output,
                                                       min_length=1, description="What is captured.")
 
 

@@ -11,7 +11,7 @@ from deployc.schema.azureml import AzureMLTarget
 from deployc.schema.base import Name, RelPath, SpecModel
 from deployc.schema.kserve import KServeTarget
 from deployc.schema.local import LocalTarget
-from deployc.schema.passes import KERAS_PASSES, PassItem, pass_config, pass_name
+from deployc.schema.passes import KERAS_PASSES, PassItem, QuantizeConfig, pass_config, pass_name
 from deployc.schema.sagemaker import SageMakerTarget
 from deployc.schema.slo import SLO, LatencySLO, latency_threshold_problems, slo_name
 from deployc.schema.tflite import TFLiteTarget
@@ -129,7 +129,8 @@ class DeploySpec(SpecModel):
             else:
                 seen_onnx_pass = True
                 mode = getattr(cfg, "mode", None)
-                wants_static = mode == "int8-static" or (mode == "auto" and "int8-static" in cfg.candidates)
+                wants_static = mode == "int8-static" or (
+                    mode == "auto" and isinstance(cfg, QuantizeConfig) and "int8-static" in cfg.candidates)
                 if wants_static and self.data.calibration is None:
                     problems.append((loc + ("mode",), f"{mode} needs calibration data: set data.calibration"))
                 if mode == "auto" and self.data.eval is None:

@@ -367,4 +367,5 @@ def raw_bytes(arr: np.ndarray) -> bytes | memoryview:
         return encode_bytes(arr)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")  # a 1-d view: also for empty arrays
+    # a 1-d view: also for empty arrays. numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12
+    return memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")  # type: ignore[arg-type]

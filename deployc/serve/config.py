@@ -139,7 +139,8 @@ def _limits(raw: dict[str, Any], where: str) -> Limits:
         raise InputError(f"{where}: unknown key(s) {unknown}; expected {', '.join(known)}")
     values = {k: _get(raw, k, int if f.type == "int" else (int, float), where, getattr(Limits, k))
               for k, f in known.items()}
-    return Limits(**{k: v if known[k].type == "int" else float(v) for k, v in values.items()})
+    kwargs: dict[str, Any] = {k: v if known[k].type == "int" else float(v) for k, v in values.items()}
+    return Limits(**kwargs)
 
 
 def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig:

@@ -142,7 +142,7 @@ def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
     model_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [cfg.name]}}
     version = {"name": "version", "in": "path", "required": True,
                "schema": {"type": "string", "enum": [cfg.version]}}
-    secured = [{"bearer": []}] if cfg.auth_token_env else []
+    secured: list[dict[str, list[str]]] = [{"bearer": []}] if cfg.auth_token_env else []
 
     def op(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = (), params: list[Any] | None = None,
            body: dict[str, Any] | None = None, protected: bool = False) -> dict[str, Any]:

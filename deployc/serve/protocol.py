@@ -235,8 +235,10 @@ def uvicorn_http_options(limits: Limits | None = None) -> dict[str, Any]:
     try:
         import httptools  # noqa: F401
     except ImportError:
-        httptools = None
-    if httptools is None or HttpToolsProtocol is None:
+        have_httptools = False
+    else:
+        have_httptools = True
+    if not have_httptools or HttpToolsProtocol is None:
         # uvicorn counts the new connection itself: limit + 1 lets `max_connections` be served
         return {**options, "http": "h11", "limit_concurrency": limits.max_connections + 1}
     return {**options, "http": BoundedHttpToolsProtocol}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from deployc import conventions as c
 from deployc.compiler.steps import Step, StepContext, data_files
@@ -179,7 +179,7 @@ class TFServingTarget(Target):
 
 def config_files(spec: DeploySpec, spec_file: str) -> dict[str, bytes]:
     """models.config and (batching on) batching_parameters.txt, keyed by their bundle paths."""
-    cfg: TFServingConfig = spec.targets.tfserving
+    cfg = cast(TFServingConfig, spec.targets.tfserving)  # callers pass a spec with the tfserving target set
     header = c.GENERATED_HEADER.format(spec=spec_file)
     files = {f"{TFSERVING_DIR}/models.config":
              models_config(spec.name, cfg, version_number(spec, cfg), header).encode()}
