@@ -63,15 +63,20 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
-def _bind(cfg: ServingConfig) -> socket.socket:
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _bound(host: str, port: int, option: int, what: str = "") -> socket.socket:
+    """A TCP socket bound to host:port with one SO_* option set, or an InputError naming the address."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, option, 1)
     try:
-        sock.bind((cfg.host, cfg.port))
+        sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise InputError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
+        raise InputError(f"cannot listen on {host}:{port}{what}: {e.strerror}") from None
+    return sock
+
+
+def _bind(cfg: ServingConfig) -> socket.socket:
+    sock = _bound(cfg.host, cfg.port, socket.SO_REUSEADDR)
     sock.set_inheritable(True)
     return sock
 
@@ -158,23 +163,11 @@ def _grpc_socket(cfg: ServingConfig, share: bool) -> tuple[socket.socket | None,
     socket never listens, so it never takes a connection."""
     if cfg.grpc_port is None:
         return None, 0
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     if cfg.grpc_port:  # probed without SO_REUSEPORT: refused even when a reuseport group holds the port
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((cfg.host, cfg.grpc_port))
-            except OSError as e:
-                raise InputError(f"cannot listen on {cfg.host}:{cfg.grpc_port} for gRPC: {e.strerror}") from None
+        _bound(cfg.host, cfg.grpc_port, socket.SO_REUSEADDR, " for gRPC").close()
     if not share:
         return None, cfg.grpc_port
-    held = socket.socket(family, socket.SOCK_STREAM)
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        held.bind((cfg.host, cfg.grpc_port))
-    except OSError as e:
-        held.close()
-        raise InputError(f"cannot listen on {cfg.host}:{cfg.grpc_port} for gRPC: {e.strerror}") from None
+    held = _bound(cfg.host, cfg.grpc_port, socket.SO_REUSEPORT, " for gRPC")
     return held, held.getsockname()[1]
 
 
