@@ -179,7 +179,7 @@ def test_connections_past_max_connections_get_503_with_retry_after(short: Server
 
 
 def test_chunked_bodies_count_against_the_in_flight_budget(short: Server) -> None:
-    socks, answers = [], []
+    socks: list[socket.socket] = []
     chunk = b"%x\r\n" % MiB + b" " * MiB + b"\r\n"
     try:
         for _ in range(3):  # 3 x 6 MiB of chunked bodies > the 16 MiB budget
@@ -193,17 +193,24 @@ def test_chunked_bodies_count_against_the_in_flight_budget(short: Server) -> Non
             except OSError:
                 pass
         time.sleep(0.3)
-        for s in socks:
-            s.setblocking(False)
-            try:
-                answers.append(s.recv(4096))
-            except (BlockingIOError, OSError):
-                answers.append(b"")
+        answers = _answers(socks)
     finally:
         for s in socks:
             s.close()
     refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
     assert len(refused) == 1 and b"retry-after: 1" in refused[0].lower(), answers
+
+
+def _answers(socks: list[socket.socket]) -> list[bytes]:
+    """What each connection has been sent so far (b"" for nothing yet), without waiting."""
+    out = []
+    for s in socks:
+        s.setblocking(False)
+        try:
+            out.append(s.recv(4096))
+        except OSError:  # BlockingIOError included: nothing sent yet
+            out.append(b"")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +231,7 @@ def test_stalled_body_attack_keeps_memory_and_latency_bounded(attacked: Server) 
     try:
         under = float(np.median(latencies(attacked.port, GOOD, 1.0, max_requests=2000)))
         grown = rss_bytes(attacked.proc.pid) - rss0
-        answers = []
-        for s in socks:
-            s.setblocking(False)
-            try:
-                answers.append(s.recv(4096))
-            except (BlockingIOError, OSError):
-                answers.append(b"")
+        answers = _answers(socks)
     finally:
         for s in socks:
             s.close()
