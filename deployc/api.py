@@ -69,25 +69,34 @@ def spec_label(spec_path: Path) -> str:
 
 
 def compile_build(spec_path: Path, cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
-                  out_dir: Path | None = None) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
-    """Everything a build writes, as {path: bytes}, without writing it (steps still fill the cache)."""
-    loaded = load_spec(spec_path)
+                  out_dir: Path | None = None, validated: tuple[LoadedSpec, DeploySpec] | None = None
+                  ) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
+    """Everything a build writes, as {path: bytes}, without writing it (steps still fill the cache).
+
+    `validated`: the spec as `_load_validated` returned it, so a caller that already validated (which reads
+    every data set) does not do it twice."""
+    loaded, spec = validated or _load_validated(spec_path)
     try:
-        return _compile(loaded, spec_path, cache_dir, log, out_dir)
+        return _compile(loaded, spec, spec_path, cache_dir, log, out_dir)
     except SpecFieldError as exc:  # found by a step, reported at its field like any spec error
         line, col = value_position(loaded.tree, exc.loc)
         raise SpecError([Problem(loaded.display, line, col, dotted(exc.loc), exc.message)]) from None
 
 
-def _compile(loaded: LoadedSpec, spec_path: Path, cache_dir: Path | None, log: Callable[[str], None],
-             out_dir: Path | None) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
+def _load_validated(spec_path: Path) -> tuple[LoadedSpec, DeploySpec]:
+    loaded = load_spec(spec_path)
+    return loaded, _validate(loaded)
+
+
+def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: Path | None,
+             log: Callable[[str], None], out_dir: Path | None
+             ) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
     from deployc.compiler import emit, gates, report
     from deployc.compiler.execute import execute
     from deployc.compiler.steps import lib_version
     from deployc.manifest import make_manifest
     from deployc.render import dump_json
 
-    spec = _validate(loaded)
     p = make_plan(spec, spec_path, loaded.text)
     out = out_dir or default_out_dir(spec)
     outputs, cached = execute(p, Cache(cache_dir or default_cache_dir()), log)
@@ -120,14 +129,14 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
     from deployc.compiler import emit
     from deployc.compiler.write import build_lock, check_replaceable, check_writable, recover, write_output
 
-    spec = _validate(load_spec(spec_path))
-    out = out_dir or default_out_dir(spec)
+    validated = _load_validated(spec_path)
+    out = out_dir or default_out_dir(validated[1])
     check_writable(out)
     with build_lock(out, log):
         recover(out)
         check_replaceable(out)
         cache = Cache(cache_dir or default_cache_dir())
-        p, files, cached, rep, checks = compile_build(spec_path, cache.root, log, out)
+        p, files, cached, rep, checks = compile_build(spec_path, cache.root, log, out, validated)
         write_output(out, files, check=emit.post_write_check(p, cache))
     return BuildResult(out_dir=out, files=files, cached=cached, report=rep, gates=checks)
 
@@ -149,9 +158,9 @@ def check(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
     """Compare what a build would write with the committed build folder; write nothing there."""
     from deployc.compiler.write import read_tree
 
-    spec = _validate(load_spec(spec_path))
-    out = out_dir or default_out_dir(spec)
-    _, files, _, _, _ = compile_build(spec_path, cache_dir, log, out)
+    validated = _load_validated(spec_path)
+    out = out_dir or default_out_dir(validated[1])
+    _, files, _, _, _ = compile_build(spec_path, cache_dir, log, out, validated)
     have = read_tree(out) if out.is_dir() else {}
     return CheckResult(out_dir=out, added=sorted(set(files) - set(have)), removed=sorted(set(have) - set(files)),
                        changed=sorted(k for k in set(files) & set(have) if files[k] != have[k]))
