@@ -8,7 +8,9 @@ from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepOutput
 from deployc.render import md_code, md_text
 
-COLUMNS = (  # (figure key, column title, format)
+# (figure key, column title, format); the latency and throughput figures come from deployc.ml.measure, one
+# definition for every artifact kind, so the columns compare like with like
+COLUMNS = (
     ("accuracy", "accuracy", "{:.4f}"),
     ("agreement", "agreement", "{:.4f}"),
     ("max_abs_error", "max abs err", "{:.2e}"),

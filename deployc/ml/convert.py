@@ -12,8 +12,6 @@ ONNX_DATATYPES = {  # onnx.TensorProto enum -> Open Inference Protocol datatype
     1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16",
     11: "FP64", 12: "UINT32", 13: "UINT64", 8: "BYTES",
 }
-SPEC_DTYPES = {"float32": "float32", "float16": "float16", "float64": "float64", "int8": "int8", "uint8": "uint8",
-               "int32": "int32", "int64": "int64", "bool": "bool"}
 
 
 def quiet_tensorflow() -> None:

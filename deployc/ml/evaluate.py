@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import gzip
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.ml import measure
 
 
 def onnx_session(path: Path, threads: int = 1) -> Any:
@@ -96,33 +96,18 @@ def sizes(path: Path) -> dict[str, int]:
 
 def measure_onnx(path: Path, x: np.ndarray, threads: int = 1, batch_size: int = 64,
                  min_seconds: float = 0.5) -> dict[str, Any]:
-    """Batch-1 latency p50/p99 and throughput at `batch_size`, after warm-up, on this machine."""
+    """Batch-1 latency p50/p99 (deployc.ml.measure's definition) and throughput at `batch_size` over half of
+    `min_seconds`, on this machine."""
     sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
     x = np.asarray(x, dtype=_feed_dtype(sess))
     one = x[:1]
-    for _ in range(20):
-        sess.run(None, {name: one})
-    lat: list[float] = []
-    deadline = time.perf_counter() + min_seconds
-    while time.perf_counter() < deadline or len(lat) < 50:
-        t0 = time.perf_counter()
-        sess.run(None, {name: one})
-        lat.append(time.perf_counter() - t0)
-        if len(lat) >= 20000:
-            break
+    lat = measure.measure_latency(lambda: sess.run(None, {name: one}), min_seconds=min_seconds)
     batch = np.resize(x, (batch_size,) + x.shape[1:]).astype(x.dtype)
     fixed = sess.get_inputs()[0].shape[0]
-    rows = 0
-    t_end = time.perf_counter() + min_seconds / 2
-    t0 = time.perf_counter()
     if isinstance(fixed, int) and fixed > 0:
         batch = batch[:fixed]
-    while time.perf_counter() < t_end or rows == 0:
-        sess.run(None, {name: batch})
-        rows += len(batch)
-    elapsed = time.perf_counter() - t0
-    ms = np.asarray(lat) * 1000
-    return {"latency_p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "latency_p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "throughput_rows_s": round(rows / elapsed, 1), "threads": threads, "batch_size": int(len(batch))}
+    rows_s = measure.measure_throughput(lambda: sess.run(None, {name: batch}), len(batch),
+                                        min_seconds=min_seconds / 2)
+    return {**lat.figures(), "throughput_rows_s": round(rows_s, 1), "threads": threads,
+            "batch_size": int(len(batch))}

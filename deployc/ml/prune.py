@@ -304,6 +304,3 @@ def predict_classes(model: Any, x: np.ndarray) -> np.ndarray:
 def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
     return round(float(np.mean(predict_classes(model, x) == y.reshape(-1))), 6)
 
-
-def param_count(model: Any) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in model.weights))

@@ -12,13 +12,13 @@ import contextlib
 import io
 import re
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.ml import measure
 from deployc.ml.convert import SIGNATURE, export_saved_model
 from deployc.ml.quiet import native_stderr_silenced
 
@@ -258,23 +258,17 @@ def predict_tflite(path: Path, x: np.ndarray, threads: int = 1, batch_size: int 
 
 
 def measure_tflite(path: Path, x: np.ndarray, threads: int = 1, min_seconds: float = 0.5) -> dict[str, Any]:
-    """Batch-1 latency p50/p99 (set input, invoke, read output), after warm-up, on this machine."""
+    """Batch-1 latency p50/p99 of set input, invoke, read output (deployc.ml.measure's definition), on this
+    machine."""
     it = interpreter(path, threads)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     it.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]], strict=False)
     it.allocate_tensors()
     one = quantize(np.asarray(x)[:1], inp["dtype"], _quant(inp))
-    for _ in range(20):
+
+    def run_one() -> object:
         it.set_tensor(inp["index"], one)
         it.invoke()
-    lat: list[float] = []
-    deadline = time.perf_counter() + min_seconds
-    while (time.perf_counter() < deadline or len(lat) < 50) and len(lat) < 20000:
-        t0 = time.perf_counter()
-        it.set_tensor(inp["index"], one)
-        it.invoke()
-        it.get_tensor(out["index"])
-        lat.append(time.perf_counter() - t0)
-    ms = np.asarray(lat) * 1000
-    return {"latency_p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "latency_p99_ms": round(float(np.percentile(ms, 99)), 4), "threads": threads}
+        return it.get_tensor(out["index"])
+
+    return {**measure.measure_latency(run_one, min_seconds=min_seconds).figures(), "threads": threads}
