@@ -1,19 +1,32 @@
-"""The Python API behind the CLI: `validate`, `plan`, `build`. Each returns a result object."""
+"""The Python API behind the CLI: `validate`, `plan`, `build`, `check` and `build_many`, each returning a result."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deployc import __version__
 from deployc import conventions as c
+from deployc.compiler import gates
 from deployc.compiler.cache import Cache, default_cache_dir
+from deployc.compiler.gates import GateCheck
 from deployc.compiler.load import LoadedSpec, load_spec, value_position
 from deployc.compiler.plan import Plan, make_plan
 from deployc.compiler.validate import dotted
 from deployc.compiler.validate import validate as _validate
-from deployc.errors import GateError, Problem, SpecError, SpecFieldError
+from deployc.errors import (
+    EXIT_INVALID,
+    EXIT_OK,
+    DeploycError,
+    GateError,
+    Problem,
+    SpecError,
+    SpecFieldError,
+    UsageError,
+)
 from deployc.schema.spec import DeploySpec
 
 VERSIONED_LIBS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
@@ -49,11 +62,18 @@ class BuildResult:
     files: dict[str, bytes]
     cached: dict[str, bool]
     report: dict[str, Any]
-    gates: list[Any] = field(default_factory=list)
+    gates: list[GateCheck] = field(default_factory=list)
 
-    @property
-    def all_cached(self) -> bool:
-        return all(self.cached.values())
+
+@dataclass(frozen=True)
+class CompiledBuild:
+    """Everything one build produces, before anything is written to its build folder."""
+
+    plan: Plan
+    files: dict[str, bytes]  # relative path -> content: the whole build folder
+    cached: dict[str, bool]  # step id -> whether its result came from the cache
+    report: dict[str, Any]  # what report.json holds
+    gates: list[GateCheck]
 
 
 def default_out_dir(spec: DeploySpec) -> Path:
@@ -62,15 +82,13 @@ def default_out_dir(spec: DeploySpec) -> Path:
 
 def spec_label(spec_path: Path) -> str:
     """How generated files name the spec: relative to the working folder when inside it (stable in CI)."""
-    import os
-
     rel = os.path.relpath(spec_path)
     return Path(rel).as_posix() if not rel.startswith("..") else spec_path.name
 
 
 def compile_build(spec_path: Path, cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
                   out_dir: Path | None = None, validated: tuple[LoadedSpec, DeploySpec] | None = None
-                  ) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
+                  ) -> CompiledBuild:
     """Everything a build writes, as {path: bytes}, without writing it (steps still fill the cache).
 
     `validated`: the spec as `_load_validated` returned it, so a caller that already validated (which reads
@@ -89,9 +107,8 @@ def _load_validated(spec_path: Path) -> tuple[LoadedSpec, DeploySpec]:
 
 
 def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: Path | None,
-             log: Callable[[str], None], out_dir: Path | None
-             ) -> tuple[Plan, dict[str, bytes], dict[str, bool], dict[str, Any], list]:
-    from deployc.compiler import emit, gates, report
+             log: Callable[[str], None], out_dir: Path | None) -> CompiledBuild:
+    from deployc.compiler import emit, report
     from deployc.compiler.execute import execute
     from deployc.compiler.steps import lib_version
     from deployc.manifest import make_manifest
@@ -101,7 +118,7 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
     out = out_dir or default_out_dir(spec)
     outputs, cached = execute(p, Cache(cache_dir or default_cache_dir()), log)
 
-    checks = []
+    checks: list[GateCheck] = []
     ref = outputs.get("reference")
     for sid in p.shipped:
         r = outputs[sid].result
@@ -120,7 +137,7 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
     manifest = make_manifest(files, name=spec.name, version=spec.version, spec_sha256=p.spec_sha256,
                              versions=versions)
     files[c.MANIFEST] = dump_json(manifest)
-    return p, files, cached, rep, checks
+    return CompiledBuild(plan=p, files=files, cached=cached, report=rep, gates=checks)
 
 
 def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
@@ -136,9 +153,10 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
         recover(out)
         check_replaceable(out)
         cache = Cache(cache_dir or default_cache_dir())
-        p, files, cached, rep, checks = compile_build(spec_path, cache.root, log, out, validated)
-        write_output(out, files, check=emit.post_write_check(p, cache))
-    return BuildResult(out_dir=out, files=files, cached=cached, report=rep, gates=checks)
+        compiled = compile_build(spec_path, cache.root, log, out, validated)
+        write_output(out, compiled.files, check=emit.post_write_check(compiled.plan, cache))
+    return BuildResult(out_dir=out, files=compiled.files, cached=compiled.cached, report=compiled.report,
+                       gates=compiled.gates)
 
 
 @dataclass(frozen=True)
@@ -160,7 +178,82 @@ def check(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
 
     validated = _load_validated(spec_path)
     out = out_dir or default_out_dir(validated[1])
-    _, files, _, _, _ = compile_build(spec_path, cache_dir, log, out, validated)
+    files = compile_build(spec_path, cache_dir, log, out, validated).files
     have = read_tree(out) if out.is_dir() else {}
     return CheckResult(out_dir=out, added=sorted(set(files) - set(have)), removed=sorted(set(have) - set(files)),
                        changed=sorted(k for k in set(files) & set(have) if files[k] != have[k]))
+
+
+@dataclass(frozen=True)
+class SpecBuild:
+    """One spec of `build_many`: what its build (or check) returned, or the error that stopped it."""
+
+    spec: Path
+    name: str
+    out_dir: Path
+    result: BuildResult | CheckResult | None  # None when it failed
+    error: str | None = None  # the class name of the DeploycError that stopped it
+    messages: list[str] = field(default_factory=list)  # that error's lines, as the CLI prints them
+    exit_code: int = EXIT_OK  # the error's exit code; 1 for a check that found differences
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+
+def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bool = False, jobs: int = 0,
+               cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
+               on_done: Callable[[SpecBuild], None] | None = None) -> list[SpecBuild]:
+    """Build (or, with `check`, compare) several specs in parallel worker processes, each into
+    `<out_root>/<name>` (default root: build/).
+
+    Every spec is validated, and the names checked unique (UsageError), before any build starts. A failing spec
+    does not stop the others: its `SpecBuild` carries the error. `log` runs in the worker processes, with each
+    line prefixed by its spec, so it must be picklable (a module-level function); `on_done` runs in this process
+    as each spec finishes. Returns the results in the order of `specs` (a file named twice is built once).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    unique = list(dict.fromkeys(specs))
+    if not unique:
+        return []
+    names = {s: validate(s).name for s in unique}
+    dupes = [n for n, k in Counter(names.values()).items() if k > 1]
+    if dupes:
+        raise UsageError(f"several specs are named {dupes[0]!r}; names must be unique to build them together")
+    root = out_root or Path("build")
+    workers = jobs or min(len(unique), os.cpu_count() or 1)
+    done: dict[Path, SpecBuild] = {}
+    ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log) for s in unique]
+        for fut in as_completed(futures):
+            outcome = fut.result()
+            done[outcome.spec] = outcome
+            if on_done is not None:
+                on_done(outcome)
+    return [done[s] for s in unique]
+
+
+def _build_one(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Path | None,
+               log: Callable[[str], None]) -> SpecBuild:
+    """The body of each `build_many` worker process."""
+    prefixed = _Prefixed(f"{spec}: ", log)
+    try:
+        if check_only:
+            checked = check(spec, out, cache_dir, log=prefixed)
+            return SpecBuild(spec, name, out, checked, exit_code=EXIT_OK if checked.clean else EXIT_INVALID)
+        return SpecBuild(spec, name, out, build(spec, out, cache_dir, log=prefixed))
+    except DeploycError as exc:
+        return SpecBuild(spec, name, out, None, error=type(exc).__name__, messages=exc.lines(),
+                         exit_code=exc.exit_code)
+
+
+@dataclass(frozen=True)
+class _Prefixed:
+    prefix: str
+    log: Callable[[str], None]
+
+    def __call__(self, message: str) -> None:
+        self.log(self.prefix + message)

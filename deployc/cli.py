@@ -6,11 +6,17 @@ import argparse
 import json
 import os
 import sys
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployc import __version__
 from deployc.errors import EXIT_OK, EXIT_USAGE, DeploycError, input_error
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from deployc.api import BuildResult, CheckResult, PlanResult, SpecBuild
 
 EPILOG = "exit codes: 0 success, 1 invalid spec or input, 2 usage error, 3 a verification gate failed, " \
          "4 an external service failed"
@@ -123,10 +129,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     specs = _expand_specs(args.spec)
     if len(specs) > 1:
-        from deployc.multi import build_many
-
-        return build_many(specs, args)
-    return build_one(specs[0], args)
+        return _build_many(specs, args)
+    return _build_one(specs[0], args)
 
 
 def _expand_specs(paths: list[Path]) -> list[Path]:
@@ -145,39 +149,69 @@ def _expand_specs(paths: list[Path]) -> list[Path]:
     return out
 
 
-def build_one(spec: Path, args: argparse.Namespace, prefix: str = "") -> int:
-    """One `deployc build` (or `--check`); returns the exit code. Also the body of each parallel worker."""
+def _build_one(spec: Path, args: argparse.Namespace) -> int:
+    """One `deployc build` (or `--check`); returns the exit code."""
     from deployc import api
 
-    quiet = args.quiet or args.format == "json"
-    log = (lambda m: None) if quiet else _progress(prefix)
+    log = _no_progress if args.quiet or args.format == "json" else _progress
     if args.check:
-        res = api.check(spec, args.out, args.cache_dir, log=log)
-        doc: dict[str, Any] = {"ok": res.clean, "out": str(res.out_dir), "added": res.added,
-                               "removed": res.removed, "changed": res.changed}
-        if args.format == "json":
-            print(json.dumps(doc, indent=2, sort_keys=True))
-        elif res.clean:
-            print(f"{prefix}{res.out_dir}: up to date")
-        else:
-            print(f"{prefix}{res.out_dir}: out of date with {spec} (run `deployc build {spec}`):", file=sys.stderr)
-            for kind in ("added", "removed", "changed"):
-                for f in doc[kind]:
-                    print(f"  {kind:<8} {f}", file=sys.stderr)
-        return EXIT_OK if res.clean else 1
-    built = api.build(spec, args.out, args.cache_dir, log=log)
-    if args.format == "json":
+        return _print_check(spec, api.check(spec, args.out, args.cache_dir, log=log), args.format)
+    _print_built(api.build(spec, args.out, args.cache_dir, log=log), args.format)
+    return EXIT_OK
+
+
+def _build_many(specs: list[Path], args: argparse.Namespace) -> int:
+    """Several specs, built in parallel (each into <out>/<name>); the exit code is the worst of them."""
+    from deployc import api
+
+    log = _no_progress if args.quiet or args.format == "json" else _progress
+    results = api.build_many(specs, args.out, check=args.check, jobs=args.jobs, cache_dir=args.cache_dir,
+                             log=log, on_done=lambda r: _print_spec(r, args.format))
+    failed = sum(1 for r in results if not r.ok)
+    print(f"{len(results) - failed} of {len(results)} builds succeeded", file=sys.stderr)
+    return max(r.exit_code for r in results)
+
+
+def _print_spec(result: SpecBuild, fmt: str) -> None:
+    """One spec of a parallel build, as it finishes: its result on stdout, or its error on stderr."""
+    from deployc.api import CheckResult
+
+    prefix = f"{result.spec}: "
+    if isinstance(result.result, CheckResult):
+        _print_check(result.spec, result.result, fmt, prefix)
+    elif result.result is not None:
+        _print_built(result.result, fmt, prefix)
+    for line in result.messages:
+        print(line, file=sys.stderr)
+
+
+def _print_check(spec: Path, res: CheckResult, fmt: str, prefix: str = "") -> int:
+    doc: dict[str, Any] = {"ok": res.clean, "out": str(res.out_dir), "added": res.added,
+                           "removed": res.removed, "changed": res.changed}
+    if fmt == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif res.clean:
+        print(f"{prefix}{res.out_dir}: up to date")
+    else:
+        print(f"{prefix}{res.out_dir}: out of date with {spec} (run `deployc build {spec}`):", file=sys.stderr)
+        for kind in ("added", "removed", "changed"):
+            for f in doc[kind]:
+                print(f"  {kind:<8} {f}", file=sys.stderr)
+    return EXIT_OK if res.clean else 1
+
+
+def _print_built(built: BuildResult, fmt: str, prefix: str = "") -> None:
+    if fmt == "json":
         print(json.dumps({"ok": True, "out": str(built.out_dir), "cached": built.cached,
                           "gates": built.report["gates"], "artifacts": built.report["artifacts"],
                           "files": sorted(built.files)}, indent=2, sort_keys=True))
     else:
         hits = sum(built.cached.values())
         print(f"{prefix}built {built.out_dir} ({len(built.files)} files; {hits}/{len(built.cached)} steps from cache)")
-    return EXIT_OK
 
 
-def _print_plan(result: object) -> None:
-    data = result.to_json()  # type: ignore[attr-defined]
+def _print_plan(result: PlanResult) -> None:
+    data = result.to_json()
     print(f"plan for {data['name']} {data['version']} (spec sha256 {data['spec_sha256'][:12]})")
     width = max(len(s["id"]) for s in data["steps"])
     for s in data["steps"]:
@@ -187,15 +221,26 @@ def _print_plan(result: object) -> None:
         print(f"targets: {', '.join(data['targets'])}")
 
 
-def _progress(prefix: str = ""):  # type: ignore[no-untyped-def]
-    """Plain lines in CI logs; rich styling on a terminal."""
+def _no_progress(_: str) -> None:
+    return None
+
+
+def _progress(message: str) -> None:
+    """Plain lines in CI logs; rich styling on a terminal. A module-level function: parallel builds call it in
+    their worker processes."""
     if sys.stderr.isatty() and not os.environ.get("CI"):
-        from rich.console import Console
         from rich.markup import escape
 
-        console = Console(stderr=True, highlight=False)
-        return lambda m: console.print(f"[dim]deployc[/dim] {escape(prefix + m)}")
-    return lambda m: print(f"deployc: {prefix}{m}", file=sys.stderr, flush=True)
+        _console().print(f"[dim]deployc[/dim] {escape(message)}")
+    else:
+        print(f"deployc: {message}", file=sys.stderr, flush=True)
+
+
+@cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
 
 
 if __name__ == "__main__":

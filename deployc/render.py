@@ -2,8 +2,8 @@
 
 Sandboxed (a template cannot reach Python internals), StrictUndefined (a missing value is an error, not an empty
 string), trailing newlines kept, and no autoescape: values must enter through `tojson` (JSON is valid YAML), so a
-spec value can never change the structure of the rendered file. Every rendered YAML/JSON is parsed back by
-`render_yaml` / `render_json` before it is returned.
+spec value can never change the structure of the rendered file. Every rendered YAML is parsed back by
+`render_yaml` before it is returned.
 
 Markdown documents (READMEs, report.md, `deployc diff`) escape each value for where it stands, with the helpers
 below (also the template filters `md` and `comment`): `md_text` for inline text (prose, headings, table cells),
@@ -119,14 +119,6 @@ def render_yaml(target: str, name: str, **values: Any) -> tuple[str, Any]:
     except YAMLError as exc:
         raise TemplateError(f"templates/{target}/{name} rendered invalid YAML: {exc}") from None
     return text, parsed
-
-
-def render_json(target: str, name: str, **values: Any) -> tuple[str, Any]:
-    text = render_template(target, name, **values)
-    try:
-        return text, json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TemplateError(f"templates/{target}/{name} rendered invalid JSON: {exc}") from None
 
 
 def dump_json(data: Any) -> bytes:

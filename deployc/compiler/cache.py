@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.compiler.steps import file_digest
+from deployc.compiler.write import crash_point
 from deployc.errors import InputError, describe_os_error
 
 ENTRY = "_entry.json"
@@ -114,8 +115,6 @@ class Cache:
             if p.is_file():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
-        from deployc.compiler.write import crash_point
-
         crash_point("cache-staged")
         final = self._dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+from deployc.compiler.inputs import open_regular, special_kind
 from deployc.errors import DeploycError, Problem, SpecError
 from deployc.schema.envref import ENV_KEY, ENV_TAG, env_ref_name_problem
 
@@ -55,8 +56,6 @@ def load_spec(path: Path) -> LoadedSpec:
 
     def fail(msg: str, line: int = 1, col: int = 1) -> SpecError:
         return SpecError([Problem(display, line, col, "", msg)])
-
-    from deployc.compiler.inputs import open_regular, special_kind
 
     try:
         if path.is_dir():

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from deployc import conventions as c
+from deployc.compiler.inputs import special_kind
 from deployc.errors import InputError, input_error
 from deployc.manifest import read_manifest
 
@@ -60,8 +61,6 @@ def build_lock(out: Path, log: Callable[[str], None]) -> Iterator[None]:
 def check_replaceable(out: Path) -> None:
     """Refuse, touching nothing, an output folder that a build may not replace: anything but a deployc build
     whose manifest lists every file in it (a folder that merely holds a `manifest.json` is someone's data)."""
-    from deployc.compiler.inputs import special_kind
-
     if out.is_symlink():
         raise InputError(f"{out}: is a symbolic link; give the real folder as --out")
     if out.exists() and not out.is_dir():

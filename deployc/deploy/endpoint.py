@@ -6,17 +6,15 @@ which deployc never deletes.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deployc.deploy.aws import aws_errors, describe_message, is_not_found
 from deployc.deploy.plan import SCALABLE_DIMENSION, scaling_resource_id
+from deployc.deploy.run import SETTLED, DeployRun
 from deployc.errors import DeployError
 
-if TYPE_CHECKING:
-    from deployc.deploy.sagemaker import _Runner
 
-
-def update_or_create(run: _Runner, p: dict[str, Any]) -> None:
+def update_or_create(run: DeployRun, p: dict[str, Any]) -> None:
     name, config = p["EndpointName"], p["EndpointConfigName"]
     sm = run.client("sagemaker")
     try:
@@ -27,16 +25,16 @@ def update_or_create(run: _Runner, p: dict[str, Any]) -> None:
         sm.create_endpoint(**p)
         run.log(f"creating endpoint {name} on {config}; waiting for InService (up to {run.wait_timeout_s:g}s)")
         _check_result(run, run.wait_settled(name), config, created=True)
-        return run._done("applied", f"created endpoint {name} on {config}")
+        return run.done("applied", f"created endpoint {name} on {config}")
 
-    if current["EndpointStatus"] not in ("InService", "Failed", "OutOfService"):
+    if current["EndpointStatus"] not in SETTLED:
         run.log(f"endpoint {name} is {current['EndpointStatus']}; waiting for it to settle first")
         current = run.wait_settled(name)
     if current["EndpointStatus"] == "Failed":
         raise DeployError(f"endpoint {name} is Failed ({current.get('FailureReason', 'no reason given')}) and "
                           "cannot be updated: delete it (aws sagemaker delete-endpoint) and deploy again")
     if current["EndpointConfigName"] == config:
-        return run._done("unchanged", f"endpoint {name} already runs {config}")
+        return run.done("unchanged", f"endpoint {name} already runs {config}")
 
     previous = current["EndpointConfigName"]
     kwargs: dict[str, Any] = {"EndpointName": name, "EndpointConfigName": config}
@@ -51,10 +49,10 @@ def update_or_create(run: _Runner, p: dict[str, Any]) -> None:
         if restore:
             _restore_autoscaling(run)
         raise
-    run._done("applied", f"updated endpoint {name}: {previous} -> {config}")
+    run.done("applied", f"updated endpoint {name}: {previous} -> {config}")
 
 
-def _check_result(run: _Runner, d: dict[str, Any], config: str, *, created: bool) -> None:
+def _check_result(run: DeployRun, d: dict[str, Any], config: str, *, created: bool) -> None:
     name = d.get("EndpointName", run.plan["endpoint_name"])
     if d["EndpointStatus"] != "InService":
         raise DeployError(f"endpoint {name} is {d['EndpointStatus']}: {d.get('FailureReason', 'no reason given')}"
@@ -65,7 +63,7 @@ def _check_result(run: _Runner, d: dict[str, Any], config: str, *, created: bool
                           f"it serves the last good config {d['EndpointConfigName']}")
 
 
-def _prepare_autoscaling(run: _Runner, name: str, previous: str, config: str, kwargs: dict[str, Any]) -> bool:
+def _prepare_autoscaling(run: DeployRun, name: str, previous: str, config: str, kwargs: dict[str, Any]) -> bool:
     """Autoscaling rules for updates: keep the scaled instance count, and deregister for an instance-type change.
 
     Returns whether a scalable target was deregistered (and must come back if the update fails).
@@ -94,7 +92,7 @@ def _prepare_autoscaling(run: _Runner, name: str, previous: str, config: str, kw
     return True
 
 
-def _restore_autoscaling(run: _Runner) -> None:
+def _restore_autoscaling(run: DeployRun) -> None:
     """After a failed update that had deregistered autoscaling: register the plan's target and policy again."""
     aas = run.client("application-autoscaling")
     try:

@@ -82,40 +82,8 @@ def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256
     bucket, key = artifact_location(cfg, name, artifact_sha256)
     model_data_url = f"s3://{bucket}/{key}"
     tags = {"Tags": tag_list(cfg.tags)} if cfg.tags else {}
-
-    model: dict[str, Any] = {
-        "ExecutionRoleArn": cfg.role_arn,
-        "PrimaryContainer": {"Image": cfg.image_uri, "ModelDataUrl": model_data_url,
-                             "Environment": plan_environment(cfg)},
-        "EnableNetworkIsolation": cfg.network_isolation,
-    }
-    if cfg.vpc:
-        model["VpcConfig"] = {"SecurityGroupIds": list(cfg.vpc.security_groups), "Subnets": list(cfg.vpc.subnets)}
-    model_name = content_name(name, model)
-    model = {"ModelName": model_name, **model, **tags}
-
-    variant: dict[str, Any] = {"VariantName": c.SAGEMAKER_VARIANT_NAME, "ModelName": model_name,
-                               "InitialVariantWeight": 1.0}
-    if cfg.serverless:
-        variant["ServerlessConfig"] = {"MemorySizeInMB": cfg.serverless.memory_mb,
-                                       "MaxConcurrency": cfg.serverless.max_concurrency}
-    else:
-        variant["InstanceType"] = cfg.resolved_instance_type()
-        variant["InitialInstanceCount"] = cfg.resolved_instance_count()
-    endpoint_config: dict[str, Any] = {"ProductionVariants": [variant]}
-    if cfg.kms_key:
-        endpoint_config["KmsKeyId"] = cfg.kms_key
-    if cfg.data_capture:
-        dc = cfg.data_capture
-        capture: dict[str, Any] = {"EnableCapture": True, "InitialSamplingPercentage": dc.sampling_percent,
-                                   "DestinationS3Uri": dc.destination,
-                                   "CaptureOptions": [{"CaptureMode": m} for m in dc.capture]}
-        if cfg.kms_key:
-            capture["KmsKeyId"] = cfg.kms_key
-        endpoint_config["DataCaptureConfig"] = capture
-    config_name = content_name(name, endpoint_config)
-    endpoint_config = {"EndpointConfigName": config_name, **endpoint_config, **tags}
-
+    model = _model_params(cfg, name, model_data_url, tags)
+    endpoint_config = _endpoint_config_params(cfg, name, model["ModelName"], tags)
     names = {a["logical_id"]: a["properties"]["AlarmName"] for a in alarms}
     rollback = [names[i] for i in rollback_alarm_ids(alarms)]
     calls: list[dict[str, Any]] = [
@@ -130,20 +98,9 @@ def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256
     for a in alarms:
         calls.append(_call("cloudwatch", "put_metric_alarm", "changed", {**a["properties"], **tags}))
     calls.append(_call("sagemaker", "create_endpoint", "absent-or-other-config", {
-        "EndpointName": name, "EndpointConfigName": config_name,
+        "EndpointName": name, "EndpointConfigName": endpoint_config["EndpointConfigName"],
         "DeploymentConfig": deployment_config(cfg, rollback), **tags}))
-    if cfg.autoscaling:
-        scaling = cfg.autoscaling
-        target = {"ServiceNamespace": "sagemaker", "ResourceId": scaling_resource_id(name),
-                  "ScalableDimension": SCALABLE_DIMENSION}
-        calls.append(_call("application-autoscaling", "register_scalable_target", "changed", {
-            **target, "MinCapacity": scaling.min_instances, "MaxCapacity": scaling.max_instances}))
-        calls.append(_call("application-autoscaling", "put_scaling_policy", "changed", {
-            "PolicyName": f"{name}-invocations-per-instance", **target, "PolicyType": "TargetTrackingScaling",
-            "TargetTrackingScalingPolicyConfiguration": {
-                "TargetValue": float(scaling.target_invocations_per_instance),
-                "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
-                "ScaleInCooldown": scaling.scale_in_cooldown_s, "ScaleOutCooldown": scaling.scale_out_cooldown_s}}))
+    calls += _autoscaling_calls(cfg, name)
     return {
         "format_version": PLAN_FORMAT_VERSION,
         "name": name,
@@ -151,12 +108,74 @@ def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256
         "region": cfg.region,
         "endpoint_name": name,
         "variant_name": c.SAGEMAKER_VARIANT_NAME,
-        "model_name": model_name,
-        "endpoint_config_name": config_name,
+        "model_name": model["ModelName"],
+        "endpoint_config_name": endpoint_config["EndpointConfigName"],
         "artifact": {"file": ARTIFACT_FILE, "sha256": artifact_sha256, "size": artifact_size,
                      "s3_uri": model_data_url},
         "calls": calls,
     }
+
+
+def _model_params(cfg: SageMakerTarget, name: str, model_data_url: str, tags: dict[str, Any]) -> dict[str, Any]:
+    """create_model's parameters; the model name is the content name of everything but the tags."""
+    model: dict[str, Any] = {
+        "ExecutionRoleArn": cfg.role_arn,
+        "PrimaryContainer": {"Image": cfg.image_uri, "ModelDataUrl": model_data_url,
+                             "Environment": plan_environment(cfg)},
+        "EnableNetworkIsolation": cfg.network_isolation,
+    }
+    if cfg.vpc:
+        model["VpcConfig"] = {"SecurityGroupIds": list(cfg.vpc.security_groups), "Subnets": list(cfg.vpc.subnets)}
+    return {"ModelName": content_name(name, model), **model, **tags}
+
+
+def _variant(cfg: SageMakerTarget, model_name: str) -> dict[str, Any]:
+    """The one production variant: serverless, or instances of the resolved type and count."""
+    variant: dict[str, Any] = {"VariantName": c.SAGEMAKER_VARIANT_NAME, "ModelName": model_name,
+                               "InitialVariantWeight": 1.0}
+    if cfg.serverless:
+        variant["ServerlessConfig"] = {"MemorySizeInMB": cfg.serverless.memory_mb,
+                                       "MaxConcurrency": cfg.serverless.max_concurrency}
+    else:
+        variant["InstanceType"] = cfg.resolved_instance_type()
+        variant["InitialInstanceCount"] = cfg.resolved_instance_count()
+    return variant
+
+
+def _endpoint_config_params(cfg: SageMakerTarget, name: str, model_name: str, tags: dict[str, Any]
+                            ) -> dict[str, Any]:
+    """create_endpoint_config's parameters; named, like the model, by the content name of the rest."""
+    endpoint_config: dict[str, Any] = {"ProductionVariants": [_variant(cfg, model_name)]}
+    if cfg.kms_key:
+        endpoint_config["KmsKeyId"] = cfg.kms_key
+    if cfg.data_capture:
+        dc = cfg.data_capture
+        capture: dict[str, Any] = {"EnableCapture": True, "InitialSamplingPercentage": dc.sampling_percent,
+                                   "DestinationS3Uri": dc.destination,
+                                   "CaptureOptions": [{"CaptureMode": m} for m in dc.capture]}
+        if cfg.kms_key:
+            capture["KmsKeyId"] = cfg.kms_key
+        endpoint_config["DataCaptureConfig"] = capture
+    return {"EndpointConfigName": content_name(name, endpoint_config), **endpoint_config, **tags}
+
+
+def _autoscaling_calls(cfg: SageMakerTarget, name: str) -> list[dict[str, Any]]:
+    """Target tracking on invocations per instance, registered after the endpoint exists; none without it."""
+    if not cfg.autoscaling:
+        return []
+    scaling = cfg.autoscaling
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": scaling_resource_id(name),
+              "ScalableDimension": SCALABLE_DIMENSION}
+    return [
+        _call("application-autoscaling", "register_scalable_target", "changed", {
+            **target, "MinCapacity": scaling.min_instances, "MaxCapacity": scaling.max_instances}),
+        _call("application-autoscaling", "put_scaling_policy", "changed", {
+            "PolicyName": f"{name}-invocations-per-instance", **target, "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "TargetValue": float(scaling.target_invocations_per_instance),
+                "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
+                "ScaleInCooldown": scaling.scale_in_cooldown_s, "ScaleOutCooldown": scaling.scale_out_cooldown_s}}),
+    ]
 
 
 def scaling_resource_id(endpoint_name: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,11 @@ from deployc.deploy.aws import (
 from deployc.deploy.endpoint import update_or_create
 from deployc.deploy.envrefs import redact, references, resolve
 from deployc.deploy.plan import PLAN_FORMAT_VERSION
+from deployc.deploy.run import DeployRun
 from deployc.errors import DeployError, InputError
 from deployc.manifest import verify_build
 
 PLAN_FILE = f"{c.SAGEMAKER_DIR}/deploy-plan.json"
-SETTLED = {"InService", "Failed", "OutOfService"}
 
 
 def load_plan(build_dir: Path) -> dict[str, Any]:
@@ -99,27 +98,14 @@ def _result(plan: dict[str, Any], *, dry_run: bool, actions: list[dict[str, str]
     }
 
 
-class _Runner:
+class _Runner(DeployRun):
     """Executes the plan's calls in order; each checks the current state first and skips what is in place."""
-
-    def __init__(self, plan: dict[str, Any], build_dir: Path, clients: ClientFactory, log: Callable[[str], Any],
-                 wait_timeout_s: float, poll_s: float, env_refs: dict[str, str] | None = None):
-        self.plan, self.build_dir, self.client, self.log = plan, build_dir, clients, log
-        self.wait_timeout_s, self.poll_s = wait_timeout_s, poll_s
-        self.actions: list[dict[str, str]] = []
-        self.current = "deploy"
-        self.calls = {call["operation"]: call["parameters"] for call in plan["calls"]}
-        self.env_refs = env_refs or {}  # container variable -> the environment variable its value came from
 
     def run(self) -> None:
         for call in self.plan["calls"]:
             self.current = f"{call['service']}.{call['operation']}"
             handler = getattr(self, f"_{call['operation']}")
             handler(call["parameters"])
-
-    def _done(self, status: str, detail: str) -> None:
-        self.actions.append({"call": self.current, "status": status, "detail": detail})
-        self.log(f"{'applied ' if status == 'applied' else 'unchanged'} {self.current}: {detail}")
 
     # --- immutable resources: created when absent -----------------------------------------------------------
     def _put_object(self, p: dict[str, Any]) -> None:
@@ -133,10 +119,10 @@ class _Runner:
             if head.get("ContentLength") != art["size"]:
                 raise DeployError(f"{art['s3_uri']} exists with {head.get('ContentLength')} bytes, not the "
                                   f"build's {art['size']}: something else wrote to deployc's key; remove it")
-            return self._done("unchanged", f"{art['s3_uri']} already uploaded")
+            return self.done("unchanged", f"{art['s3_uri']} already uploaded")
         body = (self.build_dir / p["Body"]["file"]).read_bytes()
         s3.put_object(**{**p, "Body": body})
-        self._done("applied", f"uploaded {art['s3_uri']} ({len(body)} bytes)")
+        self.done("applied", f"uploaded {art['s3_uri']} ({len(body)} bytes)")
 
     def _create_model(self, p: dict[str, Any]) -> None:
         sm, name = self.client("sagemaker"), p["ModelName"]
@@ -146,7 +132,7 @@ class _Runner:
             if not is_not_found(exc):
                 raise
             sm.create_model(**p)
-            return self._done("applied", f"created model {name}")
+            return self.done("applied", f"created model {name}")
         # The name follows the references, not their values: a rotated value meets the model made with the old one.
         deployed = (found.get("PrimaryContainer") or {}).get("Environment") or {}
         wanted = p["PrimaryContainer"]["Environment"]
@@ -155,7 +141,7 @@ class _Runner:
             self.log(f"warning: model {name} holds other values for {', '.join(stale)} than this environment; "
                      "models are immutable, so the new values are NOT deployed (docs/sagemaker.md, "
                      "'Rotating a referenced value')")
-        self._done("unchanged", f"model {name} exists" + (f"; new values of {', '.join(stale)} not deployed"
+        self.done("unchanged", f"model {name} exists" + (f"; new values of {', '.join(stale)} not deployed"
                                                           if stale else ""))
 
     def _create_endpoint_config(self, p: dict[str, Any]) -> None:
@@ -170,8 +156,8 @@ class _Runner:
             if not is_not_found(exc):
                 raise
             create()
-            return self._done("applied", f"created {what} {name}")
-        self._done("unchanged", f"{what} {name} exists")
+            return self.done("applied", f"created {what} {name}")
+        self.done("unchanged", f"{what} {name} exists")
 
     # --- mutable settings: written when they differ ---------------------------------------------------------
     def _put_metric_alarm(self, p: dict[str, Any]) -> None:
@@ -179,18 +165,18 @@ class _Runner:
         found = cw.describe_alarms(AlarmNames=[p["AlarmName"]], AlarmTypes=["MetricAlarm"])["MetricAlarms"]
         wanted = {k: v for k, v in p.items() if k != "Tags"}
         if found and same(wanted, found[0]):
-            return self._done("unchanged", f"alarm {p['AlarmName']} is up to date")
+            return self.done("unchanged", f"alarm {p['AlarmName']} is up to date")
         cw.put_metric_alarm(**p)
-        self._done("applied", f"{'updated' if found else 'created'} alarm {p['AlarmName']}")
+        self.done("applied", f"{'updated' if found else 'created'} alarm {p['AlarmName']}")
 
     def _register_scalable_target(self, p: dict[str, Any]) -> None:
         aas = self.client("application-autoscaling")
         found = aas.describe_scalable_targets(ServiceNamespace=p["ServiceNamespace"], ResourceIds=[p["ResourceId"]],
                                               ScalableDimension=p["ScalableDimension"])["ScalableTargets"]
         if found and same(p, found[0]):
-            return self._done("unchanged", f"scalable target {p['ResourceId']} is up to date")
+            return self.done("unchanged", f"scalable target {p['ResourceId']} is up to date")
         aas.register_scalable_target(**p)
-        self._done("applied", f"registered {p['ResourceId']} ({p['MinCapacity']}..{p['MaxCapacity']} instances)")
+        self.done("applied", f"registered {p['ResourceId']} ({p['MinCapacity']}..{p['MaxCapacity']} instances)")
 
     def _put_scaling_policy(self, p: dict[str, Any]) -> None:
         aas = self.client("application-autoscaling")
@@ -198,38 +184,10 @@ class _Runner:
             ServiceNamespace=p["ServiceNamespace"], ResourceId=p["ResourceId"],
             ScalableDimension=p["ScalableDimension"], PolicyNames=[p["PolicyName"]])["ScalingPolicies"]
         if found and same(p, found[0]):
-            return self._done("unchanged", f"scaling policy {p['PolicyName']} is up to date")
+            return self.done("unchanged", f"scaling policy {p['PolicyName']} is up to date")
         aas.put_scaling_policy(**p)
-        self._done("applied", f"put scaling policy {p['PolicyName']}")
+        self.done("applied", f"put scaling policy {p['PolicyName']}")
 
     # --- the endpoint ------------------------------------------------------------------------------------------
     def _create_endpoint(self, p: dict[str, Any]) -> None:
         update_or_create(self, p)
-
-    def endpoint_state(self) -> str:
-        """Where the endpoint stands after a failure, for the error message."""
-        name = self.plan["endpoint_name"]
-        try:
-            d = self.client("sagemaker").describe_endpoint(EndpointName=name)
-        except aws_errors() as exc:
-            if is_not_found(exc):
-                return f"Endpoint {name} does not exist yet; nothing was deleted."
-            return f"The state of endpoint {name} is unknown ({describe_message(exc)}); nothing was deleted."
-        return (f"Endpoint {name} is {d['EndpointStatus']} on config {d['EndpointConfigName']}; "
-                "no config or model was deleted.")
-
-    def wait_settled(self, name: str) -> dict[str, Any]:
-        """describe_endpoint until the endpoint leaves Creating/Updating/RollingBack, or DeployError on timeout."""
-        deadline = time.monotonic() + self.wait_timeout_s
-        sm = self.client("sagemaker")
-        while True:
-            d = sm.describe_endpoint(EndpointName=name)
-            if d["EndpointStatus"] in SETTLED:
-                return dict(d)
-            if time.monotonic() >= deadline:
-                raise DeployError(
-                    f"endpoint {name} is still {d['EndpointStatus']} after {self.wait_timeout_s:g}s "
-                    f"(--wait-timeout). SageMaker goes on in the background; until the update completes the "
-                    f"endpoint serves its previous config {d.get('EndpointConfigName')}. Run deployc deploy again "
-                    "to resume (it waits, then finishes autoscaling).")
-            time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))

@@ -5,16 +5,13 @@ Handlers are plain Starlette endpoints wrapped by `_endpoint`, which does auth, 
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -22,81 +19,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from deployc import conventions as C
-from deployc.errors import InputError
-from deployc.serve import codec, content
+from deployc.serve import content
+from deployc.serve import handlers as h
 from deployc.serve.batcher import Batcher
+from deployc.serve.bodies import error_response
 from deployc.serve.codec import ClientError
 from deployc.serve.config import ServingConfig
 from deployc.serve.limits import ABORTED_KEY, STATE_KEY, LimitsState
 from deployc.serve.metrics import ServerMetrics
+from deployc.serve.openapi import OPENAPI_PATH, openapi
 from deployc.serve.runtime import ModelRunner
+from deployc.serve.state import ServerState, auth_token, bearer_ok
 
 log = logging.getLogger("deployc.serve")
-JSON = "application/json"
-NPY = "application/x-npy"
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass
-class ServerState:
-    cfg: ServingConfig
-    runner: ModelRunner
-    batcher: Batcher
-    metrics: ServerMetrics
-    token: bytes | None
-    draining: bool = False
-    started: bool = False
-
-    @property
-    def ready(self) -> bool:
-        return self.started and not self.draining
-
-
-def auth_token(cfg: ServingConfig) -> bytes | None:
-    """The bearer token from the environment variable serving.json names; refusing to start beats serving open."""
-    if cfg.auth_token_env is None:
-        return None
-    value = os.environ.get(cfg.auth_token_env, "")
-    if not value:
-        raise InputError(f"{cfg.config_path}: server.auth_token_env names {cfg.auth_token_env}, which is not set "
-                         "(or empty): refusing to start without the token")
-    return value.encode()
-
-
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(codec.dumps(obj), status_code=status, media_type=JSON, headers=headers)
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": message}, status, headers)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, answering 413 as soon as it passes `limit` (from Content-Length, or while streaming).
-
-    A gzip or deflate body (`Content-Encoding`) is decompressed as it arrives; its decompressed size counts
-    against `limit` too (deployc/serve/content.py). Any other coding is a 415, before the body is read.
-    """
-    coding = content.request_coding(request.headers.get("content-encoding"))
-    decoder = None if coding is None else content.BodyDecoder(coding, limit)
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ClientError(400, "invalid Content-Length header")
-        if int(declared) > limit:
-            raise ClientError(413, f"the body ({declared} bytes) is larger than the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(413, f"the body is larger than the limit of {limit} bytes")
-        if decoder is None:
-            chunks.append(chunk)
-        else:
-            chunks += decoder.feed(chunk)
-    if decoder is not None:
-        chunks += decoder.finish()
-    return b"".join(chunks)
 
 
 def create_app(cfg: ServingConfig, runner: ModelRunner | None = None) -> Starlette:
@@ -176,17 +112,7 @@ def _authorized(request: Request, token: bytes) -> bool:
     return bearer_ok(request.headers.get(C.SERVE_AUTH_HEADER, ""), token)
 
 
-def bearer_ok(header: str, token: bytes) -> bool:
-    """`Bearer <token>` checked in constant time; shared by the HTTP routes and the gRPC service."""
-    scheme, _, given = header.partition(" ")
-    # compare_digest runs in time independent of where the strings differ
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
-
-
 def _routes(state: ServerState) -> list[Route]:
-    from deployc.serve import handlers as h
-    from deployc.serve.openapi import OPENAPI_PATH, openapi
-
     table: list[tuple[str, str, Callable[[ServerState, Request], Awaitable[Response]], str, bool]] = [
         ("/v2/health/live", "GET", h.live, C.ROUTE_HEALTH, False),
         ("/v2/health/ready", "GET", h.ready, C.ROUTE_HEALTH, False),
@@ -215,9 +141,3 @@ def _bind(fn: Callable[[ServerState, Request], Awaitable[Response]], state: Serv
 
     return call
 
-
-def outputs_json(state: ServerState, outs: list[np.ndarray], wanted: list[str] | None) -> list[dict[str, Any]]:
-    specs = state.cfg.outputs
-    chosen = [i for i, s in enumerate(specs) if wanted is None or s.name in wanted]
-    return [{"name": specs[i].name, "datatype": codec.v2_datatype(outs[i]), "shape": list(outs[i].shape),
-             "data": np.ascontiguousarray(outs[i]).ravel()} for i in chosen]

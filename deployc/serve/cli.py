@@ -19,8 +19,6 @@ from typing import Any
 from deployc.errors import EXIT_OK, DeploycError, InputError
 from deployc.serve.config import ServingConfig, load_config
 
-BUNDLE_ENV = "DEPLOYC_SERVE_BUNDLE"  # how `--workers N` passes the bundle to its worker processes
-GRPC_PORT_ENV = "DEPLOYC_SERVE_GRPC_PORT"  # ... and the gRPC port the parent chose (empty: no gRPC)
 log = logging.getLogger("deployc.serve")
 
 
@@ -124,9 +122,10 @@ def _serve_many(cfg: ServingConfig, log_level: str) -> int:
     """N worker processes share one socket; Prometheus samples are aggregated through a shared folder."""
     from uvicorn.supervisors import Multiprocess
 
-    from deployc.serve.app import auth_token
     from deployc.serve.metrics import MULTIPROC_ENV
     from deployc.serve.runtime import ModelRunner
+    from deployc.serve.state import auth_token
+    from deployc.serve.worker import BUNDLE_ENV, GRPC_PORT_ENV, OVERRIDES_ENV
 
     auth_token(cfg)  # fail before spawning anything: a worker that cannot start would be restarted forever
     ModelRunner(cfg).warm_up()
@@ -135,7 +134,7 @@ def _serve_many(cfg: ServingConfig, log_level: str) -> int:
         own_dir = tempfile.mkdtemp(prefix="deployc-metrics-")
         os.environ[MULTIPROC_ENV] = own_dir
     os.environ[BUNDLE_ENV] = str(cfg.config_path)
-    os.environ["DEPLOYC_SERVE_OVERRIDES"] = f"{cfg.host},{cfg.port},{cfg.workers}"
+    os.environ[OVERRIDES_ENV] = f"{cfg.host},{cfg.port},{cfg.workers}"
     sock = _bind(cfg)
     grpc_sock, grpc_port = _grpc_socket(cfg, share=True)
     os.environ[GRPC_PORT_ENV] = "" if grpc_sock is None else str(grpc_port)

@@ -143,9 +143,8 @@ def _limits(raw: dict[str, Any], where: str) -> Limits:
     return Limits(**kwargs)
 
 
-def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig:
-    """Parse, check and resolve serving.json; verify the model file's sha256 against the config."""
-    path = find_serving_json(bundle)
+def _read_object(path: Path) -> dict[str, Any]:
+    """serving.json as a JSON object of the format version this server reads."""
     w = str(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -156,29 +155,64 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
     fv = raw.get("format_version")
     if fv != C.SERVING_CONFIG_VERSION:
         raise InputError(f"{w}: format_version {fv!r} is not supported (expected {C.SERVING_CONFIG_VERSION})")
-    root = path.parent
-    model = _get(raw, "model", dict, f"{w}:")
+    return raw
+
+
+def _model_file(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> tuple[Path, str]:
+    """The model file inside the bundle and its sha256, checked against the file when `verify_sha256`."""
     model_path = _inside(root, _get(model, "path", str, f"{w}: model"), f"{w}: model.path")
     if not model_path.is_file():
         raise InputError(f"{w}: model.path: {model_path} does not exist")
     sha = _get(model, "sha256", str, f"{w}: model").lower()
     if verify_sha256 and _sha256(model_path) != sha:
         raise InputError(f"{model_path}: sha256 does not match serving.json (the model changed after the build)")
-    labels = None
-    if raw.get("labels") is not None:
-        labels_path = _inside(root, _get(raw, "labels", str, f"{w}:"), f"{w}: labels")
-        if not labels_path.is_file():
-            raise InputError(f"{w}: labels: {labels_path} does not exist")
-        labels = tuple(x.strip() for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip())
+    return model_path, sha
+
+
+def _labels(raw: dict[str, Any], root: Path, w: str) -> tuple[str, ...] | None:
+    """The class labels from the file `labels` names (one a line, blank lines skipped); None without one."""
+    if raw.get("labels") is None:
+        return None
+    labels_path = _inside(root, _get(raw, "labels", str, f"{w}:"), f"{w}: labels")
+    if not labels_path.is_file():
+        raise InputError(f"{w}: labels: {labels_path} does not exist")
+    return tuple(x.strip() for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip())
+
+
+def _latency_buckets(metrics: dict[str, Any], w: str) -> tuple[float, ...]:
+    buckets = _get(metrics, "latency_buckets", list, f"{w}: metrics", list(C.DEFAULT_LATENCY_BUCKETS))
+    if not buckets or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0
+                              and math.isfinite(b) for b in buckets):
+        raise InputError(f"{w}: metrics.latency_buckets: expected positive numbers, got {buckets!r}")
+    return tuple(sorted(float(b) for b in buckets))
+
+
+def _check_ranges(cfg: ServingConfig, w: str) -> None:
+    if cfg.max_batch_size < 1 or cfg.max_delay_ms < 0 or cfg.max_body_bytes < 1 or cfg.workers < 1:
+        raise InputError(f"{w}: batching.max_batch_size, server.workers and server.max_body_bytes must be >= 1, "
+                         "batching.max_delay_ms >= 0")
+    if cfg.grpc_port is not None and not 0 <= cfg.grpc_port <= 65535:
+        raise InputError(f"{w}: server.grpc_port must be 0..65535 (or null: no gRPC), got {cfg.grpc_port}")
+    bad = cfg.limits.problems(cfg.max_body_bytes)
+    if bad:
+        raise InputError(f"{w}: limits.{bad[0]}")
+
+
+def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig:
+    """Parse, check and resolve serving.json; verify the model file's sha256 against the config."""
+    path = find_serving_json(bundle)
+    w = str(path)
+    raw = _read_object(path)
+    root = path.parent
+    model = _get(raw, "model", dict, f"{w}:")
+    model_path, sha = _model_file(model, root, w, verify_sha256)
+    labels = _labels(raw, root, w)
     server = _get(raw, "server", dict, f"{w}:", {})
     runtime = _get(raw, "runtime", dict, f"{w}:", {})
     batching = _get(raw, "batching", dict, f"{w}:", {})
     metrics = _get(raw, "metrics", dict, f"{w}:", {})
     ws, wr, wb = f"{w}: server", f"{w}: runtime", f"{w}: batching"
-    buckets = _get(metrics, "latency_buckets", list, f"{w}: metrics", list(C.DEFAULT_LATENCY_BUCKETS))
-    if not buckets or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0
-                              and math.isfinite(b) for b in buckets):
-        raise InputError(f"{w}: metrics.latency_buckets: expected positive numbers, got {buckets!r}")
+    latency_buckets = _latency_buckets(metrics, w)
     cfg = ServingConfig(
         root=root, name=_get(raw, "name", str, f"{w}:"), version=str(_get(raw, "version", (str, int), f"{w}:")),
         task=_get(raw, "task", str, f"{w}:", "other"), model_path=model_path, model_sha256=sha,
@@ -194,16 +228,9 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
         max_delay_ms=float(_get(batching, "max_delay_ms", (int, float), wb, 2.0)),
         batch_invariant=_get(_get(batching, "batch_invariant", dict, wb, {}), "invariant", bool,
                              f"{wb}.batch_invariant", None),
-        latency_buckets=tuple(sorted(float(b) for b in buckets)),
+        latency_buckets=latency_buckets,
         grpc_port=_get(server, "grpc_port", int, ws, None),
         limits=_limits(_get(raw, "limits", dict, f"{w}:", {}), f"{w}: limits"),
     )
-    if cfg.max_batch_size < 1 or cfg.max_delay_ms < 0 or cfg.max_body_bytes < 1 or cfg.workers < 1:
-        raise InputError(f"{w}: batching.max_batch_size, server.workers and server.max_body_bytes must be >= 1, "
-                         "batching.max_delay_ms >= 0")
-    if cfg.grpc_port is not None and not 0 <= cfg.grpc_port <= 65535:
-        raise InputError(f"{w}: server.grpc_port must be 0..65535 (or null: no gRPC), got {cfg.grpc_port}")
-    bad = cfg.limits.problems(cfg.max_body_bytes)
-    if bad:
-        raise InputError(f"{w}: limits.{bad[0]}")
+    _check_ranges(cfg, w)
     return cfg

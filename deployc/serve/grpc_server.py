@@ -22,11 +22,11 @@ from deployc import __version__
 from deployc import conventions as C
 from deployc.errors import InputError
 from deployc.serve import codec
-from deployc.serve.app import ServerState, bearer_ok
 from deployc.serve.codec import ClientError
 from deployc.serve.config import DATATYPES, ServingConfig, TensorSpec
 from deployc.serve.proto import grpc_predict_v2_pb2 as pb
 from deployc.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from deployc.serve.state import ServerState, bearer_ok
 
 log = logging.getLogger("deployc.serve")
 Rpc = Callable[[ServerState, Any], Awaitable[Any]]

@@ -9,8 +9,9 @@ from starlette.responses import Response
 
 from deployc import __version__
 from deployc.serve import codec, content
-from deployc.serve.app import JSON, NPY, ServerState, json_response, outputs_json, read_body
+from deployc.serve.bodies import JSON, NPY, json_response, outputs_json, read_body
 from deployc.serve.codec import ClientError
+from deployc.serve.state import ServerState
 
 
 async def live(state: ServerState, request: Request) -> Response:

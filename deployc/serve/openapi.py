@@ -12,7 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployc import __version__
+from deployc.serve.bodies import json_response
 from deployc.serve.config import DATATYPES, ServingConfig
+from deployc.serve.state import ServerState
 
 OPENAPI_PATH = "/v2/openapi.json"
 OPENAPI_VERSION = "3.0.3"
@@ -137,33 +139,58 @@ def _schemas(cfg: ServingConfig) -> dict[str, Any]:
     }
 
 
-def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
-    """The OpenAPI document of every route `deployc serve` answers, for the model in `cfg`."""
-    model_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [cfg.name]}}
-    version = {"name": "version", "in": "path", "required": True,
-               "schema": {"type": "string", "enum": [cfg.version]}}
-    secured: list[dict[str, list[str]]] = [{"bearer": []}] if cfg.auth_token_env else []
+class _Operations:
+    """Builds the operation objects of one document: every protected one carries the bearer scheme and a 401."""
 
-    def op(summary: str, ok: dict[str, Any], errors: tuple[int, ...] = (), params: list[Any] | None = None,
-           body: dict[str, Any] | None = None, protected: bool = False) -> dict[str, Any]:
+    def __init__(self, secured: list[dict[str, list[str]]]):
+        self.secured = secured
+
+    def __call__(self, summary: str, ok: dict[str, Any], errors: tuple[int, ...] = (),
+                 params: list[Any] | None = None, body: dict[str, Any] | None = None,
+                 protected: bool = False) -> dict[str, Any]:
         o: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **_errors(*errors)}}
         if params:
             o["parameters"] = params
         if body:
             o["requestBody"] = body
-        if protected and secured:
-            o["security"] = secured
+        if protected and self.secured:
+            o["security"] = self.secured
             o["responses"].update(_errors(401))
         return o
 
+
+def _path_params(cfg: ServingConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `{name}` and `{version}` path parameters, each allowing only this server's model."""
+    model_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [cfg.name]}}
+    version = {"name": "version", "in": "path", "required": True,
+               "schema": {"type": "string", "enum": [cfg.version]}}
+    return model_name, version
+
+
+def _inference_paths(cfg: ServingConfig, op: _Operations) -> dict[str, Any]:
+    """The routes that run the model: Open Inference Protocol infer and SageMaker's /invocations."""
+    model_name, version = _path_params(cfg)
     infer_body, infer_ok = _infer_bodies()
     infer = op("Run inference (Open Inference Protocol v2)", infer_ok, (400, 404, 413, 415), body=infer_body,
                protected=True)
     infer_headers = [HEADER_LENGTH, CONTENT_ENCODING, ACCEPT_ENCODING]
+    invocations_body, invocations_ok = _invocations_bodies()
+    return {
+        "/v2/models/{name}/infer": {"post": {**infer, "parameters": [model_name, *infer_headers]}},
+        "/v2/models/{name}/versions/{version}/infer": {"post": {**infer, "parameters": [model_name, version,
+                                                                                        *infer_headers]}},
+        "/invocations": {"post": op("Run inference (SageMaker)", invocations_ok, (400, 406, 413, 415),
+                                    [CONTENT_ENCODING, ACCEPT_ENCODING], body=invocations_body, protected=True)},
+    }
+
+
+def _paths(cfg: ServingConfig, op: _Operations) -> dict[str, Any]:
+    """Every route, in the order the document lists them."""
+    model_name, version = _path_params(cfg)
     ready_ok = _json_body(_ref("ModelReady"), "ready")
     meta_ok = _json_body(_ref("ModelMetadata"), "model metadata")
-    invocations_body, invocations_ok = _invocations_bodies()
-    paths: dict[str, Any] = {
+    inference = _inference_paths(cfg, op)
+    return {
         "/v2/health/live": {"get": op("Liveness", _json_body(_ref("Live"), "alive"))},
         "/v2/health/ready": {"get": op("Readiness", _json_body(_ref("Ready"), "ready"), (503,))},
         "/ping": {"get": op("SageMaker health check", _json_body(_ref("Ping"), "ready"), (503,))},
@@ -175,24 +202,25 @@ def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
         "/v2/models/{name}/ready": {"get": op("Model readiness", ready_ok, (404, 503), [model_name])},
         "/v2/models/{name}/versions/{version}/ready": {"get": op("Model readiness", ready_ok, (404, 503),
                                                                  [model_name, version])},
-        "/v2/models/{name}/infer": {"post": {**infer, "parameters": [model_name, *infer_headers]}},
-        "/v2/models/{name}/versions/{version}/infer": {"post": {**infer, "parameters": [model_name, version,
-                                                                                        *infer_headers]}},
-        "/invocations": {"post": op("Run inference (SageMaker)", invocations_ok, (400, 406, 413, 415),
-                                    [CONTENT_ENCODING, ACCEPT_ENCODING], body=invocations_body, protected=True)},
+        **inference,
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
             "description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         OPENAPI_PATH: {"get": op("This document", {"description": "OpenAPI 3.0 document",
                                                    "content": {_JSON: {"schema": {"type": "object"}}}},
                                  protected=True)},
     }
+
+
+def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
+    """The OpenAPI document of every route `deployc serve` answers, for the model in `cfg`."""
+    secured: list[dict[str, list[str]]] = [{"bearer": []}] if cfg.auth_token_env else []
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {"title": f"deployc serve: {cfg.name}", "version": cfg.version,
                  "description": f"Served by deployc {__version__}: Open Inference Protocol (KServe v2) REST, the "
                                 "SageMaker container contract and Prometheus metrics. Every client error is a 4xx "
                                 "with an Error body."},
-        "paths": paths,
+        "paths": _paths(cfg, _Operations(secured)),
         "components": {"schemas": _schemas(cfg)},
     }
     if secured:
@@ -200,7 +228,5 @@ def openapi_document(cfg: ServingConfig) -> dict[str, Any]:
     return doc
 
 
-async def openapi(state: Any, request: Request) -> Response:
-    from deployc.serve.app import json_response
-
+async def openapi(state: ServerState, request: Request) -> Response:
     return json_response(openapi_document(state.cfg))

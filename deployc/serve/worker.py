@@ -9,12 +9,14 @@ from starlette.applications import Starlette
 from deployc.serve.app import create_app
 from deployc.serve.config import load_config
 
+BUNDLE_ENV = "DEPLOYC_SERVE_BUNDLE"  # how `--workers N` passes the bundle to its worker processes
+OVERRIDES_ENV = "DEPLOYC_SERVE_OVERRIDES"  # ... the command line's host, port and workers ("host,port,workers")
+GRPC_PORT_ENV = "DEPLOYC_SERVE_GRPC_PORT"  # ... and the gRPC port the parent chose (empty: no gRPC)
+
 
 def create_worker_app() -> Starlette:
-    from deployc.serve.cli import BUNDLE_ENV, GRPC_PORT_ENV
-
     cfg = load_config(os.environ[BUNDLE_ENV])
-    host, port, workers = os.environ.get("DEPLOYC_SERVE_OVERRIDES", ",0,1").split(",")
+    host, port, workers = os.environ.get(OVERRIDES_ENV, ",0,1").split(",")
     grpc_port = os.environ.get(GRPC_PORT_ENV, "")
     return create_app(replace(cfg, host=host or cfg.host, port=int(port), workers=int(workers),
                               grpc_port=int(grpc_port) if grpc_port else None))

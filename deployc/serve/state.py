@@ -1,0 +1,49 @@
+"""What every route of one server shares: the config, the model, the batcher, the metrics and the auth token.
+
+Read by the HTTP routes (`app`, `handlers`, `openapi`) and by the gRPC service alike, so it sits below all of
+them and imports none.
+"""
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+
+from deployc.errors import InputError
+from deployc.serve.batcher import Batcher
+from deployc.serve.config import ServingConfig
+from deployc.serve.metrics import ServerMetrics
+from deployc.serve.runtime import ModelRunner
+
+
+@dataclass
+class ServerState:
+    cfg: ServingConfig
+    runner: ModelRunner
+    batcher: Batcher
+    metrics: ServerMetrics
+    token: bytes | None
+    draining: bool = False
+    started: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining
+
+
+def auth_token(cfg: ServingConfig) -> bytes | None:
+    """The bearer token from the environment variable serving.json names; refusing to start beats serving open."""
+    if cfg.auth_token_env is None:
+        return None
+    value = os.environ.get(cfg.auth_token_env, "")
+    if not value:
+        raise InputError(f"{cfg.config_path}: server.auth_token_env names {cfg.auth_token_env}, which is not set "
+                         "(or empty): refusing to start without the token")
+    return value.encode()
+
+
+def bearer_ok(header: str, token: bytes) -> bool:
+    """`Bearer <token>` checked in constant time; shared by the HTTP routes and the gRPC service."""
+    scheme, _, given = header.partition(" ")
+    # compare_digest runs in time independent of where the strings differ
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
