@@ -10,6 +10,10 @@ from deployc.compiler.steps import StepContext
 from deployc.schema.spec import resolved_format
 
 REFERENCE = "reference"
+# The libraries whose versions enter the keys of the steps below (passes declare their own, `Pass.libs`)
+TF_LIBS = ("tensorflow", "keras", "numpy")  # reading and running a Keras or SavedModel model
+ONNX_LIBS = ("onnx", "onnxruntime", "numpy")  # reading and running an ONNX model
+CONVERT_LIBS = (*TF_LIBS, "tf2onnx", "onnx")
 
 
 def model_path(out: Any) -> Path:
@@ -121,14 +125,18 @@ def evaluate(ctx: StepContext, artifact_step: str, artifact: str) -> dict[str, A
     return {"artifact": artifact, "evaluation": figures}
 
 
-def run_pass(ctx: StepContext, name: str, index: int, prev: str) -> dict[str, Any]:
+def run_pass(ctx: StepContext, name: str, index: int, prev: str, data_sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Apply pass `name` (spec.optimize[index]) to the model of step `prev`. It reads only the data sets its step
+    hashes (`data_sets`), and gets an evaluator only when its step depends on the reference."""
     from deployc.passes import get_pass
     from deployc.passes.base import PassInput
 
     p = get_pass(name)
-    cfg = getattr(ctx.spec.optimize[index], name)
+    cfg = p.config_in(ctx.spec, index)
 
     def data(which: str) -> tuple[Any, Any]:
+        if which not in data_sets:
+            raise ValueError(f"data.{which} is not among the data sets {name} declares")
         return ctx.data(which)
 
     ev = Evaluator(ctx) if REFERENCE in ctx.deps else _no_eval

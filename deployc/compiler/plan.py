@@ -13,11 +13,11 @@ from typing import Any
 
 from deployc.compiler import ops
 from deployc.compiler.steps import Step, code_fingerprint, data_files, step_key
-from deployc.schema.passes import KERAS_PASSES, pass_config, pass_name
+from deployc.passes import get_pass, pass_entries
+from deployc.passes.base import Pass
+from deployc.schema.passes import pass_config, pass_name
 from deployc.schema.spec import DeploySpec, resolved_format
-
-TF_LIBS = ("tensorflow", "keras", "numpy")
-ONNX_LIBS = ("onnx", "onnxruntime", "numpy")
+from deployc.targets import configured, target_steps
 
 
 @dataclass(frozen=True)
@@ -51,72 +51,104 @@ def _data_params(spec: DeploySpec, *which: str) -> dict[str, Any]:
     return {w: getattr(spec.data, w).model_dump(mode="json") for w in which if getattr(spec.data, w) is not None}
 
 
-def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
-    spec_dir = spec_path.parent.resolve()
-    fmt = resolved_format(spec.model)
-    steps: list[Step] = []
-    has_eval = spec.data.eval is not None
-    measure = spec.measure.model_dump(mode="json")
+@dataclass
+class _Chain:
+    """The model steps in order: the source, the reference, the Keras-format passes, the conversion to ONNX, the
+    ONNX-format passes, and an evaluation of each ONNX artifact. `prev` is the step whose model comes next."""
 
-    steps.append(Step("source", f"read the {fmt} model {spec.model.path}", ops.source,
-                      params={"format": fmt, "path_suffix": Path(spec.model.path).suffix,
-                              "allow_python_code": spec.model.allow_python_code},
-                      input_files=_model_files(spec_dir, spec.model.path, fmt),
-                      libs=("onnx",) if fmt == "onnx" else ()))
-    if has_eval:
-        steps.append(Step(ops.REFERENCE, "run the original model on data.eval", ops.reference, deps=("source",),
-                          params={"data": _data_params(spec, "eval"), "task": spec.model.task},
-                          input_files=data_files(spec, spec_dir, "eval"),
-                          libs=TF_LIBS + ONNX_LIBS if fmt != "onnx" else ONNX_LIBS))
-    evaluations: list[str] = []
-    prev = "source"
-    keras_step: str | None = None if fmt == "onnx" else "source"
+    spec: DeploySpec
+    spec_dir: Path
+    fmt: str
+    steps: list[Step] = field(default_factory=list)
+    evaluations: list[str] = field(default_factory=list)
+    prev: str = "source"
+    keras_step: str | None = None
+    in_onnx: bool = False  # past the conversion (or the input is ONNX)
+
+    def evaluate(self, sid: str, artifact: str) -> None:
+        if self.spec.data.eval is not None:
+            self.steps.append(_evaluate_step(sid, self.prev, artifact, self.spec, self.spec_dir))
+            self.evaluations.append(sid)
+
+    def enter_onnx(self) -> None:
+        """Convert the Keras-stage model (unless the input is ONNX) and evaluate the fp32 ONNX model, once."""
+        if self.in_onnx:
+            return
+        if self.fmt != "onnx":
+            self.steps.append(Step("convert", "convert to ONNX (fp32)", partial(ops.convert, prev=self.prev),
+                                   deps=(self.prev,), libs=ops.CONVERT_LIBS, params={
+                                       "inputs": [t.model_dump(mode="json") for t in self.spec.model.inputs or []]}))
+            self.prev = "convert"
+        self.in_onnx = True
+        self.evaluate("evaluate:onnx-fp32", "onnx-fp32")
+
+    def add_pass(self, index: int, p: Pass, config: Any) -> None:
+        if p.input_format == "onnx":
+            self.enter_onnx()
+        elif self.in_onnx:  # refused by the spec's validation (deployc.schema.passes.optimize_problems)
+            raise ValueError(f"optimize[{index}].{p.name} runs on the Keras model, after an ONNX-format pass")
+        step = _pass_step(self.spec, self.spec_dir, index, p, config, self.prev)
+        self.steps.append(step)
+        self.prev = step.id
+        if p.output_format == "keras":
+            self.keras_step = step.id
+        else:
+            variant = p.variant(config)
+            self.evaluate(f"evaluate:optimize[{index}]", f"{p.name}-{index if variant is None else variant}")
+
+
+def _model_chain(spec: DeploySpec, spec_dir: Path) -> _Chain:
+    """Every step that makes or checks a model, from the source to the shipped ONNX model (the targets follow)."""
+    fmt = resolved_format(spec.model)
+    chain = _Chain(spec, spec_dir, fmt, keras_step=None if fmt == "onnx" else "source")
+    chain.steps.append(Step("source", f"read the {fmt} model {spec.model.path}", ops.source,
+                            params={"format": fmt, "path_suffix": Path(spec.model.path).suffix,
+                                    "allow_python_code": spec.model.allow_python_code},
+                            input_files=_model_files(spec_dir, spec.model.path, fmt),
+                            libs=("onnx",) if fmt == "onnx" else ()))
+    if spec.data.eval is not None:
+        chain.steps.append(Step(ops.REFERENCE, "run the original model on data.eval", ops.reference,
+                                deps=("source",), params={"data": _data_params(spec, "eval"), "task": spec.model.task},
+                                input_files=data_files(spec, spec_dir, "eval"),
+                                libs=ops.ONNX_LIBS if fmt == "onnx" else ops.TF_LIBS + ops.ONNX_LIBS))
+    if fmt == "onnx":
+        chain.enter_onnx()
     for i, item in enumerate(spec.optimize):
-        name, cfg = pass_name(item), pass_config(item)
-        if name not in KERAS_PASSES:
-            continue
-        sid = f"optimize[{i}].{name}"
-        deps = (prev, ops.REFERENCE) if has_eval else (prev,)
-        files = data_files(spec, spec_dir, "train", "eval")
-        student = getattr(cfg, "student", None)
-        if student:
-            files += (spec_dir / student,)
-        steps.append(Step(sid, f"{name} the Keras model", partial(ops.run_pass, name=name, index=i, prev=prev),
-                          deps=deps, params={"config": cfg.model_dump(mode="json"),
-                                             "data": _data_params(spec, "train", "eval")},
-                          input_files=files, libs=TF_LIBS))
-        prev = keras_step = sid
-    if fmt != "onnx":
-        steps.append(Step("convert", "convert to ONNX (fp32)", partial(ops.convert, prev=prev), deps=(prev,),
-                          params={"inputs": [t.model_dump(mode="json") for t in spec.model.inputs or []]},
-                          libs=TF_LIBS + ("tf2onnx", "onnx")))
-        prev = "convert"
-    if has_eval:
-        steps.append(_evaluate_step("evaluate:onnx-fp32", prev, "onnx-fp32", measure, spec, spec_dir))
-        evaluations.append(steps[-1].id)
-    for i, item in enumerate(spec.optimize):
-        name, cfg = pass_name(item), pass_config(item)
-        if name in KERAS_PASSES:
-            continue
-        sid = f"optimize[{i}].{name}"
-        deps = (prev, ops.REFERENCE) if has_eval else (prev,)
-        steps.append(Step(sid, f"{name} the ONNX model ({getattr(cfg, 'mode', '')})".replace(" ()", ""),
-                          partial(ops.run_pass, name=name, index=i, prev=prev), deps=deps,
-                          params={"config": cfg.model_dump(mode="json"), "gates": spec.gates.model_dump(mode="json"),
-                                  "measure": measure, "data": _data_params(spec, "calibration", "eval")},
-                          input_files=data_files(spec, spec_dir, "calibration", "eval"), libs=ONNX_LIBS))
-        prev = sid
-        if has_eval:
-            artifact = f"{name}-{getattr(cfg, 'mode', i)}"
-            steps.append(_evaluate_step(f"evaluate:optimize[{i}]", prev, artifact, measure, spec, spec_dir))
-            evaluations.append(steps[-1].id)
+        chain.add_pass(i, get_pass(pass_name(item)), pass_config(item))
+    chain.enter_onnx()
+    return chain
+
+
+def _pass_step(spec: DeploySpec, spec_dir: Path, index: int, p: Pass, config: Any, prev: str) -> Step:
+    """A pass's step, keyed by exactly what the pass reads: its settings, the model `prev` made, the data sets and
+    files it declares, and its libraries (a plugin's own distribution too). A pass that needs data.eval compares
+    models with the reference, so it also depends on the reference step and on the gates and measure settings."""
+    needed = p.data_needed_for(config)
+    sets = tuple(dict.fromkeys((*needed, *p.data_optional)))
+    params: dict[str, Any] = {"config": config.model_dump(mode="json"), "data": _data_params(spec, *sets)}
+    deps: tuple[str, ...] = (prev,)
+    if "eval" in needed:
+        params.update(gates=spec.gates.model_dump(mode="json"), measure=spec.measure.model_dump(mode="json"))
+        deps = (prev, ops.REFERENCE)
+    files = data_files(spec, spec_dir, *sets) + tuple(spec_dir / rel for rel in p.input_files(config))
+    entry, description, libs = pass_entries()[p.name], p.describe(config), p.libs
+    if not entry.builtin:
+        description, libs = f"{description}, from {entry.distribution} {entry.version}", (*libs, entry.distribution)
+    return Step(f"optimize[{index}].{p.name}", description,
+                partial(ops.run_pass, name=p.name, index=index, prev=prev, data_sets=sets), deps=deps,
+                params=params, input_files=files, libs=libs)
+
+
+def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
+    """The steps of a build of the validated `spec`, each keyed by a hash of everything it reads."""
+    spec_dir = spec_path.parent.resolve()
+    chain = _model_chain(spec, spec_dir)
+    steps, evaluations, prev, keras_step = chain.steps, chain.evaluations, chain.prev, chain.keras_step
     shipped = [evaluations[-1]] if evaluations else []
-    targets = tuple(t for t in _target_order() if getattr(spec.targets, t) is not None)
+    targets = configured(spec)
     # local plans `local:batch-invariance` for every target that ships a serving.json, so it runs even unset
     for t in targets if "local" in targets else ("local", *targets):
-        from deployc.targets import get_target
-
-        extra = get_target(t).steps(spec, spec_dir, prev, keras_step)
+        extra = target_steps(t, spec, spec_dir, prev, keras_step)  # a plugin's version is in its steps' keys
         steps.extend(extra)
         for s in extra:
             if s.id.endswith(":verify"):
@@ -164,15 +196,10 @@ def _model_files(spec_dir: Path, rel: str, fmt: str) -> tuple[Path, ...]:
     return (model, *onnx_external_files(model))
 
 
-def _evaluate_step(sid: str, prev: str, artifact: str, measure: dict[str, Any], spec: DeploySpec,
-                   spec_dir: Path) -> Step:
+def _evaluate_step(sid: str, prev: str, artifact: str, spec: DeploySpec, spec_dir: Path) -> Step:
     return Step(sid, f"verify and measure {artifact} against the original",
                 partial(ops.evaluate, artifact_step=prev, artifact=artifact), deps=(prev, ops.REFERENCE),
-                params={"measure": measure, "data": _data_params(spec, "eval"), "task": spec.model.task},
-                input_files=data_files(spec, spec_dir, "eval"), libs=ONNX_LIBS)
+                params={"measure": spec.measure.model_dump(mode="json"), "data": _data_params(spec, "eval"),
+                        "task": spec.model.task},
+                input_files=data_files(spec, spec_dir, "eval"), libs=ops.ONNX_LIBS)
 
-
-def _target_order() -> tuple[str, ...]:
-    from deployc.targets import REGISTRY
-
-    return tuple(REGISTRY)

@@ -1,17 +1,38 @@
 """The optimization-pass interface. A pass takes one model artifact and returns a new one.
 
-Passes run as plan steps (cached by content hash). A pass declares the model format it accepts and produces,
-the data it reads and the libraries whose versions feed its cache key. `apply` writes the new model into
-`out_dir` and returns what it did and measured, for the report.
+A pass is one class, and its metadata is what the rest of deployc reads about it:
+- `name` and `config_model`: the `optimize:` key and the pydantic model of its settings (the JSON Schema and the
+  spec's validation are built from them);
+- `input_format` / `output_format` ("keras" or "onnx"): where the plan puts it. Keras-format passes run on the
+  Keras model before its conversion to ONNX, ONNX-format passes after it; a spec must list them in that order;
+- `libs`: the distributions whose versions enter the step's cache key;
+- `data_needed` (or `data_needed_for(config)`) and `data_optional`: the data sets the step reads, so hashes. A
+  needed set the spec does not set is an error `check` reports. Needing `eval` means the pass compares models
+  with the reference on data.eval (`PassInput.evaluate`): its step then depends on the reference step and hashes
+  the gates and measurement settings;
+- `check(spec, index)`: the pass's own rules on the whole spec, as located problems;
+- `apply`: the work. It runs as a plan step (cached by content hash), writes the new model into `out_dir` and
+  returns what it did and measured, for the report.
+
+Pass modules stay light at import time (validation builds the schema from them): TensorFlow, ONNX and NumPy are
+imported inside `apply`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from deployc.schema.base import SpecModel
+from deployc.schema.base import Located, SpecModel
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
+
+Format = Literal["keras", "onnx"]
+FORMATS: tuple[Format, ...] = ("keras", "onnx")
+FORMAT_LABELS: dict[str, str] = {"keras": "Keras", "onnx": "ONNX"}
+DATA_SETS = ("eval", "calibration", "train")  # the fields of `data:`
 
 
 @dataclass(frozen=True)
@@ -35,10 +56,39 @@ class PassResult:
 class Pass:
     name: ClassVar[str]
     config_model: ClassVar[type[SpecModel]]
-    input_format: ClassVar[str]  # "keras" or "onnx"
-    output_format: ClassVar[str]
+    input_format: ClassVar[Format]
+    output_format: ClassVar[Format]
     libs: ClassVar[tuple[str, ...]] = ()
-    data_needed: ClassVar[tuple[str, ...]] = ()  # "train", "calibration", "eval"
+    data_needed: ClassVar[tuple[str, ...]] = ()  # of DATA_SETS: what every run reads
+    data_optional: ClassVar[tuple[str, ...]] = ()  # read (and hashed) when the spec sets them
+
+    def data_needed_for(self, config: Any) -> tuple[str, ...]:
+        """The data sets a run with `config` needs; a pass whose needs depend on its settings overrides this."""
+        return self.data_needed
+
+    def input_files(self, config: Any) -> tuple[str, ...]:
+        """Files the settings name (relative to the folder of deploy.yaml): read by the pass, so hashed."""
+        return ()
+
+    def variant(self, config: Any) -> str | None:
+        """A short name for the settings (e.g. the quantize mode), shown in step descriptions and artifact names."""
+        return None
+
+    def describe(self, config: Any) -> str:
+        variant = self.variant(config)
+        return f"{self.name} the {FORMAT_LABELS[self.input_format]} model" + (f" ({variant})" if variant else "")
+
+    def config_in(self, spec: DeploySpec, index: int) -> Any:
+        """The settings of this pass at `spec.optimize[index]`."""
+        return getattr(spec.optimize[index], self.name)
+
+    def check(self, spec: DeploySpec, index: int) -> list[Located]:
+        """Problems of `spec.optimize[index]` (this pass) with the rest of the spec, located from the spec's root.
+
+        By default: each needed data set must be set."""
+        config = self.config_in(spec, index)
+        return [(("optimize", index, self.name), f"{self.name} needs data.{which}, which is not set")
+                for which in self.data_needed_for(config) if getattr(spec.data, which) is None]
 
     def apply(self, inp: PassInput) -> PassResult:
         raise NotImplementedError

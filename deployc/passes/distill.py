@@ -4,9 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from deployc.errors import InputError
 from deployc.passes.base import PassInput, PassResult
-from deployc.passes.prune import (
+from deployc.passes.keras import (
     MODEL_FILE,
     SEED,
     KerasPass,
@@ -16,7 +18,21 @@ from deployc.passes.prune import (
     train_data,
     weight_sizes,
 )
-from deployc.schema.passes import DistillConfig
+from deployc.schema.base import RelPath, SpecModel
+
+
+class DistillConfig(SpecModel):
+    student: RelPath | None = Field(None, description="A Keras model file for the student (same input shape and "
+                                    "number of classes as the teacher), trained from the weights it holds; default: "
+                                    "the teacher's architecture shrunk by `width`, freshly initialized.")
+    width: float = Field(0.5, gt=0.0, le=1.0, description="Width factor for the generated student: Dense units and "
+                         "Conv filters are multiplied by it, except the output layer's.")
+    temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the distillation term.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the distillation loss (KL at the temperature, "
+                         "times T^2) vs the label cross-entropy (1 - alpha).")
+    epochs: int = Field(10, ge=1, le=1000, description="Student training epochs on data.train.")
+    batch_size: int = Field(64, ge=1, le=65536, description="Student training batch size.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for the student.")
 
 
 def student_path(inp: PassInput, rel: str) -> Path:
@@ -32,7 +48,10 @@ def student_path(inp: PassInput, rel: str) -> Path:
 
 class DistillPass(KerasPass):
     name: ClassVar[str] = "distill"
-    config_model = DistillConfig
+    config_model: ClassVar[type[DistillConfig]] = DistillConfig
+
+    def input_files(self, config: DistillConfig) -> tuple[str, ...]:
+        return (config.student,) if config.student else ()
 
     def _apply(self, inp: PassInput) -> PassResult:
         from deployc.ml import distill, prune

@@ -1,123 +1,39 @@
-"""The `prune` pass: magnitude (unstructured) or structured pruning of a Keras model, fine-tuned on data.train.
-
-Also holds the helpers both Keras passes share: seeding, reading training data, a byte-stable .keras writer and
-the size figures for the report.
-"""
+"""The `prune` pass: magnitude (unstructured) or structured pruning of a Keras model, fine-tuned on data.train."""
 from __future__ import annotations
 
-import gzip
-import io
-import json
-import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
+from pydantic import Field
 
-from deployc.errors import InputError
-from deployc.passes.base import Pass, PassInput, PassResult
-from deployc.schema.passes import PruneConfig
-
-SEED = 1234
-MODEL_FILE = "model.keras"
-
-
-@contextmanager
-def deterministic(seed: int = SEED) -> Iterator[None]:
-    """Same input, same output: seeds Python/NumPy/TF. TensorFlow runs on CPU here (`quiet_tensorflow` hides
-    GPUs), where the seed alone gives byte-identical models, so op determinism (a process-wide switch) is not
-    turned on."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    yield
+from deployc.passes.base import PassInput, PassResult
+from deployc.passes.keras import (
+    MODEL_FILE,
+    SEED,
+    KerasPass,
+    accuracies,
+    file_sizes,
+    save_keras,
+    train_data,
+    weight_sizes,
+)
+from deployc.schema.base import SpecModel
 
 
-def train_data(inp: PassInput, model: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """data.train as float32 inputs and integer labels, checked against the model's input shape."""
-    x, y = inp.data("train")
-    if y is None:
-        raise InputError(f"{name} fine-tunes on labelled data: set data.train.y")
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    want = tuple(model.inputs[0].shape[1:])
-    if len(want) != x.ndim - 1 or any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=True)):
-        raise InputError(f"{name}: data.train rows have shape {tuple(x.shape[1:])}, the model expects {want}")
-    return x, y
-
-
-def eval_data(inp: PassInput) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        x, y = inp.data("eval")
-    except ValueError:
-        return None
-    return None if y is None else (np.asarray(x, dtype=np.float32), np.asarray(y).reshape(-1).astype(np.int64))
-
-
-def save_keras(model: Any, path: Path) -> None:
-    """Save without optimizer state and with fixed zip timestamps / no save date, so equal weights give equal
-    bytes (the next step's cache key hashes this file)."""
-    clean = type(model).from_config(model.get_config())  # uncompiled: no optimizer state in the file
-    clean.set_weights(model.get_weights())
-    raw = io.BytesIO()
-    tmp = path.with_suffix(".tmp.keras")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean.save(tmp)
-    with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as dst:
-        for info in sorted(src.infolist(), key=lambda i: i.filename):
-            data = src.read(info.filename)
-            if info.filename == "metadata.json":
-                meta = json.loads(data)
-                meta.pop("date_saved", None)
-                data = json.dumps(meta, sort_keys=True).encode()
-            dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
-    tmp.unlink()
-    path.write_bytes(raw.getvalue())
-
-
-def weight_sizes(model: Any) -> dict[str, int]:
-    """float32 weight bytes, raw and gzip-compressed (what zeros in the kernels save on disk / over the wire)."""
-    raw = b"".join(np.asarray(w, dtype=np.float32).tobytes() for w in model.get_weights())
-    return {"weights_bytes": len(raw), "weights_gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}
-
-
-def file_sizes(path: Path) -> dict[str, int]:
-    raw = path.read_bytes()
-    return {"file_bytes": len(raw), "file_gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}
-
-
-def accuracies(inp: PassInput, before: Any, after: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    from deployc.ml.prune import accuracy
-
-    out: dict[str, Any] = {"train_accuracy_before": accuracy(before, x, y), "train_accuracy": accuracy(after, x, y)}
-    ev = eval_data(inp)
-    if ev is not None:
-        out["eval_accuracy_before"] = accuracy(before, *ev)
-        out["eval_accuracy"] = accuracy(after, *ev)
-    return out
-
-
-class KerasPass(Pass):
-    """A pass that fine-tunes or retrains the Keras model on data.train, seeded so its output is reproducible."""
-
-    input_format = "keras"
-    output_format = "keras"
-    libs = ("tensorflow", "keras")
-    data_needed = ("train",)
-
-    def apply(self, inp: PassInput) -> PassResult:
-        with deterministic():
-            return self._apply(inp)
-
-    def _apply(self, inp: PassInput) -> PassResult:
-        raise NotImplementedError
+class PruneConfig(SpecModel):
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="Unstructured: share of the weights of each Dense/Conv "
+                            "kernel set to zero (biases kept). Structured: share of the units/filters removed from "
+                            "each Dense/Conv layer but the output one.")
+    structured: bool = Field(False, description="Remove whole Dense units / Conv2D filters and rebuild a smaller "
+                             "model (faster on CPU) instead of zeroing single weights (smaller when compressed).")
+    epochs: int = Field(2, ge=0, le=1000, description="Fine-tuning epochs on data.train; unstructured sparsity "
+                        "ramps up over the first 3/4 of the steps. 0 prunes at once without fine-tuning.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Fine-tuning batch size.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for fine-tuning.")
 
 
 class PrunePass(KerasPass):
     name: ClassVar[str] = "prune"
-    config_model = PruneConfig
+    config_model: ClassVar[type[PruneConfig]] = PruneConfig
 
     def _apply(self, inp: PassInput) -> PassResult:
         from deployc.ml import prune

@@ -10,17 +10,48 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
 
 from deployc.errors import GateError, InputError
-from deployc.passes.base import Pass, PassInput, PassResult
-from deployc.schema.passes import QuantizeConfig
+from deployc.passes.base import Format, Pass, PassInput, PassResult
+from deployc.schema.base import Located, SpecModel
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
 
 MODEL_FILE = "model.onnx"
 SIZE_TIE = 0.05  # within 5% of the smallest size counts as tied (int8 variants differ only by scales and
 # the layers kept float); the faster p50 wins: on a CNN int8-dynamic is 3% smaller but 6x slower than int8-static
 FIGURES = ("size_bytes", "gzip_bytes", "latency_p50_ms", "latency_p99_ms", "throughput_rows_s", "agreement",
            "accuracy", "max_abs_error")
+QuantizeMode = Literal["int8-dynamic", "int8-static", "float16", "auto"]
+QuantizeCandidate = Literal["int8-dynamic", "int8-static", "float16"]
+
+
+def _all_candidates() -> list[QuantizeCandidate]:
+    return ["int8-dynamic", "int8-static", "float16"]
+
+
+class QuantizeConfig(SpecModel):
+    mode: QuantizeMode = Field("int8-dynamic", description="int8-dynamic (MatMul-heavy models), int8-static "
+                               "(CNNs; needs data.calibration), float16, or auto (try candidates, keep the best "
+                               "that passes the gates).")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "percentile", description="How int8-static picks activation ranges from data.calibration.")
+    per_channel: bool = Field(True, description="Per-channel weight scales for int8-static.")
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs with AVX2/AVX512 but no VNNI.")
+    percentile: float = Field(99.999, gt=90.0, le=100.0, description="With calibration_method percentile: the "
+                              "share of calibration values (in percent) each activation range covers.")
+    keep_edges_float: bool = Field(True, description="int8-static: leave the first Conv and the output head "
+                                   "(last MatMul/Gemm and what follows it) in float: the layers int8 hurts most.")
+    exclude_ops: list[str] = Field(default_factory=list, description="ONNX op types left in float (e.g. Softmax).")
+    candidates: list[QuantizeCandidate] = Field(
+        default_factory=_all_candidates,
+        description="Modes `auto` tries, in order of preference when two tie.")
+
+
 DATA_BY_MODE: dict[str, tuple[str, ...]] = {
     "int8-dynamic": (), "int8-static": ("calibration",), "float16": (), "auto": ("eval",),
 }
@@ -57,13 +88,27 @@ def quantize_once(mode: str, src: Path, dst: Path, config: QuantizeConfig, inp: 
 class QuantizePass(Pass):
     name: ClassVar[str] = "quantize"
     config_model: ClassVar[type[QuantizeConfig]] = QuantizeConfig
-    input_format: ClassVar[str] = "onnx"
-    output_format: ClassVar[str] = "onnx"
+    input_format: ClassVar[Format] = "onnx"
+    output_format: ClassVar[Format] = "onnx"
     libs: ClassVar[tuple[str, ...]] = ("onnx", "onnxruntime")
     data_needed: ClassVar[tuple[str, ...]] = ("calibration", "eval")  # at most; see data_needed_for(config)
 
     def data_needed_for(self, config: QuantizeConfig) -> tuple[str, ...]:
         return data_needed_for(config)
+
+    def variant(self, config: QuantizeConfig) -> str:
+        return config.mode
+
+    def check(self, spec: DeploySpec, index: int) -> list[Located]:
+        config: QuantizeConfig = self.config_in(spec, index)
+        loc = ("optimize", index, self.name, "mode")
+        needed = data_needed_for(config)
+        problems: list[Located] = []
+        if "calibration" in needed and spec.data.calibration is None:
+            problems.append((loc, f"{config.mode} needs calibration data: set data.calibration"))
+        if "eval" in needed and spec.data.eval is None:
+            problems.append((loc, "auto picks the best candidate on data.eval, which is not set"))
+        return problems
 
     def apply(self, inp: PassInput) -> PassResult:
         config: QuantizeConfig = inp.config

@@ -1,62 +1,25 @@
-"""The `optimize:` list: each item is a one-key mapping naming the pass (`- quantize: {mode: int8-dynamic}`)."""
+"""The `optimize:` list: each item is a one-key mapping naming the pass (`- quantize: {mode: int8-dynamic}`).
+
+The item models are built from the pass registry (`deployc.passes`): one `<Name>Step` model per registered pass,
+built-ins and plugins alike, whose single field is the pass's own config model. The JSON Schema documents each
+pass through them, and the spec's cross-field check runs each configured pass's `check`.
+"""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, create_model, model_validator
 
-from deployc.schema.base import RelPath, SpecModel
+from deployc.passes import pass_class, pass_entries
+from deployc.passes.base import FORMAT_LABELS
+from deployc.passes.distill import DistillConfig
+from deployc.passes.prune import PruneConfig
+from deployc.passes.quantize import QuantizeConfig
+from deployc.schema.base import Located, SpecModel
 
-QuantizeMode = Literal["int8-dynamic", "int8-static", "float16", "auto"]
-QuantizeCandidate = Literal["int8-dynamic", "int8-static", "float16"]
-
-
-def _all_candidates() -> list[QuantizeCandidate]:
-    return ["int8-dynamic", "int8-static", "float16"]
-
-
-class QuantizeConfig(SpecModel):
-    mode: QuantizeMode = Field("int8-dynamic", description="int8-dynamic (MatMul-heavy models), int8-static "
-                               "(CNNs; needs data.calibration), float16, or auto (try candidates, keep the best "
-                               "that passes the gates).")
-    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "percentile", description="How int8-static picks activation ranges from data.calibration.")
-    per_channel: bool = Field(True, description="Per-channel weight scales for int8-static.")
-    reduce_range: bool = Field(False, description="7-bit weights, for CPUs with AVX2/AVX512 but no VNNI.")
-    percentile: float = Field(99.999, gt=90.0, le=100.0, description="With calibration_method percentile: the "
-                              "share of calibration values (in percent) each activation range covers.")
-    keep_edges_float: bool = Field(True, description="int8-static: leave the first Conv and the output head "
-                                   "(last MatMul/Gemm and what follows it) in float: the layers int8 hurts most.")
-    exclude_ops: list[str] = Field(default_factory=list, description="ONNX op types left in float (e.g. Softmax).")
-    candidates: list[QuantizeCandidate] = Field(
-        default_factory=_all_candidates,
-        description="Modes `auto` tries, in order of preference when two tie.")
-
-
-class PruneConfig(SpecModel):
-    sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="Unstructured: share of the weights of each Dense/Conv "
-                            "kernel set to zero (biases kept). Structured: share of the units/filters removed from "
-                            "each Dense/Conv layer but the output one.")
-    structured: bool = Field(False, description="Remove whole Dense units / Conv2D filters and rebuild a smaller "
-                             "model (faster on CPU) instead of zeroing single weights (smaller when compressed).")
-    epochs: int = Field(2, ge=0, le=1000, description="Fine-tuning epochs on data.train; unstructured sparsity "
-                        "ramps up over the first 3/4 of the steps. 0 prunes at once without fine-tuning.")
-    batch_size: int = Field(32, ge=1, le=65536, description="Fine-tuning batch size.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for fine-tuning.")
-
-
-class DistillConfig(SpecModel):
-    student: RelPath | None = Field(None, description="A Keras model file for the student (same input shape and "
-                                    "number of classes as the teacher), trained from the weights it holds; default: "
-                                    "the teacher's architecture shrunk by `width`, freshly initialized.")
-    width: float = Field(0.5, gt=0.0, le=1.0, description="Width factor for the generated student: Dense units and "
-                         "Conv filters are multiplied by it, except the output layer's.")
-    temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the distillation term.")
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the distillation loss (KL at the temperature, "
-                         "times T^2) vs the label cross-entropy (1 - alpha).")
-    epochs: int = Field(10, ge=1, le=1000, description="Student training epochs on data.train.")
-    batch_size: int = Field(64, ge=1, le=65536, description="Student training batch size.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate for the student.")
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
 
 
 class _PassStep(SpecModel):
@@ -71,21 +34,16 @@ class _PassStep(SpecModel):
         return value
 
 
-class QuantizeStep(_PassStep):
-    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+def _step_model(name: str) -> type[SpecModel]:
+    """`QuantizeStep`: the one-key mapping `quantize: <QuantizeConfig>` (defaults when the value is empty)."""
+    config = pass_class(name).config_model
+    title = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part) + "Step"
+    model: type[SpecModel] = create_model(title, __base__=_PassStep, __module__=__name__,
+                                          **{name: (config, Field(default_factory=config))})  # type: ignore[call-overload]
+    return model
 
 
-class PruneStep(_PassStep):
-    prune: PruneConfig = Field(default_factory=PruneConfig)
-
-
-class DistillStep(_PassStep):
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-
-
-PASS_STEP_MODELS: dict[str, type[SpecModel]] = {"quantize": QuantizeStep, "prune": PruneStep, "distill": DistillStep}
-KERAS_PASSES = ("distill", "prune")  # run on the Keras model, before conversion
-ONNX_PASSES = ("quantize",)  # run on the ONNX model
+PASS_STEP_MODELS: dict[str, type[SpecModel]] = {name: _step_model(name) for name in pass_entries()}
 
 
 def _pass_tag(value: Any) -> str | None:
@@ -97,14 +55,19 @@ def _pass_tag(value: Any) -> str | None:
     return None
 
 
-PassItem = Annotated[
-    Annotated[QuantizeStep, Tag("quantize")]
-    | Annotated[PruneStep, Tag("prune")]
-    | Annotated[DistillStep, Tag("distill")],
-    Discriminator(_pass_tag, custom_error_type="pass", custom_error_message=(
-        "each optimize item is one of `quantize:`, `prune:`, `distill:` with its settings"),
-        custom_error_context={}),
-]
+def _item_type() -> Any:
+    """The tagged union of every step model; an unknown key gets one message that lists the passes."""
+    names = ", ".join(f"`{name}:`" for name in PASS_STEP_MODELS)
+    tagged = tuple(Annotated[model, Tag(name)] for name, model in PASS_STEP_MODELS.items())
+    return Annotated[Union[tagged],  # noqa: UP007 (a union built from a tuple)
+                     Discriminator(_pass_tag, custom_error_type="pass", custom_error_context={},
+                                   custom_error_message=f"each optimize item is one of {names} with its settings")]
+
+
+if TYPE_CHECKING:
+    PassItem = SpecModel
+else:
+    PassItem = _item_type()
 
 
 def pass_name(item: SpecModel) -> str:
@@ -113,3 +76,28 @@ def pass_name(item: SpecModel) -> str:
 
 def pass_config(item: SpecModel) -> SpecModel:
     return getattr(item, pass_name(item))
+
+
+def optimize_problems(spec: DeploySpec, model_format: str) -> list[Located]:
+    """The rules every configured pass follows, then each pass's own `check`: a Keras-format pass needs a Keras
+    or SavedModel model and comes before every ONNX-format pass (it runs before the conversion to ONNX)."""
+    problems: list[Located] = []
+    first_onnx: str | None = None
+    for i, item in enumerate(spec.optimize):
+        name = pass_name(item)
+        p = pass_class(name)()
+        loc = ("optimize", i, name)
+        if p.input_format == "keras":
+            if model_format == "onnx":
+                problems.append((loc, f"{name} needs a Keras or SavedModel model; {spec.model.path} is ONNX"))
+            if first_onnx is not None:
+                problems.append((loc, f"{name} runs on the {FORMAT_LABELS['keras']} model, so it must come before "
+                                 f"{first_onnx}"))
+        elif first_onnx is None:
+            first_onnx = name
+        problems.extend(p.check(spec, i))
+    return problems
+
+
+__all__ = ["PASS_STEP_MODELS", "DistillConfig", "PassItem", "PruneConfig", "QuantizeConfig", "optimize_problems",
+           "pass_config", "pass_name"]

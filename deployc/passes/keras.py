@@ -1,0 +1,134 @@
+"""What the Keras passes (prune, distill) share: the `KerasPass` base (fine-tuning on data.train, seeded), reading
+the training data, a byte-stable .keras writer and the size and accuracy figures for the report.
+
+NumPy, Keras and TensorFlow are imported inside the functions, so the module stays light for validation.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from deployc.errors import InputError
+from deployc.passes.base import Format, Pass, PassInput, PassResult
+from deployc.schema.base import Located
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from deployc.schema.spec import DeploySpec
+
+SEED = 1234
+MODEL_FILE = "model.keras"
+
+
+@contextmanager
+def deterministic(seed: int = SEED) -> Iterator[None]:
+    """Same input, same output: seeds Python/NumPy/TF. TensorFlow runs on CPU here (`quiet_tensorflow` hides
+    GPUs), where the seed alone gives byte-identical models, so op determinism (a process-wide switch) is not
+    turned on."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    yield
+
+
+def train_data(inp: PassInput, model: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """data.train as float32 inputs and integer labels, checked against the model's input shape."""
+    import numpy as np
+
+    x, y = inp.data("train")
+    if y is None:
+        raise InputError(f"{name} fine-tunes on labelled data: set data.train.y")
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    want = tuple(model.inputs[0].shape[1:])
+    if len(want) != x.ndim - 1 or any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=True)):
+        raise InputError(f"{name}: data.train rows have shape {tuple(x.shape[1:])}, the model expects {want}")
+    return x, y
+
+
+def eval_data(inp: PassInput) -> tuple[np.ndarray, np.ndarray] | None:
+    import numpy as np
+
+    try:
+        x, y = inp.data("eval")
+    except ValueError:
+        return None
+    return None if y is None else (np.asarray(x, dtype=np.float32), np.asarray(y).reshape(-1).astype(np.int64))
+
+
+def save_keras(model: Any, path: Path) -> None:
+    """Save without optimizer state and with fixed zip timestamps / no save date, so equal weights give equal
+    bytes (the next step's cache key hashes this file)."""
+    clean = type(model).from_config(model.get_config())  # uncompiled: no optimizer state in the file
+    clean.set_weights(model.get_weights())
+    raw = io.BytesIO()
+    tmp = path.with_suffix(".tmp.keras")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean.save(tmp)
+    with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as dst:
+        for info in sorted(src.infolist(), key=lambda i: i.filename):
+            data = src.read(info.filename)
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta, sort_keys=True).encode()
+            dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    tmp.unlink()
+    path.write_bytes(raw.getvalue())
+
+
+def weight_sizes(model: Any) -> dict[str, int]:
+    """float32 weight bytes, raw and gzip-compressed (what zeros in the kernels save on disk / over the wire)."""
+    import numpy as np
+
+    raw = b"".join(np.asarray(w, dtype=np.float32).tobytes() for w in model.get_weights())
+    return {"weights_bytes": len(raw), "weights_gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    raw = path.read_bytes()
+    return {"file_bytes": len(raw), "file_gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}
+
+
+def accuracies(inp: PassInput, before: Any, after: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from deployc.ml.prune import accuracy
+
+    out: dict[str, Any] = {"train_accuracy_before": accuracy(before, x, y), "train_accuracy": accuracy(after, x, y)}
+    ev = eval_data(inp)
+    if ev is not None:
+        out["eval_accuracy_before"] = accuracy(before, *ev)
+        out["eval_accuracy"] = accuracy(after, *ev)
+    return out
+
+
+class KerasPass(Pass):
+    """A pass that fine-tunes or retrains the Keras model on data.train, seeded so its output is reproducible.
+    data.eval, when set, gives the accuracy before and after in the report."""
+
+    input_format: ClassVar[Format] = "keras"
+    output_format: ClassVar[Format] = "keras"
+    libs: ClassVar[tuple[str, ...]] = ("keras", "numpy", "tensorflow")
+    data_needed: ClassVar[tuple[str, ...]] = ("train",)
+    data_optional: ClassVar[tuple[str, ...]] = ("eval",)
+
+    def check(self, spec: DeploySpec, index: int) -> list[Located]:
+        loc = ("optimize", index, self.name)
+        if spec.data.train is None:
+            return [(loc, f"{self.name} fine-tunes on data.train, which is not set")]
+        if spec.data.train.y is None:
+            return [(loc, f"{self.name} needs labels: set data.train.y")]
+        return []
+
+    def apply(self, inp: PassInput) -> PassResult:
+        with deterministic():
+            return self._apply(inp)
+
+    def _apply(self, inp: PassInput) -> PassResult:
+        raise NotImplementedError
