@@ -11,7 +11,7 @@ from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepContext, StepOutput
 from deployc.compiler.write import crash_point
 from deployc.errors import DeploycError, input_error
-from deployc.ml.convert import KERAS_SAFE_MODE
+from deployc.trust import KERAS_SAFE_MODE
 
 
 class StepError(DeploycError):

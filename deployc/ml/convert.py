@@ -1,11 +1,11 @@
 """Model loading and conversion to ONNX. tensorflow / tf2onnx / onnx are imported inside the functions."""
 from __future__ import annotations
 
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from deployc.errors import InputError
+from deployc.trust import KERAS_SAFE_MODE
 
 OPSET = 17
 ONNX_DATATYPES = {  # onnx.TensorProto enum -> Open Inference Protocol datatype
@@ -29,9 +29,6 @@ def quiet_tensorflow() -> None:
         import tensorflow  # noqa: F401
 
 
-#: Keras safe mode for every model a build loads; off only while running the steps of a spec that sets
-#: `model.allow_python_code: true` (the executor sets it per step).
-KERAS_SAFE_MODE: ContextVar[bool] = ContextVar("keras_safe_mode", default=True)
 
 
 def load_keras(path: Path) -> Any:
