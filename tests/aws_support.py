@@ -90,13 +90,26 @@ ALARMS = [
 ]
 
 
+class FixedAlarms:
+    """Stands in for the monitoring model where a test gives the CloudWatch alarms by hand."""
+
+    def __init__(self, alarms: list[dict[str, Any]]) -> None:
+        self._alarms = alarms
+
+    def alarms(self, endpoint_name: str, variant_name: str) -> list[dict[str, Any]]:
+        return self._alarms
+
+    def alarms_document(self, endpoint_name: str, variant_name: str) -> bytes:
+        return json.dumps({"endpoint_name": endpoint_name, "variant_name": variant_name,
+                           "alarms": self._alarms}).encode()
+
+
 def emit_context(spec: DeploySpec, model: Path, *, alarms: list[dict[str, Any]] | None = None) -> EmitContext:
-    files = {"monitoring/cloudwatch-alarms.json": json.dumps(alarms).encode()} if alarms is not None else {}
     return EmitContext(
         spec=spec, spec_file="deploy.yaml", onnx_model=model, onnx_sha256=sha256_bytes(model.read_bytes()),
         inputs=(TensorInfo("x", "FP32", (-1, 4)),), outputs=(TensorInfo("probs", "FP32", (-1, 3)),),
         labels=("zero", "one", "two"), reference_distribution=None, latency_buckets=c.DEFAULT_LATENCY_BUCKETS,
-        files=files,
+        monitoring=FixedAlarms(alarms) if alarms is not None else None,  # type: ignore[arg-type]
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from deployc import conventions as C
-from deployc.monitoring import CLOUDWATCH_PATH, compile_monitoring
+from deployc.monitoring import CLOUDWATCH_PATH, build_monitoring, compile_monitoring
 from deployc.monitoring.cloudwatch import alarms
 from deployc.schema import DeploySpec
 
@@ -72,12 +72,13 @@ def test_latency_threshold_in_microseconds_with_matching_percentile() -> None:
 
 def test_compiled_file_and_no_file_without_sagemaker() -> None:
     spec = DeploySpec.model_validate(SPEC)
-    files = compile_monitoring(spec, spec_file="d.yaml", reference_distribution=[0.5, 0.5], class_names=None)
-    doc = json.loads(files[CLOUDWATCH_PATH])
+    model = build_monitoring(spec, spec_file="d.yaml", reference_distribution=[0.5, 0.5], class_names=None)
+    assert model is not None
+    doc = json.loads(model.alarms_document("scorer", C.SAGEMAKER_VARIANT_NAME))
     assert doc["endpoint_name"] == "scorer" and doc["variant_name"] == C.SAGEMAKER_VARIANT_NAME
-    assert len(doc["alarms"]) == 7
-    local = DeploySpec.model_validate({**SPEC, "targets": {"local": {}}})
-    assert CLOUDWATCH_PATH not in compile_monitoring(local, spec_file="d.yaml", reference_distribution=[0.5, 0.5],
+    assert len(doc["alarms"]) == 7 and doc["alarms"] == alarms(spec, "scorer", C.SAGEMAKER_VARIANT_NAME)
+    # the monitoring folder holds no alarms: the sagemaker target writes them, beside its other files
+    assert CLOUDWATCH_PATH not in compile_monitoring(spec, spec_file="d.yaml", reference_distribution=[0.5, 0.5],
                                                      class_names=None)
 
 

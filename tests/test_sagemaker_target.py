@@ -193,7 +193,7 @@ def test_names_derived_from_the_longest_spec_name_fit_sagemaker() -> None:
     SageMaker's ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$ for every name the spec's pattern allows."""
     import re
 
-    from deployc.deploy.plan import build_plan
+    from deployc.sagemaker_plan import build_plan
 
     pattern = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
     for name in ("a" * 63, "a" * 49 + "-" + "b" * 13, "0-" + "9" * 61):
@@ -234,13 +234,12 @@ def test_tags_in_any_script_with_spaces_and_symbols_pass() -> None:
 
 
 @pytest.mark.parametrize("doc, message", [
-    ({"not": "a list"}, "expected a list"),
     ([{"logical_id": "Endpoint", "properties": {"AlarmName": "x"}}], "logical_id must be"),
     ([{"logical_id": "A", "properties": {"AlarmName": "x"}}, {"logical_id": "A", "properties": {"AlarmName": "y"}}],
      "logical_id must be"),
     ([{"logical_id": "A", "properties": {}}], "need an AlarmName"),
 ])
-def test_bad_alarms_document_is_refused(tmp_path: Path, doc: Any, message: str) -> None:
+def test_bad_alarms_are_refused(tmp_path: Path, doc: Any, message: str) -> None:
     with pytest.raises(InputError, match=message):
         emit(tmp_path, {}, alarms=doc)
 

@@ -1,12 +1,11 @@
 """The tfserving target: golden configs, version numbers, text-proto checks, and the export/verify steps."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from golden_support import assert_golden
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
@@ -18,12 +17,13 @@ from deployc.targets.tfserving_proto import ConfigError, check_batching_paramete
 
 GOLDEN = Path(__file__).parent / "golden" / "tfserving"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "deploy.yaml").is_file())
-UPDATE = os.environ.get("DEPLOYC_UPDATE_GOLDEN") == "1"
 BASE: dict[str, Any] = {"apiVersion": "deployc/v1", "name": "digits", "model": {"path": "model.keras"}}
 
 
 def spec_of(version: str = "1.0.0", **tfserving: Any) -> DeploySpec:
-    return DeploySpec.model_validate({**BASE, "version": version, "targets": {"tfserving": tfserving}})
+    """A spec with the given version, also one validation refuses (to test `version_number` on its own)."""
+    spec = DeploySpec.model_validate({**BASE, "version": "1.0.0", "targets": {"tfserving": tfserving}})
+    return spec.model_copy(update={"version": version})
 
 
 def case_spec(case: str) -> DeploySpec:
@@ -32,17 +32,7 @@ def case_spec(case: str) -> DeploySpec:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str) -> None:
-    files = config_files(case_spec(case), "deploy.yaml")
-    expected = GOLDEN / case / "expected"
-    if UPDATE:
-        shutil.rmtree(expected, ignore_errors=True)
-        for rel, data in files.items():
-            (expected / rel).parent.mkdir(parents=True, exist_ok=True)
-            (expected / rel).write_bytes(data)
-    on_disk = {p.relative_to(expected).as_posix(): p.read_bytes() for p in expected.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(files), "file set differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
-    for rel, data in files.items():
-        assert data == on_disk[rel], f"{case}/{rel} differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
+    assert_golden(config_files(case_spec(case), "deploy.yaml"), GOLDEN / case / "expected")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -86,11 +76,12 @@ def test_version_without_a_number_asks_for_model_version(version: str) -> None:
     assert version_number(spec_of(version, model_version=3), spec_of(version, model_version=3).targets.tfserving) == 3
 
 
-def test_version_is_checked_at_plan_time() -> None:
-    with pytest.raises(InputError, match="model_version"):
-        get_target("tfserving").steps(spec_of("0.0.0"), Path("."), "convert", "source")
-    with pytest.raises(InputError, match="needs a Keras or SavedModel"):
-        get_target("tfserving").steps(spec_of(), Path("."), "convert", None)
+def test_version_and_model_format_are_checked_by_validation() -> None:
+    with pytest.raises(ValidationError, match="version '0.0.0' gives no version number.*model_version"):
+        DeploySpec.model_validate({**BASE, "version": "0.0.0", "targets": {"tfserving": {}}})
+    with pytest.raises(ValidationError, match="tfserving needs a Keras or SavedModel model, not ONNX"):
+        DeploySpec.model_validate({**BASE, "model": {"path": "m.onnx"}, "targets": {"tfserving": {}}})
+    assert get_target("tfserving").check(spec_of()) == []
 
 
 def test_steps_depend_on_the_keras_stage_and_the_reference() -> None:

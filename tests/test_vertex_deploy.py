@@ -291,7 +291,7 @@ def test_container_command_copies_the_model_and_answers_vertex_requests(tmp_path
 
 
 def test_container_command_fails_clearly_without_a_storage_uri(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "deployc.targets.vertex_fetch", str(tmp_path), "--", "true"],
+    proc = subprocess.run([sys.executable, "-m", "deployc.container.vertex_fetch", str(tmp_path), "--", "true"],
                           env={**os.environ, "PYTHONPATH": str(ROOT), "AIP_STORAGE_URI": "/local/path"},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1

@@ -1,4 +1,5 @@
-"""Stage 5: build the EmitContext once and run every target's emitter (monitoring first)."""
+"""Stage 5: build the EmitContext once (with the monitoring model) and run every target's emitter, in the
+order their `after` declarations give."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,8 @@ from deployc.compiler.cache import Cache
 from deployc.compiler.ops import model_path
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepOutput, hash_path
-from deployc.targets import EmitContext, TensorInfo, get_target
+from deployc.errors import DeploycError
+from deployc.targets import EmitContext, TensorInfo, emit_order, get_target
 
 
 def _io(plan: Plan, outputs: dict[str, StepOutput]) -> tuple[list[dict], list[dict]]:
@@ -37,10 +39,18 @@ def latency_buckets(plan: Plan) -> tuple[float, ...]:
 
 
 def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict[str, bytes]:
+    """Every file of the build: the monitoring folder, then each target's files, in their declared order."""
     ins, outs = _io(plan, outputs)
     onnx_model = model_path(outputs[plan.final_step])
     ref = outputs.get("reference")
-    files: dict[str, bytes] = {}  # shared with the context: a later emitter reads what earlier ones produced
+    reference = tuple(ref.result["distribution"]) if ref and "distribution" in ref.result else None
+    names = labels(plan)
+    monitoring = None
+    if plan.spec.slos:
+        from deployc.monitoring import build_monitoring
+
+        monitoring = build_monitoring(plan.spec, spec_file=spec_file, reference_distribution=reference,
+                                      class_names=names)
     ctx = EmitContext(
         spec=plan.spec,
         spec_file=spec_file,
@@ -48,21 +58,19 @@ def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict
         onnx_sha256=hash_path(onnx_model),
         inputs=tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in ins),
         outputs=tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in outs),
-        labels=labels(plan),
-        reference_distribution=tuple(ref.result["distribution"]) if ref and "distribution" in ref.result else None,
+        labels=names,
+        reference_distribution=reference,
         latency_buckets=latency_buckets(plan),
         step_outputs={k: Path(v.dir) for k, v in outputs.items()},
         step_results={k: v.result for k, v in outputs.items()},
-        files=files,
+        monitoring=monitoring,
     )
-    if plan.spec.slos:
-        from deployc.monitoring import compile_monitoring
-
-        files.update(compile_monitoring(plan.spec, spec_file=spec_file,
-                                        reference_distribution=ctx.reference_distribution,
-                                        class_names=ctx.labels))
-    for name in plan.targets:
-        files.update(get_target(name).emit(ctx))
+    files: dict[str, bytes] = dict(monitoring.files()) if monitoring is not None else {}
+    for name in emit_order(plan.targets):
+        for rel, data in get_target(name).emit(ctx).items():
+            if rel in files:
+                raise DeploycError(f"targets.{name} emits {rel}, which the build already holds")
+            files[rel] = data
     return files
 
 

@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deployc.schema.spec import DataSet, DeploySpec
+from deployc import __version__
+from deployc.compiler.inputs import open_regular, tree_digest
+from deployc.errors import InputError
+
+if TYPE_CHECKING:  # annotations only: the schema loads target modules, which import this one
+    from deployc.schema.spec import DataSet, DeploySpec
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,6 @@ def data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...
 
 def load_dataset(spec_dir: Path, ds: DataSet) -> tuple[Any, Any]:
     import numpy as np
-
-    from deployc.compiler.inputs import open_regular
-    from deployc.errors import InputError
 
     path = spec_dir / ds.path
     try:
@@ -113,8 +115,6 @@ def file_digest(path: Path) -> str:
 def code_fingerprint() -> str:
     """deployc's version plus a hash of its own source: a changed step implementation invalidates the cache
     even before a release bumps the version."""
-    from deployc import __version__
-
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(__version__.encode())
     for p in sorted(root.rglob("*.py")):
@@ -124,8 +124,6 @@ def code_fingerprint() -> str:
 
 def step_key(step: Step, dep_keys: Mapping[str, str], deployc_version: str, within: Path) -> str:
     """The step's content hash; its input files are read (and refused when they leave `within`) every time."""
-    from deployc.compiler.inputs import tree_digest
-
     doc = {
         "id": step.id,
         "params": step.params,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from deployc.deploy.aws import aws_errors, describe_message, is_not_found
-from deployc.deploy.plan import SCALABLE_DIMENSION, scaling_resource_id
 from deployc.deploy.run import SETTLED, DeployRun
 from deployc.errors import DeployError
+from deployc.sagemaker_plan import SCALABLE_DIMENSION, scaling_resource_id
 
 
 def update_or_create(run: DeployRun, p: dict[str, Any]) -> None:

@@ -24,10 +24,10 @@ from deployc.deploy.aws import (
 )
 from deployc.deploy.endpoint import update_or_create
 from deployc.deploy.envrefs import redact, references, resolve
-from deployc.deploy.plan import PLAN_FORMAT_VERSION
 from deployc.deploy.run import DeployRun
 from deployc.errors import DeployError, InputError
 from deployc.manifest import verify_build
+from deployc.sagemaker_plan import PLAN_FORMAT_VERSION
 
 PLAN_FILE = f"{c.SAGEMAKER_DIR}/deploy-plan.json"
 

@@ -1,22 +1,23 @@
 """SLOs -> Prometheus recording and burn-rate alert rules (with promtool unit tests), a Grafana dashboard and
-CloudWatch alarms. Pure: `compile_monitoring` returns files, the build writes them. See docs/monitoring.md."""
+CloudWatch alarms. Pure: `build_monitoring` returns the typed model every writer serializes from, and
+`compile_monitoring` the monitoring folder's files; the build writes them. See docs/monitoring.md."""
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from deployc import conventions as C
 from deployc.errors import InputError
-from deployc.monitoring.promtool import RULES_FILE, TESTS_FILE, run_promtool
+from deployc.monitoring.promtool import run_promtool
+from deployc.monitoring.resolved import CLOUDWATCH_PATH, DASHBOARD_PATH, RULES_PATH, TESTS_PATH, Monitoring
 from deployc.schema.slo import LatencySLO, StabilitySLO, threshold_seconds
-from deployc.schema.spec import DeploySpec
 
-__all__ = ["compile_monitoring", "latency_buckets", "run_promtool"]
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
 
-RULES_PATH = f"{C.MONITORING_DIR}/{RULES_FILE}"
-TESTS_PATH = f"{C.MONITORING_DIR}/{TESTS_FILE}"
-DASHBOARD_PATH = f"{C.MONITORING_DIR}/grafana-dashboard.json"
-CLOUDWATCH_PATH = C.CLOUDWATCH_ALARMS
+__all__ = ["CLOUDWATCH_PATH", "DASHBOARD_PATH", "RULES_PATH", "TESTS_PATH", "Monitoring", "build_monitoring",
+           "compile_monitoring", "latency_buckets", "run_promtool"]
 
 
 def latency_buckets(spec: DeploySpec) -> tuple[float, ...]:
@@ -42,35 +43,22 @@ def _reference(spec: DeploySpec, dist: Sequence[float] | None,
     return ref, classes
 
 
-def compile_monitoring(spec: DeploySpec, *, spec_file: str, reference_distribution: Sequence[float] | None,
-                       class_names: Sequence[str] | None) -> dict[str, bytes]:
-    """Every monitoring file of the build, keyed by its path relative to the build folder ({} without SLOs)."""
+def build_monitoring(spec: DeploySpec, *, spec_file: str, reference_distribution: Sequence[float] | None,
+                     class_names: Sequence[str] | None) -> Monitoring | None:
+    """The resolved monitoring of a spec (None without SLOs): what every monitoring writer serializes from."""
     if not spec.slos:
-        return {}
-    from deployc.monitoring import cloudwatch
-    from deployc.monitoring.dashboard import dashboard
-    from deployc.monitoring.model import BudgetSLO, resolve
-    from deployc.monitoring.promtests import unit_tests
-    from deployc.monitoring.rules import budget_groups
-    from deployc.monitoring.stability import drift_groups
-    from deployc.render import dump_json, dump_yaml
+        return None
+    from deployc.monitoring.model import resolve
 
     ref, classes = _reference(spec, reference_distribution, class_names)
-    slos = resolve(spec, ref, classes)
-    groups = []
-    for s in slos:
-        groups += budget_groups(s, spec.name) if isinstance(s, BudgetSLO) else drift_groups(s, spec.name)
-    header = C.GENERATED_HEADER.format(spec=spec_file)
-    files = {
-        RULES_PATH: dump_yaml({"groups": groups}, header),
-        TESTS_PATH: dump_yaml(unit_tests(slos, spec.name, RULES_FILE), header),
-        DASHBOARD_PATH: dump_json(dashboard(slos, spec.name, spec.version, spec_file)),
-    }
-    if spec.targets.sagemaker is not None:
-        files[CLOUDWATCH_PATH] = dump_json({
-            "comment": header,
-            "endpoint_name": spec.name,
-            "variant_name": C.SAGEMAKER_VARIANT_NAME,
-            "alarms": cloudwatch.alarms(spec, spec.name, C.SAGEMAKER_VARIANT_NAME),
-        })
-    return files
+    return Monitoring(name=spec.name, version=spec.version, spec_file=spec_file,
+                      slos=tuple(resolve(spec, ref, classes)))
+
+
+def compile_monitoring(spec: DeploySpec, *, spec_file: str, reference_distribution: Sequence[float] | None,
+                       class_names: Sequence[str] | None) -> dict[str, bytes]:
+    """The monitoring folder of the build, keyed by path relative to the build folder ({} without SLOs).
+    CloudWatch alarms are not in it: the target that deploys them writes them (`Monitoring.alarms_document`)."""
+    model = build_monitoring(spec, spec_file=spec_file, reference_distribution=reference_distribution,
+                             class_names=class_names)
+    return model.files() if model is not None else {}

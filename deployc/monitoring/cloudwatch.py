@@ -11,12 +11,15 @@ AWS::CloudWatch::Alarm and boto3's put_metric_alarm take.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from deployc import conventions as C
 from deployc.monitoring.model import BudgetSLO, BurnCondition, num, resolve
 from deployc.schema.base import duration_seconds
-from deployc.schema.spec import DeploySpec
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
 
 
 def _camel(text: str) -> str:
@@ -85,9 +88,14 @@ def _alarm(slo: BudgetSLO, cond: BurnCondition, severity: str, endpoint: str, va
 def alarms(spec: DeploySpec, endpoint_name: str, variant_name: str) -> list[dict[str, Any]]:
     """One alarm per enabled burn-rate condition of each availability / latency SLO (stability has no
     CloudWatch metric: SageMaker does not publish predicted classes)."""
+    budgets = [s for s in resolve(spec, None, None, budget_only=True) if isinstance(s, BudgetSLO)]
+    return alarms_of(budgets, endpoint_name, variant_name)
+
+
+def alarms_of(slos: Sequence[BudgetSLO], endpoint_name: str, variant_name: str) -> list[dict[str, Any]]:
+    """The alarms of resolved availability / latency SLOs, in their order."""
     out = []
-    for slo in resolve(spec, None, None, budget_only=True):
-        assert isinstance(slo, BudgetSLO)
+    for slo in slos:
         for tier in slo.tiers:
             for cond in tier.conditions:
                 alarm = _alarm(slo, cond, tier.severity, endpoint_name, variant_name)

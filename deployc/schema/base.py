@@ -23,11 +23,17 @@ Loc = tuple[str | int, ...]
 Located = tuple[Loc, str]
 
 
+class CrossFieldErrors(ValueError):
+    """Several located problems found after field validation; the validator turns each into a Problem."""
+
+    def __init__(self, problems: list[Located]):
+        self.problems = problems
+        super().__init__("; ".join(m for _, m in problems))
+
+
 def located(problems: list[Located]) -> ValueError:
     """The error a validator raises for several problems, each at its own place below the field it checks (a
     tag or label key rather than the whole mapping); the validate stage reports each one as file:line:col."""
-    from deployc.schema.spec import CrossFieldErrors  # spec imports every target schema: resolved at call time
-
     return CrossFieldErrors(list(problems))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from deployc.schema.spec import DeploySpec
 
@@ -10,7 +11,7 @@ SCHEMA_FILE = Path(__file__).with_name("deploy.schema.json")
 SCHEMA_ID = "https://deployc.dev/schema/deploy.schema.json"
 
 
-def schema() -> dict:
+def schema() -> dict[str, Any]:
     doc = DeploySpec.model_json_schema(by_alias=True, mode="validation")
     doc = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **doc}
     doc["title"] = "deploy.yaml"

@@ -2,24 +2,18 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from deployc.conventions import DEFAULT_LATENCY_BUCKETS
-from deployc.schema.azureml import AzureMLTarget
-from deployc.schema.base import Name, RelPath, SpecModel
-from deployc.schema.kserve import KServeTarget
-from deployc.schema.local import LocalTarget
-from deployc.schema.passes import KERAS_PASSES, PassItem, QuantizeConfig, pass_config, pass_name
-from deployc.schema.sagemaker import SageMakerTarget
+from deployc.schema.base import CrossFieldErrors, Name, RelPath, SpecModel
+from deployc.schema.passes import PassItem, optimize_problems
 from deployc.schema.slo import SLO, LatencySLO, latency_threshold_problems, slo_name
-from deployc.schema.tflite import TFLiteTarget
-from deployc.schema.tfserving import TFServingTarget
-from deployc.schema.vertex import VertexTarget
+from deployc.targets import configured, get_target, serving_targets, target_class, target_names
 
 API_VERSION = "deployc/v1"
-SERVED_TARGETS = ("local", "sagemaker", "kserve", "vertex", "azureml")  # targets that export the server's metrics
+__all__ = ["API_VERSION", "CrossFieldErrors", "DeploySpec", "Targets", "resolved_format"]
 DType = Literal["float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool"]
 
 
@@ -46,6 +40,17 @@ class ModelSpec(SpecModel):
     allow_python_code: bool = Field(False, description="Load the Keras model with safe mode off, so Lambda layers "
                                     "(Python code stored in the file) run. Loading then executes that code: only "
                                     "for files whose source you trust.")
+
+    def resolved_format(self) -> str:
+        """`format`, with auto resolved from the path's suffix."""
+        if self.format != "auto":
+            return self.format
+        p = self.path.lower()
+        if p.endswith(".onnx"):
+            return "onnx"
+        if p.endswith((".keras", ".h5", ".hdf5")):
+            return "keras"
+        return "savedmodel"
 
 
 class DataSet(SpecModel):
@@ -77,7 +82,8 @@ class Measure(SpecModel):
     min_seconds: float = Field(0.5, gt=0, le=600, description="Least time spent timing each artifact.")
 
 
-class Targets(SpecModel):
+class TargetsBase(SpecModel):
+    # `targets:`: one optional field per registered target (deployc.targets), added by `_targets_model`.
     @model_validator(mode="before")
     @classmethod
     def _empty_means_defaults(cls, value: Any) -> Any:
@@ -86,13 +92,23 @@ class Targets(SpecModel):
             return {k: ({} if v is None else v) for k, v in value.items()}
         return value
 
-    local: LocalTarget | None = Field(None, description="A bundle `deployc serve` runs.")
-    sagemaker: SageMakerTarget | None = Field(None, description="A SageMaker endpoint.")
-    tflite: TFLiteTarget | None = Field(None, description="A LiteRT bundle for devices.")
-    kserve: KServeTarget | None = Field(None, description="A KServe InferenceService (Kubernetes).")
-    tfserving: TFServingTarget | None = Field(None, description="A versioned SavedModel for TensorFlow Serving.")
-    vertex: VertexTarget | None = Field(None, description="A Vertex AI model and endpoint.")
-    azureml: AzureMLTarget | None = Field(None, description="An Azure ML managed online endpoint.")
+    if TYPE_CHECKING:  # each field holds its target's config model; targets read them as `Target.config(spec)`
+        def __getattr__(self, name: str) -> Any: ...
+
+
+def _targets_model() -> type[TargetsBase]:
+    """`targets:` from the registry: each target's config model under its name, described by the target."""
+    fields: dict[str, Any] = {}
+    for name in target_names():
+        cls = target_class(name)
+        fields[name] = (cls.config_model | None, Field(None, description=cls.description))
+    return create_model("Targets", __base__=TargetsBase, __module__=__name__, **fields)
+
+
+if TYPE_CHECKING:
+    Targets = TargetsBase
+else:
+    Targets = _targets_model()
 
 
 class DeploySpec(SpecModel):
@@ -113,28 +129,7 @@ class DeploySpec(SpecModel):
     def _cross_checks(self) -> DeploySpec:
         problems: list[tuple[tuple[str | int, ...], str]] = []
         fmt = resolved_format(self.model)
-        seen_onnx_pass = False
-        for i, item in enumerate(self.optimize):
-            name, cfg = pass_name(item), pass_config(item)
-            loc: tuple[str | int, ...] = ("optimize", i, name)
-            if name in KERAS_PASSES:
-                if fmt == "onnx":
-                    problems.append((loc, f"{name} needs a Keras or SavedModel model; {self.model.path} is ONNX"))
-                if seen_onnx_pass:
-                    problems.append((loc, f"{name} runs on the Keras model, so it must come before quantize"))
-                if self.data.train is None:
-                    problems.append((loc, f"{name} fine-tunes on data.train, which is not set"))
-                elif self.data.train.y is None:
-                    problems.append((loc, f"{name} needs labels: set data.train.y"))
-            else:
-                seen_onnx_pass = True
-                mode = getattr(cfg, "mode", None)
-                wants_static = mode == "int8-static" or (
-                    mode == "auto" and isinstance(cfg, QuantizeConfig) and "int8-static" in cfg.candidates)
-                if wants_static and self.data.calibration is None:
-                    problems.append((loc + ("mode",), f"{mode} needs calibration data: set data.calibration"))
-                if mode == "auto" and self.data.eval is None:
-                    problems.append((loc + ("mode",), "auto picks the best candidate on data.eval, which is not set"))
+        problems.extend(optimize_problems(self, fmt))  # each pass's rules (deployc.schema.passes)
         gates = self.gates
         if self.data.eval is None:
             for g in ("max_accuracy_drop", "min_agreement", "max_abs_error"):
@@ -142,50 +137,24 @@ class DeploySpec(SpecModel):
                     problems.append((("gates", g), f"{g} is measured on data.eval, which is not set"))
         if gates.max_accuracy_drop is not None and self.data.eval is not None and self.data.eval.y is None:
             problems.append((("gates", "max_accuracy_drop"), "accuracy needs labels: set data.eval.y"))
-        tfl = self.targets.tflite
-        if tfl is not None:
-            if (tfl.quantization == "int8" or tfl.device == "microcontroller") and self.data.calibration is None:
-                problems.append((("targets", "tflite", "quantization"), "int8 needs data.calibration"))
-            if fmt == "onnx":
-                problems.append((("targets", "tflite"), "tflite needs a Keras or SavedModel model, not ONNX"))
-        if self.targets.tfserving is not None and fmt == "onnx":
-            problems.append((("targets", "tfserving"), "tfserving needs a Keras or SavedModel model, not ONNX"))
+        targets = configured(self)
+        for target in targets:  # each target's own rules (names derived from `name`, inputs it needs)
+            problems.extend(get_target(target).check(self))
+        served_by = [t for t in targets if get_target(t).serves_metrics(getattr(self.targets, t))]
         names = Counter(slo_name(s) for s in self.slos)
         for i, s in enumerate(self.slos):
             if names[slo_name(s)] > 1:
                 problems.append((("slos", i, "name"), f"SLO name {slo_name(s)!r} is used more than once"))
             if s.kind == "stability" and self.data.eval is None:
                 problems.append((("slos", i, "kind"), "stability compares with predictions on data.eval: set it"))
-            served_by = [t for t in SERVED_TARGETS if getattr(self.targets, t, None) is not None]
-            if self.targets.kserve is not None and self.targets.kserve.runtime != "deployc":
-                served_by.remove("kserve")  # KServe's own ONNX runtime does not export deployc's metrics
             if isinstance(s, LatencySLO) and not served_by:
                 problems.append((("slos", i), "a latency SLO needs a target that runs `deployc serve` "
-                                 f"({', '.join(SERVED_TARGETS)})"))
+                                 f"({', '.join(serving_targets())})"))
         problems.extend(latency_threshold_problems(self.slos, DEFAULT_LATENCY_BUCKETS))
-        for target in Targets.model_fields:  # platform names derived from `name` (each target's own limits)
-            cfg = getattr(self.targets, target)
-            if cfg is not None:
-                problems.extend(cfg.spec_name_problems(self.name))
         if problems:
             raise CrossFieldErrors(problems)
         return self
 
 
-class CrossFieldErrors(ValueError):
-    """Several located problems found after field validation; the validator turns each into a Problem."""
-
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
-        self.problems = problems
-        super().__init__("; ".join(m for _, m in problems))
-
-
 def resolved_format(model: ModelSpec) -> str:
-    if model.format != "auto":
-        return model.format
-    p = model.path.lower()
-    if p.endswith(".onnx"):
-        return "onnx"
-    if p.endswith((".keras", ".h5", ".hdf5")):
-        return "keras"
-    return "savedmodel"
+    return model.resolved_format()

@@ -17,8 +17,7 @@ from deployc.render import dump_yaml, render_template
 from deployc.schema.azureml import AZURE_NAME, Probe
 from deployc.schema.azureml import AzureMLTarget as AzureMLConfig
 from deployc.targets.base import EmitContext, Target
-from deployc.targets.sagemaker import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
-from deployc.targets.vertex import model_files
+from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, cloud_model_files, healthcheck
 
 ENDPOINT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json"
 DEPLOYMENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json"
@@ -77,6 +76,8 @@ def deployment_doc(ctx: EmitContext, cfg: AzureMLConfig, endpoint: str) -> dict[
 class AzureMLTarget(Target):
     name = "azureml"
     config_model = AzureMLConfig
+    description = "An Azure ML managed online endpoint."
+    serves = True
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:
         cfg: AzureMLConfig = self.config(ctx.spec)
@@ -85,7 +86,7 @@ class AzureMLTarget(Target):
         header = c.GENERATED_HEADER.format(spec=ctx.spec_file)
         description = (f"{spec.name}: {spec.description}" if spec.description else spec.name)[:500]
         d = c.AZUREML_DIR
-        out = {f"{d}/model/{k}": v for k, v in model_files(ctx).items()}
+        out = {f"{d}/model/{k}": v for k, v in cloud_model_files(ctx).items()}
         out[f"{d}/endpoint.yml"] = dump_yaml(endpoint_doc(cfg, endpoint, description), header=header)
         out[f"{d}/deployment.yml"] = dump_yaml(deployment_doc(ctx, cfg, endpoint), header=header)
         out[f"{d}/Dockerfile"] = dockerfile(spec.name, spec.version, header=header).encode()

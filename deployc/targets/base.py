@@ -1,16 +1,29 @@
 """The target interface. A target turns the built artifacts into one deployable bundle folder.
 
-Adding a target touches one module here, one template folder and one line of `deployc.targets.REGISTRY`.
-Emitters are pure: they return `{relative_path: bytes}` and never touch the filesystem; the writer does.
+A target is one module (`deployc/targets/<name>.py`, or a plugin's module registered under the `deployc.targets`
+entry point group), one template folder and one documentation page. Its class says everything deployc needs:
+the name of its `targets.<name>` mapping, the config model and description of that mapping, the rules that need
+only the spec (`check`, reported by `deployc validate` with file:line:col), whether it serves deployc's metrics,
+the extra cached steps it plans, the targets it emits after, and `emit`.
+
+Emitters are pure: they return `{relative_path: bytes}` and never touch the filesystem; the writer does. They read
+the EmitContext only, never another emitter's output.
+
+Modules that define targets keep their top-level imports light (no TensorFlow, onnx or boto3), and import the
+spec model for annotations only: the schema builds `Targets` from the registry while `deployc.schema.spec` loads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from deployc.schema.base import SpecModel
-from deployc.schema.spec import DeploySpec
+from deployc.schema.base import Located, SpecModel
+
+if TYPE_CHECKING:
+    from deployc.compiler.steps import Step
+    from deployc.monitoring.resolved import Monitoring
+    from deployc.schema.spec import DeploySpec
 
 
 @dataclass(frozen=True)
@@ -40,21 +53,36 @@ class EmitContext:
     latency_buckets: tuple[float, ...]  # the server's request-duration buckets (SLO thresholds included)
     step_outputs: dict[str, Path] = field(default_factory=dict)  # step id -> its cached output folder
     step_results: dict[str, dict[str, Any]] = field(default_factory=dict)  # step id -> its JSON result
-    files: dict[str, bytes] = field(default_factory=dict)  # what other emitters produced before this one
+    monitoring: Monitoring | None = None  # the resolved SLO monitoring (None without SLOs), built from the spec
 
 
 class Target:
-    """Base of every target: a name, its config model under `targets.<name>`, extra steps, and `emit`."""
+    """Base of every target: a name, its config model under `targets.<name>`, checks, extra steps, and `emit`."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[SpecModel]]
-    #: names of other targets whose files this one reads from EmitContext.files (emitted first)
+    #: the `targets.<name>` field's description in the JSON Schema
+    description: ClassVar[str]
+    #: True when the target can run `deployc serve`, whose metrics the SLO rules read (see `serves_metrics`)
+    serves: ClassVar[bool] = False
+    #: names of other targets this one is emitted after (a topological order; a cycle is refused)
     after: ClassVar[tuple[str, ...]] = ()
 
     def config(self, spec: DeploySpec) -> Any:
         return getattr(spec.targets, self.name)
 
-    def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None) -> list[Any]:
+    def serves_metrics(self, cfg: Any) -> bool:
+        """Whether this configuration runs `deployc serve` (and so exports the metrics SLOs are computed from)."""
+        return self.serves
+
+    def check(self, spec: DeploySpec) -> list[Located]:
+        """Problems found in the spec alone, as (location from the spec's root, message); called by the spec's
+        cross-field check when `targets.<name>` is set. Default: the names derived from the spec's name."""
+        cfg: SpecModel = self.config(spec)
+        return cfg.spec_name_problems(spec.name)
+
+    def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None
+              ) -> list[Step]:
         """Extra cached steps this target needs (conversion, verification). Default: none."""
         return []
 

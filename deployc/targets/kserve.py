@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from functools import cache, lru_cache
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ CONTAINER = "kserve-container"  # the container name KServe's storage initialize
 PORT_NAME = "http1"  # Knative accepts only http1 or h2c
 KNATIVE_PORT_NAME = "user-port"  # Knative renames the user container's port to this in the pods it creates
 ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
-RULES_PATH = f"{c.MONITORING_DIR}/prometheus-rules.yaml"
 SCHEMAS = Path(__file__).with_name("schemas")
 ANNOTATION_PREFIX = "deployc.dev"
 TMP_VOLUME = "tmp"  # an emptyDir at /tmp: the one writable folder under a read-only root filesystem
@@ -45,6 +43,11 @@ class ManifestError(DeploycError):
 class KServeTarget(Target):
     name = "kserve"
     config_model = KServeConfig
+    description = "A KServe InferenceService (Kubernetes)."
+    serves = True
+
+    def serves_metrics(self, cfg: KServeConfig) -> bool:
+        return cfg.runtime == "deployc"  # KServe's own ONNX runtime does not export deployc's metrics
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:
         cfg: KServeConfig = self.config(ctx.spec)
@@ -52,7 +55,7 @@ class KServeTarget(Target):
         if cfg.runtime == "deployc":
             if cfg.monitoring.pod_monitor:
                 docs["podmonitor.yaml"] = pod_monitor(ctx, cfg)
-            groups = rule_groups(ctx)
+            groups = ctx.monitoring.rule_groups() if ctx.monitoring is not None else []
             if groups and cfg.monitoring.prometheus_rule:
                 docs["prometheusrule.yaml"] = prometheus_rule(ctx, cfg, groups)
         docs["kustomization.yaml"] = kustomization(cfg, sorted(docs))
@@ -182,20 +185,6 @@ def pod_monitor(ctx: EmitContext, cfg: KServeConfig) -> dict[str, Any]:
                                               "interval": cfg.monitoring.scrape_interval}]}}
 
 
-def rule_groups(ctx: EmitContext) -> list[dict[str, Any]]:
-    """The rule groups of the monitoring emitter's prometheus-rules.yaml (none when the spec has no SLOs)."""
-    data = ctx.files.get(RULES_PATH)
-    if data is None:
-        return []
-    from ruamel.yaml import YAML
-
-    doc = YAML(typ="safe", pure=True).load(StringIO(data.decode()))
-    groups = doc.get("groups") if isinstance(doc, dict) else None
-    if not isinstance(groups, list):
-        raise InputError(f"{RULES_PATH}: expected a mapping with a list of groups")
-    return groups
-
-
 def prometheus_rule(ctx: EmitContext, cfg: KServeConfig, groups: list[dict[str, Any]]) -> dict[str, Any]:
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
             "metadata": _metadata(ctx, cfg, f"{ctx.spec.name}-slos", _labels(ctx, cfg.monitoring.labels)),
@@ -233,7 +222,8 @@ def validate_manifest(doc: dict[str, Any], kubernetes_version: str, where: str) 
 
 @cache
 def _schema(name: str) -> dict[str, Any]:
-    return json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
+    doc: dict[str, Any] = json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
+    return doc
 
 
 @lru_cache(maxsize=4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployc import conventions as c
 from deployc.compiler.steps import Step, StepContext, data_files
@@ -17,8 +17,11 @@ from deployc.errors import SpecFieldError
 from deployc.render import dump_json
 from deployc.schema.local import Batching
 from deployc.schema.local import LocalTarget as LocalConfig
-from deployc.schema.spec import DeploySpec
+from deployc.targets import serves_metrics
 from deployc.targets.base import EmitContext, Target
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
 
 INVARIANCE = "local:batch-invariance"
 ENABLED_FIELD = "targets.local.batching.enabled"
@@ -29,9 +32,7 @@ SERVED_FIGURES = ("invariant", "measured", "max_abs_diff", "relative_diff", "cha
 
 def ships_serving_json(spec: DeploySpec) -> bool:
     """True when some target of the spec writes a `deployc serve` bundle (serving.json)."""
-    t = spec.targets
-    kserve = t.kserve is not None and t.kserve.runtime == "deployc"
-    return kserve or any(getattr(t, n) is not None for n in ("local", "sagemaker", "vertex", "azureml"))
+    return serves_metrics(spec)
 
 
 def invariance_step(spec: DeploySpec, spec_dir: Path, model_step: str) -> Step:
@@ -172,6 +173,8 @@ def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str
 class LocalTarget(Target):
     name = "local"
     config_model = LocalConfig
+    description = "A bundle `deployc serve` runs."
+    serves = True
 
     def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None
               ) -> list[Step]:

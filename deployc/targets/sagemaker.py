@@ -1,32 +1,31 @@
-"""`targets.sagemaker`: model.tar.gz, a CloudFormation template, the serving image's Dockerfile, a deploy plan.
+"""`targets.sagemaker`: model.tar.gz, a CloudFormation template, the serving image's Dockerfile, a deploy plan,
+and (with SLOs) the CloudWatch alarms that the template, the plan and `deployc deploy` create.
 
-The plan (`deploy-plan.json`) and the template come from the same dicts (`deployc.deploy.plan`), so a stack made
-from the template and an endpoint made by `deployc deploy` are the same resources.
+The plan (`deploy-plan.json`) and the template come from the same dicts (`deployc.sagemaker_plan`), so a stack
+made from the template and an endpoint made by `deployc deploy` are the same resources.
 """
 from __future__ import annotations
 
 import gzip
 import io
-import json
 import re
 import tarfile
 from typing import Any
 
 from deployc import __version__
 from deployc import conventions as c
-from deployc.deploy.plan import build_plan, rollback_alarm_ids
 from deployc.errors import InputError
 from deployc.manifest import sha256_bytes
 from deployc.render import dump_json, render_template, render_yaml
+from deployc.sagemaker_plan import build_plan, rollback_alarm_ids
 from deployc.schema.envref import ENV_KEY, is_env_ref, parameter_names
-from deployc.schema.kserve import DEFAULT_UID as SERVING_UID  # the kserve target's runAsUser runs this image too
 from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.schema.sagemaker import SageMakerTarget as SageMakerConfig
 from deployc.targets.base import EmitContext, Target
+from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
 from deployc.targets.local import serving_files
 
 MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks ModelDataUrl
-BASE_IMAGE, BASE_TAG = "python", "3.12-slim"  # FROM BASE_IMAGE:BASE_TAG (build arguments, overridable)
 ALARMS_FILE = c.CLOUDWATCH_ALARMS
 _LOGICAL_ID = re.compile(r"^[A-Za-z0-9]{1,255}$")
 _RESERVED_IDS = {"Model", "EndpointConfig", "Endpoint", "ScalableTarget", "ScalingPolicy"}
@@ -52,18 +51,14 @@ def model_tarball(files: dict[str, bytes]) -> bytes:
 
 
 def read_alarms(ctx: EmitContext) -> list[dict[str, Any]]:
-    """The CloudWatch alarms the monitoring emitter wrote (none when the spec has no SLOs), checked."""
-    data = ctx.files.get(ALARMS_FILE)
-    if data is None:
+    """The CloudWatch alarms of the build's SLOs (none without SLOs), from the monitoring model, checked."""
+    if ctx.monitoring is None:
         return []
-    try:
-        alarms = json.loads(data)
-    except ValueError as exc:
-        raise InputError(f"{ALARMS_FILE}: not JSON ({exc})") from None
-    if isinstance(alarms, dict):  # the monitoring emitter's document: {comment, endpoint_name, ..., alarms}
-        alarms = alarms.get("alarms")
-    if not isinstance(alarms, list):
-        raise InputError(f"{ALARMS_FILE}: expected a list of alarms")
+    return checked_alarms(ctx.monitoring.alarms(ctx.spec.name, c.SAGEMAKER_VARIANT_NAME))
+
+
+def checked_alarms(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each alarm with a unique logical id that is no resource of the template, and an AlarmName."""
     seen: set[str] = set()
     out = []
     for i, a in enumerate(alarms):
@@ -82,6 +77,8 @@ def read_alarms(ctx: EmitContext) -> list[dict[str, Any]]:
 class SageMakerTarget(Target):
     name = "sagemaker"
     config_model = SageMakerConfig
+    description = "A SageMaker endpoint."
+    serves = True
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:
         cfg: SageMakerConfig = self.config(ctx.spec)
@@ -92,7 +89,9 @@ class SageMakerTarget(Target):
         plan = build_plan(cfg, name=spec.name, version=spec.version, artifact_sha256=sha256_bytes(tarball),
                           artifact_size=len(tarball), alarms=alarms)
         header = c.GENERATED_HEADER.format(spec=ctx.spec_file)
-        return {
+        files = {} if ctx.monitoring is None else {
+            ALARMS_FILE: ctx.monitoring.alarms_document(spec.name, c.SAGEMAKER_VARIANT_NAME)}
+        return files | {
             f"{c.SAGEMAKER_DIR}/model.tar.gz": tarball,
             f"{c.SAGEMAKER_DIR}/deploy-plan.json": dump_json(plan),
             f"{c.SAGEMAKER_DIR}/cloudformation.yaml": cloudformation(plan, alarms, cfg, header=header,
@@ -140,13 +139,6 @@ def template_environment(environment: dict[str, Any], *, taken: list[str]) -> tu
         text = f"Container environment {keys} (deploy.yaml: !ENV {var}; deployc deploy reads ${var})."
         params.append({"id": pid, "description": text if len(text) <= 4000 else text[:3997] + "..."})
     return out, params
-
-
-def healthcheck(port: int, route: str) -> list[str]:
-    """The image's HEALTHCHECK (for `docker run` and plain container hosts; SageMaker, Azure ML and Kubernetes
-    probe the routes themselves): the image's Python asks the server on loopback, no curl needed."""
-    url = f"http://127.0.0.1:{port}{route}"
-    return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"]
 
 
 def dockerfile(name: str, version: str, *, header: str) -> str:

@@ -9,16 +9,19 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import deployc
 from deployc import conventions as c
 from deployc.compiler.steps import Step, StepContext, data_files
-from deployc.errors import GateError, InputError
+from deployc.errors import GateError
 from deployc.render import dump_json, render_template
-from deployc.schema.spec import DeploySpec, Gates
+from deployc.schema.base import Located
 from deployc.schema.tflite import TFLiteTarget as TFLiteConfig
 from deployc.targets.base import EmitContext, Target
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec, Gates
 
 CONVERT = "tflite:convert"
 VERIFY = "tflite:verify"
@@ -48,7 +51,7 @@ def _check_budget(cfg: TFLiteConfig, size: int, what: str) -> None:
 
 def _source(ctx: StepContext, dep: str) -> Path:
     out = ctx.deps[dep]
-    return Path(out.dir) / out.result["model"]
+    return Path(out.dir) / str(out.result["model"])
 
 
 def _calibration(ctx: StepContext) -> Any:
@@ -143,16 +146,27 @@ def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
 class TFLiteTarget(Target):
     name = "tflite"
     config_model = TFLiteConfig
+    description = "A LiteRT bundle for devices."
+
+    def check(self, spec: DeploySpec) -> list[Located]:
+        cfg: TFLiteConfig = self.config(spec)
+        where = ("targets", "tflite")
+        problems: list[Located] = []
+        if (cfg.quantization == "int8" or cfg.device == "microcontroller") and spec.data.calibration is None:
+            problems.append(((*where, "quantization"), "int8 needs data.calibration"))
+        if _is_auto(cfg) and spec.data.eval is None:
+            problems.append(((*where, "quantization"), "quantization auto evaluates candidates on data.eval: "
+                             "set it"))
+        if spec.model.resolved_format() == "onnx":
+            problems.append((where, "tflite needs a Keras or SavedModel model, not ONNX"))
+        return problems
 
     def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None
               ) -> list[Step]:
         cfg: TFLiteConfig = self.config(spec)
-        if keras_model_step is None:
-            raise InputError("targets.tflite needs a Keras or SavedModel model")
-        auto = cfg.quantization == "auto" and cfg.device != "microcontroller"
+        assert keras_model_step is not None, "check() refuses an ONNX model"
+        auto = _is_auto(cfg)
         has_eval = spec.data.eval is not None
-        if auto and not has_eval:
-            raise InputError("targets.tflite: quantization auto evaluates candidates on data.eval: set it")
         base = {"config": cfg.model_dump(mode="json"), "task": spec.model.task,
                 "inputs": [t.model_dump(mode="json") for t in spec.model.inputs or []],
                 "data": spec.data.model_dump(mode="json")}
@@ -181,6 +195,11 @@ class TFLiteTarget(Target):
         if ctx.labels:
             files["labels.txt"] = ("\n".join(ctx.labels) + "\n").encode()
         return {f"{c.TFLITE_DIR}/{k}": v for k, v in files.items()}
+
+
+def _is_auto(cfg: TFLiteConfig) -> bool:
+    """quantization auto converts and evaluates every candidate (a microcontroller takes int8 only)."""
+    return cfg.quantization == "auto" and cfg.device != "microcontroller"
 
 
 def metadata(ctx: EmitContext, cfg: TFLiteConfig, conv: dict[str, Any], verify: dict[str, Any], sha256: str

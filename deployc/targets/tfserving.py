@@ -11,17 +11,20 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from deployc import conventions as c
 from deployc.compiler.steps import Step, StepContext, data_files
 from deployc.errors import InputError
 from deployc.render import render_template
-from deployc.schema.spec import DeploySpec
+from deployc.schema.base import Located
 from deployc.schema.tfserving import MAX_VERSION
 from deployc.schema.tfserving import TFServingTarget as TFServingConfig
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.tfserving_proto import check_batching_parameters, check_models_config
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
 
 EXPORT = "tfserving:export"
 VERIFY = "tfserving:verify"
@@ -36,9 +39,15 @@ _SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 def version_number(spec: DeploySpec, cfg: TFServingConfig) -> int:
     """The version folder: model_version, or the spec version (an integer, or MAJOR*10^6 + MINOR*10^3 + PATCH,
     which keeps semantic-version order, so the `latest` policy serves the newest release)."""
+    n = _version_number(spec.version, cfg)
+    if n is None:
+        raise InputError(f"targets.tfserving: {_no_version(spec.version)}")
+    return n
+
+
+def _version_number(v: str, cfg: TFServingConfig) -> int | None:
     if cfg.model_version is not None:
         return cfg.model_version
-    v = spec.version
     if v.isdigit() and 1 <= int(v) <= MAX_VERSION:
         return int(v)
     m = _SEMVER.match(v)
@@ -47,8 +56,12 @@ def version_number(spec: DeploySpec, cfg: TFServingConfig) -> int:
         n = major * 1_000_000 + minor * 1_000 + patch
         if minor < 1000 and patch < 1000 and 1 <= n <= MAX_VERSION:
             return n
-    raise InputError(f"targets.tfserving: version {v!r} gives no version number (TensorFlow Serving needs a "
-                     "positive integer folder): set targets.tfserving.model_version")
+    return None
+
+
+def _no_version(v: str) -> str:
+    return (f"version {v!r} gives no version number (TensorFlow Serving needs a positive integer folder): "
+            "set targets.tfserving.model_version")
 
 
 def run_export(ctx: StepContext, source_step: str) -> dict[str, Any]:
@@ -99,8 +112,6 @@ def _signature(path: Path) -> tuple[Any, str, str, dict[str, Any]]:
 
 def run_verify(ctx: StepContext) -> dict[str, Any]:
     """Load the SavedModel back and compare it with the reference on data.eval; measure batch-1 latency."""
-    import time
-
     import numpy as np
 
     from deployc.ml.evaluate import compare, sizes
@@ -129,17 +140,9 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
         one = np.asarray(x)[:1]
     else:
         one = np.zeros([1 if d == -1 else d for d in info["inputs"][0]["shape"]], dtype=dtype)
-    for _ in range(10):
-        run(one)
-    lat: list[float] = []
-    deadline = time.perf_counter() + ctx.spec.measure.min_seconds
-    while (time.perf_counter() < deadline or len(lat) < 30) and len(lat) < 20000:
-        t0 = time.perf_counter()
-        run(one)
-        lat.append(time.perf_counter() - t0)
-    ms = np.asarray(lat) * 1000
-    figures.update({"latency_p50_ms": round(float(np.percentile(ms, 50)), 4),
-                    "latency_p99_ms": round(float(np.percentile(ms, 99)), 4)})
+    from deployc.ml import measure  # one in-process call of the serving signature per timed prediction
+
+    figures.update(measure.measure_latency(lambda: run(one), min_seconds=ctx.spec.measure.min_seconds).figures())
     result["verified"] = REFERENCE in ctx.deps
     return result
 
@@ -147,13 +150,20 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
 class TFServingTarget(Target):
     name = "tfserving"
     config_model = TFServingConfig
+    description = "A versioned SavedModel for TensorFlow Serving."
+
+    def check(self, spec: DeploySpec) -> list[Located]:
+        cfg: TFServingConfig = self.config(spec)
+        problems: list[Located] = []
+        if spec.model.resolved_format() == "onnx":
+            problems.append((("targets", "tfserving"), "tfserving needs a Keras or SavedModel model, not ONNX"))
+        if _version_number(spec.version, cfg) is None:
+            problems.append((("targets", "tfserving"), _no_version(spec.version)))
+        return problems
 
     def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None
               ) -> list[Step]:
-        cfg: TFServingConfig = self.config(spec)
-        if keras_model_step is None:
-            raise InputError("targets.tfserving needs a Keras or SavedModel model")
-        version_number(spec, cfg)  # fail at plan time, before anything runs
+        assert keras_model_step is not None, "check() refuses an ONNX model"
         inputs = [t.model_dump(mode="json") for t in spec.model.inputs or []]
         has_eval = spec.data.eval is not None
         export = Step(id=EXPORT, description="export the Keras model as a SavedModel for TensorFlow Serving",

@@ -8,27 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployc import conventions as c
 from deployc.errors import InputError
 from deployc.render import dump_json, render_template
-from deployc.schema.local import LocalTarget as LocalConfig
+from deployc.schema.base import Located
 from deployc.schema.vertex import VertexTarget as VertexConfig
 from deployc.targets.base import EmitContext, Target
-from deployc.targets.local import serving_files
+from deployc.targets.common import cloud_model_files
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
 
 CONTAINER_MODEL_DIR = "/tmp/deployc-model"  # where the container copies $AIP_STORAGE_URI before serving
 CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
 REQUESTS_METRIC = "aiplatform.googleapis.com/prediction/online/request_count"
 _SHELL_SAFE = re.compile(r"^[A-Za-z0-9@%+=:,./_-]*$")
-
-
-def model_files(ctx: EmitContext) -> dict[str, bytes]:
-    """The served folder: the local target's settings, but bound to 0.0.0.0:8080 and without bearer auth
-    (Vertex AI authenticates callers itself and sends no token to the container)."""
-    local = (ctx.spec.targets.local or LocalConfig()).model_copy(update={"auth": None})
-    return serving_files(ctx, local, host="0.0.0.0", port=c.CLOUD_SERVING_PORT)
 
 
 def folder_digest(files: dict[str, bytes]) -> str:
@@ -49,7 +45,7 @@ def container_spec(cfg: VertexConfig) -> dict[str, Any]:
              "--port", str(c.CLOUD_SERVING_PORT)]
     return {
         "imageUri": cfg.image_uri,
-        "command": ["python", "-m", "deployc.targets.vertex_fetch"],
+        "command": ["python", "-m", "deployc.container.vertex_fetch"],
         "args": [CONTAINER_MODEL_DIR, "--", *serve],
         "ports": [{"containerPort": c.CLOUD_SERVING_PORT}],
         "predictRoute": c.CLOUD_PREDICT_ROUTE,
@@ -105,11 +101,22 @@ def endpoint_body(cfg: VertexConfig, name: str) -> dict[str, Any]:
 class VertexTarget(Target):
     name = "vertex"
     config_model = VertexConfig
+    description = "A Vertex AI model and endpoint."
+    serves = True
+
+    def check(self, spec: DeploySpec) -> list[Located]:
+        """The derived endpoint id, and the values deploy.sh passes to gcloud and curl unquoted."""
+        cfg: VertexConfig = self.config(spec)
+        problems = cfg.spec_name_problems(spec.name)
+        if not _SHELL_SAFE.match(cfg.artifact_uri):
+            problems.append((("targets", "vertex", "artifact_uri"), f"{cfg.artifact_uri!r} holds characters "
+                             "deploy.sh cannot quote: use letters, digits and @%+=:,./_-"))
+        return problems
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:
         cfg: VertexConfig = self.config(ctx.spec)
         spec = ctx.spec
-        files = model_files(ctx)
+        files = cloud_model_files(ctx)
         digest = folder_digest(files)
         mid = model_id(spec.name, digest)
         endpoint_id = cfg.endpoint_id or spec.name

@@ -5,7 +5,7 @@ Vertex AI does not mount a custom container's model: it copies `artifactUri` to 
 library only (the metadata server's token and the Cloud Storage JSON API), then replaces itself with the command
 after `--`:
 
-    python -m deployc.targets.vertex_fetch DEST -- python -m deployc serve DEST --host 0.0.0.0 --port 8080
+    python -m deployc.container.vertex_fetch DEST -- python -m deployc serve DEST --host 0.0.0.0 --port 8080
 
 `GCE_METADATA_HOST` and `STORAGE_EMULATOR_HOST` point it elsewhere, as they do Google's client libraries.
 """
@@ -86,7 +86,7 @@ def fetch(uri: str, dest: Path) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m deployc.targets.vertex_fetch DEST -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m deployc.container.vertex_fetch DEST -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     dest, command = Path(argv[0]), argv[2:]
     uri = os.environ.get(STORAGE_URI_ENV, "")

@@ -1,7 +1,8 @@
 """The SageMaker deploy plan: the exact boto3 calls `deployc deploy` makes, computed at build time.
 
-The target writes it as `sagemaker/deploy-plan.json`; the CloudFormation template is rendered from the same
-pieces, so the template and the boto3 deploy always describe the same resources. Pure data, no boto3 here.
+The sagemaker target writes it as `sagemaker/deploy-plan.json` and renders the CloudFormation template from the
+same pieces, so the template and the boto3 deploy always describe the same resources; `deployc.deploy` reads it
+back. Pure data, no boto3 here: both sides import this module, neither imports the other.
 """
 from __future__ import annotations
 

@@ -1,0 +1,28 @@
+"""What several targets share: the serving image's base and user, its HEALTHCHECK, and the model folder a cloud
+platform's container serves. Targets import it; it imports no target but `local`, whose bundle it reuses."""
+from __future__ import annotations
+
+from deployc import conventions as c
+from deployc.schema.kserve import DEFAULT_UID as SERVING_UID  # the kserve target's runAsUser runs this image too
+from deployc.schema.local import LocalTarget as LocalConfig
+from deployc.targets.base import EmitContext
+from deployc.targets.local import serving_files
+
+BASE_IMAGE, BASE_TAG = "python", "3.12-slim"  # FROM BASE_IMAGE:BASE_TAG (build arguments, overridable)
+
+__all__ = ["BASE_IMAGE", "BASE_TAG", "SERVING_UID", "cloud_model_files", "healthcheck"]
+
+
+def healthcheck(port: int, route: str) -> list[str]:
+    """The image's HEALTHCHECK (for `docker run` and plain container hosts; SageMaker, Azure ML and Kubernetes
+    probe the routes themselves): the image's Python asks the server on loopback, no curl needed."""
+    url = f"http://127.0.0.1:{port}{route}"
+    return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"]
+
+
+def cloud_model_files(ctx: EmitContext) -> dict[str, bytes]:
+    """The served folder of a managed cloud endpoint (Vertex AI, Azure ML): the local target's settings, but
+    bound to 0.0.0.0:8080 and without bearer auth (the platform authenticates callers itself and sends no token
+    to the container)."""
+    local = (ctx.spec.targets.local or LocalConfig()).model_copy(update={"auth": None})
+    return serving_files(ctx, local, host="0.0.0.0", port=c.CLOUD_SERVING_PORT)
