@@ -26,6 +26,7 @@ REGISTRY: dict[str, str] = {
     "tfserving": "deployc.targets.tfserving:TFServingTarget",
     "vertex": "deployc.targets.vertex:VertexTarget",
     "azureml": "deployc.targets.azureml:AzureMLTarget",
+    "triton": "deployc.targets.triton:TritonTarget",
 }
 
 
