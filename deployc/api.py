@@ -27,7 +27,10 @@ from deployc.errors import (
     SpecFieldError,
     UsageError,
 )
+from deployc.passes import pass_entries
+from deployc.schema.passes import pass_name
 from deployc.schema.spec import DeploySpec
+from deployc.targets import plugin_versions
 
 VERSIONED_LIBS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
 
@@ -133,7 +136,7 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
     files[c.REPORT_JSON] = dump_json(rep)
     files[c.REPORT_MD] = report.render_markdown(rep, label).encode()
     files[c.PLAN_JSON] = dump_json(p.to_json())
-    versions = {"deployc": __version__, **{d: lib_version(d) for d in VERSIONED_LIBS}}
+    versions = {"deployc": __version__, **{d: lib_version(d) for d in VERSIONED_LIBS}, **_plugin_versions(p)}
     manifest = make_manifest(files, name=spec.name, version=spec.version, spec_sha256=p.spec_sha256,
                              versions=versions)
     files[c.MANIFEST] = dump_json(manifest)
@@ -257,3 +260,10 @@ class _Prefixed:
 
     def __call__(self, message: str) -> None:
         self.log(self.prefix + message)
+
+
+def _plugin_versions(p: Plan) -> dict[str, str]:
+    """{distribution: version} of every plugin target and pass the build used (built-ins are deployc's)."""
+    used = [pass_entries()[pass_name(item)] for item in p.spec.optimize]
+    found = {e.distribution: e.version for e in used if not e.builtin}
+    return {**found, **plugin_versions(p.targets)}

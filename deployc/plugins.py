@@ -17,6 +17,7 @@ from importlib import import_module, metadata
 from typing import Any
 
 from deployc import __version__
+from deployc.errors import DeploycError
 
 TARGETS_GROUP = "deployc.targets"
 PASSES_GROUP = "deployc.passes"
@@ -50,8 +51,8 @@ class Entry:
         return "plugin" if not self.builtin else "built-in"
 
 
-class PluginError(RuntimeError):
-    """An entry point names a module or class that cannot be imported."""
+class PluginError(DeploycError):
+    """A plugin's entry point cannot be loaded or does not declare what its kind needs (exit 1, no traceback)."""
 
 
 @cache

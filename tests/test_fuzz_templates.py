@@ -406,7 +406,7 @@ def test_labels_written_by_the_build_are_the_labels_the_server_reads(model: Path
                                                                      lines: list[str]) -> None:
     """labels.txt -> build (splitlines, strip) -> bundle labels.txt -> `deployc serve`'s config: the same list."""
     from deployc.serve.config import load_config
-    from deployc.targets.local import serving_files
+    from deployc.targets.bundle import serving_files
 
     labels = tuple(ln.strip() for ln in "\n".join(lines).splitlines() if ln.strip())  # what the build reads
     if not labels:

@@ -95,6 +95,7 @@ def test_build_runs_the_plugin_pass(plugin: Path, project: Path, tmp_path: Path)
                                  "details": {"key": "reviewer", "value": "reviewed by the plugin"}}]
     step = next(s for s in report["steps"] if s["id"] == "optimize[0].stamp")
     assert step["description"] == "stamp the ONNX model (reviewer), from deployc-stamp 1.2.3"
+    assert json.loads((out / "manifest.json").read_text())["versions"]["deployc-stamp"] == "1.2.3"
     shipped = [a for a in report["artifacts"] if a["artifact"] == "stamp-reviewer"]
     assert shipped and shipped[0]["evaluation"]["agreement"] == 1.0  # the stamp leaves the outputs as they were
 

@@ -69,6 +69,7 @@ def test_build_emits_the_plugins_files_and_its_version_keys_its_step(project: Pa
     assert model["bytes"] > 0 and len(model["sha256"]) == 64  # what the plugin's own step measured
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"echo/greeting.txt", "echo/model.json"} <= set(manifest["files"])
+    assert manifest["versions"]["deployc-echo"] == "0.3.0"  # which plugin release made these files
 
     def size_step() -> dict[str, object]:
         code, plan, err = deployc(project, "plan", "deploy.yaml", "--format", "json")
@@ -82,3 +83,14 @@ def test_build_emits_the_plugins_files_and_its_version_keys_its_step(project: Pa
     metadata.write_text(metadata.read_text().replace("Version: 0.3.0", "Version: 0.4.0"))
     after = size_step()  # an upgraded plugin: its step's key changes, so the build runs it again
     assert after["key"] != before["key"] and after["cached"] is False
+
+
+def test_a_plugin_that_cannot_be_loaded_is_named_without_a_traceback(project: Path) -> None:
+    bad = project / "plugin" / "deployc_broken-0.1.dist-info"
+    bad.mkdir()
+    (bad / "METADATA").write_text("Metadata-Version: 2.1\nName: deployc-broken\nVersion: 0.1\n")
+    (bad / "entry_points.txt").write_text("[deployc.targets]\nbroken = deployc_no_such_module:Thing\n")
+    for args in (("validate", "deploy.yaml"), ("schema",)):
+        code, _, err = deployc(project, *args)
+        assert code == 1 and "Traceback" not in err
+        assert "plugin 'broken' (deployc_no_such_module:Thing, from deployc-broken 0.1) cannot be loaded" in err

@@ -7,7 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,9 @@ from serve_support import make_classifier, make_mlp
 from deployc.api import build, plan, validate
 from deployc.errors import SpecError
 from deployc.schema import DeploySpec
-from deployc.schema.local import Batching
 from deployc.targets import get_target
 from deployc.targets.base import EmitContext, TensorInfo
-from deployc.targets.invariance import INVARIANCE, LOCAL_FIELDS, batching_decision
+from deployc.targets.invariance import INVARIANCE
 from deployc.targets.triton import DATA_TYPES, FIELDS, decide, model_config_class
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -176,17 +175,6 @@ INVARIANT = {**NOT_INVARIANT, "invariant": True, "max_abs_diff": 0.0, "relative_
              "changed_predictions": 0, "batch_dependent_ops": []}
 SETTINGS = [{}, {"enabled": False}, {"enabled": True}, {"enabled": True, "allow_cross_request_variance": True},
             {"allow_cross_request_variance": True}]
-
-
-@pytest.mark.parametrize("setting", SETTINGS)
-@pytest.mark.parametrize("figures", [INVARIANT, NOT_INVARIANT, {**NOT_INVARIANT, "batchable": False}, None])
-def test_the_shared_decision_is_the_local_targets(setting: dict[str, Any], figures: dict[str, Any] | None) -> None:
-    from deployc.targets.local import batching_decision as local_decision
-
-    batching = Batching.model_validate(setting)
-    local = asdict(local_decision(batching, figures))
-    assert asdict(batching_decision(batching, figures)) == asdict(batching_decision(batching, figures, LOCAL_FIELDS))
-    assert asdict(batching_decision(batching, figures)) == local
 
 
 @pytest.mark.parametrize("setting, figures, dynamic, error", [
@@ -376,6 +364,11 @@ def test_an_int8_dynamic_model_gets_no_dynamic_batcher(builds: dict[str, Path]) 
 
     assert scan(model) == ["DynamicQuantizeLinear"]
     assert "off (auto): not batch-invariant" in (out / "triton" / "README.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert report["batching"] is None  # no serving.json in this build: nothing to say about deployc serve
+    assert report["target_batching"]["triton"]["enabled"] is False
+    assert report["target_batching"]["triton"]["reason"].startswith("off (auto): not batch-invariant")
+    assert "Cross-request batching in `triton`'s server: off (auto)" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("which", ["fp32", "int8"])

@@ -7,6 +7,9 @@ from deployc.compiler.gates import GateCheck
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepOutput
 from deployc.render import md_code, md_text
+from deployc.targets import get_target
+from deployc.targets.bundle import decide, ships_serving_json
+from deployc.targets.invariance import INVARIANCE
 
 # (figure key, column title, format); the latency and throughput figures come from deployc.ml.measure, one
 # definition for every artifact kind, so the columns compare like with like
@@ -50,17 +53,27 @@ def make_report(plan: Plan, outputs: dict[str, StepOutput], checks: list[GateChe
         "steps": [{"id": s.id, "description": s.description, "key": plan.keys[s.id]} for s in plan.steps],
         "targets": list(plan.targets),
         "batching": _batching(plan, outputs),
+        "target_batching": _target_batching(plan, outputs),
     }
 
 
 def _batching(plan: Plan, outputs: dict[str, StepOutput]) -> dict[str, Any] | None:
-    """Whether served bundles batch requests together, and the batch-invariance figures behind it."""
-    from deployc.targets.local import INVARIANCE, decide
-
-    if INVARIANCE not in outputs:
+    """Whether the serving.json bundles batch requests together, and the batch-invariance figures behind it."""
+    if INVARIANCE not in outputs or not ships_serving_json(plan.spec):
         return None
     d = decide(plan.spec, {INVARIANCE: outputs[INVARIANCE].result})
     return {"enabled": d.enabled, "reason": d.reason, "batch_invariant": d.figures}
+
+
+def _target_batching(plan: Plan, outputs: dict[str, StepOutput]) -> dict[str, Any]:
+    """The same, for targets that ship a model server of their own (Triton's dynamic batcher)."""
+    results = {sid: out.result for sid, out in outputs.items()}
+    found: dict[str, Any] = {}
+    for name in plan.targets:
+        d = get_target(name).batching(plan.spec, results)
+        if d is not None:
+            found[name] = {"enabled": d.enabled, "reason": d.reason}
+    return found
 
 
 def _fmt(value: Any, how: str) -> str:
@@ -96,6 +109,8 @@ def render_markdown(report: dict[str, Any], spec_file: str) -> str:
         lines.append("")
     if report.get("batching"):
         lines += [f"Cross-request batching: {md_text(report['batching']['reason'])}.", ""]
+    for name, d in report.get("target_batching", {}).items():
+        lines += [f"Cross-request batching in {md_code(name)}'s server: {md_text(d['reason'])}.", ""]
     if report["gates"]:
         lines += ["## Gates", "", "| artifact | gate | limit | measured | result |", "|---|---|---|---|---|"]
         for g in report["gates"]:

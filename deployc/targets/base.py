@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from deployc.compiler.steps import Step
     from deployc.monitoring.resolved import Monitoring
     from deployc.schema.spec import DeploySpec
+    from deployc.targets.invariance import BatchingDecision
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ class Target:
               ) -> list[Step]:
         """Extra cached steps this target needs (conversion, verification). Default: none."""
         return []
+
+    def batching(self, spec: DeploySpec, step_results: dict[str, dict[str, Any]]) -> BatchingDecision | None:
+        """How this target's own model server (not `deployc serve`, which the build reports once for every
+        serving.json) merges concurrent requests, for report.json and report.md. Default: nothing to report."""
+        return None
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:
         raise NotImplementedError

@@ -6,7 +6,7 @@ from deployc import conventions as c
 from deployc.schema.kserve import DEFAULT_UID as SERVING_UID  # the kserve target's runAsUser runs this image too
 from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.targets.base import EmitContext
-from deployc.targets.local import serving_files
+from deployc.targets.bundle import serving_files
 
 BASE_IMAGE, BASE_TAG = "python", "3.12-slim"  # FROM BASE_IMAGE:BASE_TAG (build arguments, overridable)
 

@@ -20,7 +20,7 @@ from deployc.schema.kserve import LABEL_VALUE
 from deployc.schema.kserve import KServeTarget as KServeConfig
 from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.targets.base import EmitContext, Target
-from deployc.targets.local import serving_files
+from deployc.targets.bundle import serving_files
 
 KSERVE_DIR = "kserve"
 MODEL_DIR = "model"  # kserve/model/: what you upload to storage_uri

@@ -22,8 +22,8 @@ from deployc.schema.envref import ENV_KEY, is_env_ref, parameter_names
 from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.schema.sagemaker import SageMakerTarget as SageMakerConfig
 from deployc.targets.base import EmitContext, Target
+from deployc.targets.bundle import serving_files
 from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
-from deployc.targets.local import serving_files
 
 MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks ModelDataUrl
 ALARMS_FILE = c.CLOUDWATCH_ALARMS

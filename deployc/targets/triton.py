@@ -417,6 +417,9 @@ class TritonTarget(Target):
             return []
         return shared_steps(spec, spec_dir, final_model_step)
 
+    def batching(self, spec: DeploySpec, step_results: dict[str, dict[str, Any]]) -> BatchingDecision | None:
+        return decide(spec, step_results)
+
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:
         cfg: TritonConfig = self.config(ctx.spec)
         header = c.GENERATED_HEADER.format(spec=ctx.spec_file)

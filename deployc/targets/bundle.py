@@ -1,0 +1,94 @@
+"""The `deployc serve` bundle: model.onnx, serving.json and labels.txt (docs/bundle.md).
+
+Every target that runs `deployc serve` ships one (local, sagemaker, kserve, vertex, azureml), so it lives here,
+not in one of them. Its `batching` section follows the `local:batch-invariance` measurement
+(deployc/targets/invariance.py) and the spec's `targets.local.batching` (defaults when `local` is not set).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from deployc import conventions as c
+from deployc.errors import SpecFieldError
+from deployc.render import dump_json
+from deployc.schema.local import LocalTarget as LocalConfig
+from deployc.targets import serves_metrics
+from deployc.targets.base import EmitContext
+from deployc.targets.invariance import INVARIANCE, LOCAL_FIELDS, BatchingDecision, batching_decision
+
+if TYPE_CHECKING:
+    from deployc.schema.spec import DeploySpec
+
+ENABLED_FIELD = LOCAL_FIELDS.enabled
+OPT_IN_FIELD = LOCAL_FIELDS.opt_in
+SERVED_FIGURES = ("invariant", "measured", "max_abs_diff", "relative_diff", "changed_predictions", "rows",
+                  "relative_tolerance", "batch_dependent_ops")
+
+
+def ships_serving_json(spec: DeploySpec) -> bool:
+    """True when some target of the spec writes a `deployc serve` bundle (serving.json)."""
+    return serves_metrics(spec)
+
+
+def decide(spec: DeploySpec, step_results: dict[str, dict[str, Any]]) -> BatchingDecision:
+    """Whether the spec's serving.json files batch across requests, from the spec and the measurement."""
+    cfg = spec.targets.local or LocalConfig()
+    return batching_decision(cfg.batching, step_results.get(INVARIANCE))
+
+
+def batching_section(ctx: EmitContext, cfg: LocalConfig) -> dict[str, Any]:
+    """serving.json's `batching`: the decision, its settings and the figures it rests on (null: not measured)."""
+    decision = batching_decision(cfg.batching, ctx.step_results.get(INVARIANCE))
+    if decision.error:
+        raise SpecFieldError(("targets", "local", "batching", "enabled"), decision.error.removeprefix(
+            f"{ENABLED_FIELD}: "))
+    fig = decision.figures
+    return {
+        "enabled": decision.enabled,
+        "max_batch_size": cfg.batching.max_batch_size,
+        "max_delay_ms": cfg.batching.max_delay_ms,
+        "batch_invariant": {k: fig.get(k) for k in SERVED_FIGURES} if fig else None,
+    }
+
+
+def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = None, port: int | None = None
+                   ) -> dict[str, Any]:
+    """The `serving.json` document for a bundle folder holding model.onnx (and labels.txt)."""
+    return {
+        "format_version": c.SERVING_CONFIG_VERSION,
+        "name": ctx.spec.name,
+        "version": ctx.spec.version,
+        "task": ctx.spec.model.task,
+        "model": {
+            "path": "model.onnx",
+            "sha256": ctx.onnx_sha256,
+            "inputs": [t.to_json() for t in ctx.inputs],
+            "outputs": [t.to_json() for t in ctx.outputs],
+        },
+        "labels": "labels.txt" if ctx.labels else None,
+        "server": {
+            "host": host or cfg.host,
+            "port": port or cfg.port,
+            "workers": cfg.workers,
+            "max_body_bytes": cfg.max_body_bytes,
+            "auth_token_env": cfg.auth.token_env if cfg.auth else None,
+            "grpc_port": cfg.grpc_port,
+        },
+        "runtime": {"intra_op_threads": cfg.threads.intra_op, "inter_op_threads": cfg.threads.inter_op},
+        "batching": batching_section(ctx, cfg),
+        "metrics": {"latency_buckets": list(ctx.latency_buckets)},
+        "limits": cfg.limits.model_dump(),  # timeouts, connections, in-flight body bytes (docs/serving.md)
+    }
+
+
+def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str | None = None,
+                  port: int | None = None) -> dict[str, bytes]:
+    """model.onnx, serving.json and labels.txt, relative to the bundle folder (also packed by sagemaker)."""
+    cfg = cfg or LocalConfig()
+    files = {
+        "model.onnx": ctx.onnx_model.read_bytes(),
+        "serving.json": dump_json(serving_config(ctx, cfg, host=host, port=port)),
+    }
+    if ctx.labels:
+        files["labels.txt"] = ("\n".join(ctx.labels) + "\n").encode()
+    return files
