@@ -25,7 +25,6 @@ from deployc.serve import codec
 from deployc.serve.codec import ClientError
 from deployc.serve.config import DATATYPES, ServingConfig, TensorSpec
 from deployc.serve.proto import grpc_predict_v2_pb2 as pb
-from deployc.serve.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from deployc.serve.state import ServerState, bearer_ok
 
 log = logging.getLogger("deployc.serve")
@@ -74,12 +73,12 @@ async def start_grpc(state: ServerState) -> GrpcService:
     cfg = state.cfg
     assert cfg.grpc_port is not None
     options = [("grpc.max_receive_message_length", cfg.max_body_bytes), ("grpc.so_reuseport", 1)]
-    servicer = InferenceServicer(state)
+    handler = service_handler(state)
     servers: list[grpc.aio.Server] = []
     port = cfg.grpc_port
     for _ in range(ACCEPTORS):
         server = grpc.aio.server(options=options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((handler,))
         addr = grpc_address(cfg.host, port)
         try:
             bound = server.add_insecure_port(addr)
@@ -98,20 +97,29 @@ async def start_grpc(state: ServerState) -> GrpcService:
     return GrpcService(servers, port)
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The generated servicer with each RPC replaced by its handler wrapped in `_rpc`."""
+SERVICE = "inference.GRPCInferenceService"
 
-    def __init__(self, state: ServerState):
-        table: dict[str, tuple[Rpc, str, bool]] = {
-            "ServerLive": (server_live, C.ROUTE_GRPC_HEALTH, False),
-            "ServerReady": (server_ready, C.ROUTE_GRPC_HEALTH, False),
-            "ModelReady": (model_ready, C.ROUTE_GRPC_HEALTH, False),
-            "ServerMetadata": (server_metadata, C.ROUTE_GRPC_METADATA, True),
-            "ModelMetadata": (model_metadata, C.ROUTE_GRPC_METADATA, True),
-            "ModelInfer": (model_infer, C.ROUTE_GRPC_INFER, True),
-        }
-        for name, (fn, route, protected) in table.items():
-            setattr(self, name, _rpc(state, name, fn, route, protected))
+
+def service_handler(state: ServerState) -> grpc.GenericRpcHandler:
+    """Every RPC of the service, each wrapped in `_rpc`, with its messages read from the .proto's descriptor (the
+    method paths and message types grpcio-tools would write into a *_pb2_grpc.py)."""
+    table: dict[str, tuple[Rpc, str, bool]] = {  # handler, the metrics' route label, guarded by the token
+        "ServerLive": (server_live, C.ROUTE_GRPC_HEALTH, False),
+        "ServerReady": (server_ready, C.ROUTE_GRPC_HEALTH, False),
+        "ModelReady": (model_ready, C.ROUTE_GRPC_HEALTH, False),
+        "ServerMetadata": (server_metadata, C.ROUTE_GRPC_METADATA, True),
+        "ModelMetadata": (model_metadata, C.ROUTE_GRPC_METADATA, True),
+        "ModelInfer": (model_infer, C.ROUTE_GRPC_INFER, True),
+    }
+    methods = pb.DESCRIPTOR.services_by_name[SERVICE.rpartition(".")[2]].methods_by_name
+    assert set(methods) == set(table), "the .proto's RPCs and the handlers differ"
+    handlers = {}
+    for name, (fn, route, protected) in table.items():
+        request, response = (getattr(pb, t.name) for t in (methods[name].input_type, methods[name].output_type))
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            _rpc(state, name, fn, route, protected), request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString)
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 def _rpc(state: ServerState, name: str, fn: Rpc, route: str, protected: bool
