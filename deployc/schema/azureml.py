@@ -1,13 +1,12 @@
 """`targets.azureml`: an Azure ML managed online endpoint and one deployment running `deployc serve`."""
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from deployc.schema.base import Located, SpecModel
+from deployc.schema.base import Located, SpecModel, one_of
 
 # Endpoint and deployment names: 3-32 characters, a letter first, letters, digits and '-', no '-' last
 # (^[a-zA-Z][-a-zA-Z0-9]*[a-zA-Z0-9]$; the endpoint name is also unique in its Azure region).
@@ -84,11 +83,7 @@ class AzureMLTarget(SpecModel):
     @field_validator("instance_type")
     @classmethod
     def _instance_type(cls, v: str) -> str:
-        if v not in INSTANCE_TYPES:
-            close = difflib.get_close_matches(v, sorted(INSTANCE_TYPES), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else " (see docs/azureml.md)"
-            raise ValueError(f"{v!r} is not a managed online endpoint VM size{hint}")
-        return v
+        return one_of(v, INSTANCE_TYPES, "a managed online endpoint VM size", "docs/azureml.md")
 
     @field_validator("environment_variables")
     @classmethod

@@ -1,6 +1,7 @@
 """The base every spec model derives from: strict, frozen, documented."""
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any
 
@@ -68,3 +69,13 @@ def duration_seconds(text: str) -> float:
     if not m:
         raise ValueError(f"{text!r} is not a duration: use a number and one of ms, s, m, h, d, w (e.g. 30d, 1h)")
     return int(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+
+
+def one_of(value: str, allowed: frozenset[str], what: str, doc: str) -> str:
+    """`value` when it is in `allowed`; else a ValueError naming `what` it should be, with the closest names (or
+    the page listing them) as a hint."""
+    if value not in allowed:
+        close = difflib.get_close_matches(value, sorted(allowed), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f" (see {doc})"
+        raise ValueError(f"{value!r} is not {what}{hint}")
+    return value

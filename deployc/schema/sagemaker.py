@@ -1,7 +1,6 @@
 """`targets.sagemaker`: a real-time (or serverless) SageMaker endpoint, its autoscaling and alarms."""
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import unicodedata
@@ -9,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from deployc.schema.base import Located, SpecModel, located, show
+from deployc.schema.base import Located, SpecModel, located, one_of, show
 from deployc.schema.envref import EnvRef, credential_ref_problem, is_env_ref
 from deployc.schema.sagemaker_instance_types import INSTANCE_TYPES
 
@@ -181,11 +180,8 @@ class SageMakerTarget(SpecModel):
     @field_validator("instance_type")
     @classmethod
     def _instance_type(cls, v: str | None) -> str | None:
-        if v is not None and v not in INSTANCE_TYPES:
-            close = difflib.get_close_matches(v, sorted(INSTANCE_TYPES), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else " (see docs/sagemaker.md)"
-            raise ValueError(f"{v!r} is not a SageMaker inference instance type{hint}")
-        return v
+        return None if v is None else one_of(v, INSTANCE_TYPES, "a SageMaker inference instance type",
+                                               "docs/sagemaker.md")
 
     @field_validator("serverless")
     @classmethod

@@ -1,12 +1,11 @@
 """`targets.vertex`: a Vertex AI Model (custom container) deployed to an Endpoint, with autoscaling."""
 from __future__ import annotations
 
-import difflib
 import re
 
 from pydantic import Field, field_validator, model_validator
 
-from deployc.schema.base import Located, SpecModel, located, show
+from deployc.schema.base import Located, SpecModel, located, one_of, show
 
 PROJECT_ID = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
 GCS_URI = r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s#?*\[\]]*)?$"
@@ -94,12 +93,12 @@ class VertexTarget(SpecModel):
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        return _one_of(v, REGIONS, "a Vertex AI region")
+        return one_of(v, REGIONS, "a Vertex AI region", "docs/vertex.md")
 
     @field_validator("machine_type")
     @classmethod
     def _machine_type(cls, v: str) -> str:
-        return _one_of(v, MACHINE_TYPES, "a Vertex AI prediction machine type")
+        return one_of(v, MACHINE_TYPES, "a Vertex AI prediction machine type", "docs/vertex.md")
 
     @field_validator("labels")
     @classmethod
@@ -137,11 +136,3 @@ class VertexTarget(SpecModel):
             return [(("targets", "vertex"), f"the endpoint id defaults to the spec name {spec_name!r}, which "
                      "Vertex AI refuses (it must start with a lower-case letter): set endpoint_id")]
         return []
-
-
-def _one_of(value: str, allowed: frozenset[str], what: str) -> str:
-    if value not in allowed:
-        close = difflib.get_close_matches(value, sorted(allowed), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (see docs/vertex.md)"
-        raise ValueError(f"{value!r} is not {what}{hint}")
-    return value

@@ -112,22 +112,28 @@ def _authorized(request: Request, token: bytes) -> bool:
     return bearer_ok(request.headers.get(C.SERVE_AUTH_HEADER, ""), token)
 
 
+MODEL_PATH = "/v2/models/{name}"  # each model route also answers under MODEL_PATH + "/versions/{version}"
+
+
 def _routes(state: ServerState) -> list[Route]:
-    table: list[tuple[str, str, Callable[[ServerState, Request], Awaitable[Response]], str, bool]] = [
+    Fn = Callable[[ServerState, Request], Awaitable[Response]]
+    server: list[tuple[str, str, Fn, str, bool]] = [
         ("/v2/health/live", "GET", h.live, C.ROUTE_HEALTH, False),
         ("/v2/health/ready", "GET", h.ready, C.ROUTE_HEALTH, False),
         ("/ping", "GET", h.ping, C.ROUTE_HEALTH, False),
         ("/v2", "GET", h.server_metadata, C.ROUTE_METADATA, True),
-        ("/v2/models/{name}", "GET", h.model_metadata, C.ROUTE_METADATA, True),
-        ("/v2/models/{name}/versions/{version}", "GET", h.model_metadata, C.ROUTE_METADATA, True),
-        ("/v2/models/{name}/ready", "GET", h.model_ready, C.ROUTE_HEALTH, False),
-        ("/v2/models/{name}/versions/{version}/ready", "GET", h.model_ready, C.ROUTE_HEALTH, False),
-        ("/v2/models/{name}/infer", "POST", h.infer, C.ROUTE_INFER, True),
-        ("/v2/models/{name}/versions/{version}/infer", "POST", h.infer, C.ROUTE_INFER, True),
         ("/invocations", "POST", h.invocations, C.ROUTE_INVOCATIONS, True),
         ("/metrics", "GET", h.metrics, C.ROUTE_METRICS, False),
         (OPENAPI_PATH, "GET", openapi, C.ROUTE_METADATA, True),
     ]
+    model: list[tuple[str, str, Fn, str, bool]] = [
+        ("", "GET", h.model_metadata, C.ROUTE_METADATA, True),
+        ("/ready", "GET", h.model_ready, C.ROUTE_HEALTH, False),
+        ("/infer", "POST", h.infer, C.ROUTE_INFER, True),
+    ]
+    table = server[:4] + [(base + tail, method, fn, route, protected)
+                          for tail, method, fn, route, protected in model
+                          for base in (MODEL_PATH, MODEL_PATH + "/versions/{version}")] + server[4:]
     routes = []
     for path, method, fn, route, protected in table:
         bound = _bind(fn, state)
