@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -48,15 +48,19 @@ def _checked_description(v: str | None) -> str | None:
     return v
 
 
+def _severity(default: str, of: str = "the alert") -> Any:
+    """The `severity` label field of an alert (no braces or newlines: it is written into rule YAML)."""
+    return Field(default, min_length=1, max_length=64, pattern=r"^[^{}\n]+$",
+                 description=f"The `severity` label of {of}.")
+
+
 class AlertTier(SpecModel):
     enabled: bool = Field(True, description="Set false to drop this alert (both of its burn-rate conditions).")
-    severity: str = Field("page", min_length=1, max_length=64, pattern=r"^[^{}\n]+$",
-                          description="The `severity` label of the alert.")
+    severity: str = _severity("page")
 
 
 class TicketTier(AlertTier):
-    severity: str = Field("ticket", min_length=1, max_length=64, pattern=r"^[^{}\n]+$",
-                          description="The `severity` label of the alert.")
+    severity: str = _severity("ticket")
 
 
 class AlertMeta(SpecModel):
@@ -109,8 +113,7 @@ class Alerting(AlertMeta):
 
 class StabilityAlerting(AlertMeta):
     enabled: bool = Field(True, description="Set false to keep the drift recording rules but drop the alert.")
-    severity: str = Field("ticket", min_length=1, max_length=64, pattern=r"^[^{}\n]+$",
-                          description="The `severity` label of the drift alert.")
+    severity: str = _severity("ticket", "the drift alert")
 
 
 class _WindowedSLO(SpecModel):
