@@ -1,4 +1,5 @@
-"""Shared fixtures: the digits example trained once per session, and a `deployc` subprocess runner."""
+"""Shared fixtures: the digits example trained once per session, one step cache for the session, and a
+`deployc` subprocess runner."""
 from __future__ import annotations
 
 import os
@@ -51,4 +52,9 @@ def digits(trained_digits: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One step cache for every build of the session: step keys hash content (model, data, parameters,
+    library versions), not paths, so each distinct model/pass combination is trained or converted once.
+
+    Builds that only need a build use it. Tests that assert a step ran, build cold on purpose, run several
+    builds of one step at once, or edit entries keep a cache of their own (or a copy of this one)."""
     return tmp_path_factory.mktemp("deployc-cache")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aws_support import emit_context, tiny_onnx
+from golden_support import assert_golden
 from pydantic import ValidationError
 
 from deployc.errors import InputError
@@ -24,7 +25,6 @@ from deployc.targets.azureml import MODEL_MOUNT_PATH, AzureMLTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "azureml"
-UPDATE = os.environ.get("DEPLOYC_UPDATE_GOLDEN") == "1"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
 MODEL_BYTES = b"stand-in for model.onnx: the emitter copies it and hashes it, nothing more\n"
 IMAGE = "myregistry.azurecr.io/deployc-serve:0.1.0"
@@ -59,14 +59,7 @@ def write(files: dict[str, bytes], out: Path) -> Path:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str, tmp_path: Path) -> None:
-    files = emit(load_spec(GOLDEN / case / "deploy.yaml"), tmp_path)
-    expected = GOLDEN / case / "expected"
-    if UPDATE:
-        write(files, expected)
-    on_disk = {p.relative_to(expected).as_posix(): p.read_bytes() for p in expected.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(files), "file set differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
-    for rel, data in files.items():
-        assert data == on_disk[rel], f"{case}/{rel} differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
+    assert_golden(emit(load_spec(GOLDEN / case / "deploy.yaml"), tmp_path), GOLDEN / case / "expected")
 
 
 @pytest.mark.parametrize("case", CASES)

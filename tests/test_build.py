@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,9 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_build_writes_verified_bundle_and_rebuild_is_cached_and_identical(project: Path, tmp_path: Path) -> None:
-    cache, out = tmp_path / "cache", tmp_path / "out"
+def test_build_writes_verified_bundle_and_rebuild_is_cached_and_identical(project: Path, session_cache: Path,
+                                                                          tmp_path: Path) -> None:
+    cache, out = session_cache, tmp_path / "out"
     first = run_deployc("build", "deploy.yaml", "--out", str(out), cwd=project, cache_dir=cache)
     assert first.returncode == 0, first.stderr
     files = tree(out)
@@ -97,8 +99,8 @@ def test_cold_rebuild_gives_identical_artifacts(project: Path, tmp_path: Path) -
         assert outs[0][rel] == outs[1][rel], rel
 
 
-def test_failed_gate_exits_3_and_keeps_previous_output(project: Path, tmp_path: Path) -> None:
-    cache, out = tmp_path / "cache", tmp_path / "out"
+def test_failed_gate_exits_3_and_keeps_previous_output(project: Path, session_cache: Path, tmp_path: Path) -> None:
+    cache, out = session_cache, tmp_path / "out"
     assert run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=project, cache_dir=cache).returncode == 0
     before = tree(out)
     (project / "deploy.yaml").write_text(SPEC.replace("GATE_SIZE", "0.001"))
@@ -119,10 +121,12 @@ def test_invalid_spec_writes_nothing(project: Path, tmp_path: Path) -> None:
     assert not out.exists() and not (tmp_path / "c").exists()
 
 
-def test_corrupt_cache_entry_is_rebuilt(project: Path, tmp_path: Path) -> None:
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    assert run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=project, cache_dir=cache).returncode == 0
+def test_corrupt_cache_entry_is_rebuilt(project: Path, session_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=project, cache_dir=session_cache)
+    assert r.returncode == 0, r.stderr
     good = tree(out)
+    cache = shutil.copytree(session_cache, tmp_path / "cache")  # a private copy holding every step: edited below
     plan = json.loads(run_deployc("plan", "deploy.yaml", "--format", "json", cwd=project, cache_dir=cache).stdout)
     key = next(s["key"] for s in plan["steps"] if s["id"] == "convert")
     (cache / "steps" / key[:2] / key / "model.onnx").write_bytes(b"garbage")

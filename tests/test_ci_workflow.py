@@ -9,9 +9,9 @@ from conftest import run_deployc
 from test_build import SPEC, tree
 
 
-def test_check_reports_drift_and_writes_nothing(digits: Path, tmp_path: Path) -> None:
+def test_check_reports_drift_and_writes_nothing(digits: Path, session_cache: Path, tmp_path: Path) -> None:
     (digits / "deploy.yaml").write_text(SPEC.replace("GATE_SIZE", "5"))
-    cache, out = tmp_path / "cache", tmp_path / "out"
+    cache, out = session_cache, tmp_path / "out"
     missing = run_deployc("build", "deploy.yaml", "--check", "--out", str(out), cwd=digits, cache_dir=cache)
     assert missing.returncode == 1 and "added    local/model.onnx" in missing.stderr and not out.exists()
     assert run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=digits, cache_dir=cache).returncode == 0
@@ -32,8 +32,8 @@ def test_check_reports_drift_and_writes_nothing(digits: Path, tmp_path: Path) ->
     assert tree(out)["local/model.onnx"] == committed["local/model.onnx"]
 
 
-def test_diff_names_changed_files_and_figures(digits: Path, tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
+def test_diff_names_changed_files_and_figures(digits: Path, session_cache: Path, tmp_path: Path) -> None:
+    cache = session_cache
     (digits / "deploy.yaml").write_text(SPEC.replace("GATE_SIZE", "5"))
     assert run_deployc("build", "deploy.yaml", "--out", str(tmp_path / "a"), "-q", cwd=digits,
                        cache_dir=cache).returncode == 0
@@ -64,6 +64,7 @@ def test_several_specs_build_in_parallel(digits: Path, tmp_path: Path) -> None:
         shutil.copytree(digits, d)
         (d / "deploy.yaml").write_text(SPEC.replace("GATE_SIZE", "5").replace("name: digits", f"name: model-{i}"))
     out = tmp_path / "out"
+    # a cache of its own: the parallel builds run the same steps at once into one empty cache
     r = run_deployc("build", str(specs), "--out", str(out), "-q", "-j", "2", cache_dir=tmp_path / "cache")
     assert r.returncode == 0, r.stderr
     assert "3 of 3 builds succeeded" in r.stderr

@@ -15,9 +15,10 @@ POINTS = ["after-step:reference", "cache-staged", "after-step:convert", "write-s
 
 
 @pytest.fixture
-def built(digits: Path, tmp_path: Path) -> tuple[Path, Path, Path, dict[str, bytes]]:
+def built(digits: Path, session_cache: Path, tmp_path: Path) -> tuple[Path, Path, Path, dict[str, bytes]]:
+    """A build of SPEC in the session's step cache: its steps are cached, the tests below change the output."""
     (digits / "deploy.yaml").write_text(SPEC.replace("GATE_SIZE", "5"))
-    cache, out = tmp_path / "cache", tmp_path / "out"
+    cache, out = session_cache, tmp_path / "out"
     assert run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=digits, cache_dir=cache).returncode == 0
     return digits, cache, out, tree(out)
 

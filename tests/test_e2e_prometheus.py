@@ -57,10 +57,10 @@ def infer(server: Server, x: np.ndarray) -> None:
     assert status == 200, data[:300]
 
 
-def test_rules_record_the_servers_sli_values(digits: Path, tmp_path: Path) -> None:
+def test_rules_record_the_servers_sli_values(digits: Path, session_cache: Path, tmp_path: Path) -> None:
     (digits / "deploy.yaml").write_text(SPEC)
     out = tmp_path / "out"
-    r = run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=digits, cache_dir=tmp_path / "cache")
+    r = run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=digits, cache_dir=session_cache)
     assert r.returncode == 0, r.stderr
     x = np.load(digits / "data" / "eval.npz")["x"]
     (tmp_path / "prom").mkdir()

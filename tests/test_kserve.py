@@ -4,23 +4,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from golden_support import assert_golden
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
-from deployc.monitoring import RULES_PATH, compile_monitoring
+from deployc.monitoring import RULES_PATH, build_monitoring, compile_monitoring
 from deployc.schema import DeploySpec
 from deployc.targets import EmitContext, TensorInfo, get_target
 from deployc.targets.kserve import ManifestError, validate_manifest
 
 GOLDEN = Path(__file__).parent / "golden" / "kserve"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "deploy.yaml").is_file())
-UPDATE = os.environ.get("DEPLOYC_UPDATE_GOLDEN") == "1"
 MODEL_BYTES = b"stand-in for model.onnx"  # the emitter copies bytes; it never parses the model
 LABELS = tuple(f"digit-{i}" for i in range(10))
 
@@ -34,16 +32,16 @@ def spec_of(doc: dict[str, Any]) -> DeploySpec:
 
 
 def context(spec: DeploySpec, tmp: Path) -> EmitContext:
-    """What emit_all hands the target: monitoring files first (shared `files`), then the model facts."""
+    """What emit_all hands the target: the monitoring model and the model facts."""
     model = tmp / "model.onnx"
     model.write_bytes(MODEL_BYTES)
-    files = compile_monitoring(spec, spec_file="deploy.yaml", reference_distribution=None, class_names=None)
+    monitoring = build_monitoring(spec, spec_file="deploy.yaml", reference_distribution=None, class_names=None)
     return EmitContext(spec=spec, spec_file="deploy.yaml", onnx_model=model,
                        onnx_sha256=hashlib.sha256(MODEL_BYTES).hexdigest(),
                        inputs=(TensorInfo("pixels", "FP32", (-1, 64)),),
                        outputs=(TensorInfo("output", "FP32", (-1, 10)),),
                        labels=LABELS, reference_distribution=None, latency_buckets=(0.005, 0.05, 0.5),
-                       files=dict(files))
+                       monitoring=monitoring)
 
 
 def emit_case(case: str, tmp: Path) -> tuple[DeploySpec, EmitContext, dict[str, bytes]]:
@@ -56,17 +54,7 @@ def emit_case(case: str, tmp: Path) -> tuple[DeploySpec, EmitContext, dict[str, 
 def test_golden(case: str, tmp_path: Path) -> None:
     _, _, files = emit_case(case, tmp_path)
     assert files["kserve/model/model.onnx"] == MODEL_BYTES
-    files = {k: v for k, v in files.items() if not k.endswith(".onnx")}
-    expected = GOLDEN / case / "expected"
-    if UPDATE:
-        shutil.rmtree(expected, ignore_errors=True)
-        for rel, data in files.items():
-            (expected / rel).parent.mkdir(parents=True, exist_ok=True)
-            (expected / rel).write_bytes(data)
-    on_disk = {p.relative_to(expected).as_posix(): p.read_bytes() for p in expected.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(files), "file set differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
-    for rel, data in files.items():
-        assert data == on_disk[rel], f"{case}/{rel} differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
+    assert_golden({k: v for k, v in files.items() if not k.endswith(".onnx")}, GOLDEN / case / "expected")
 
 
 def test_custom_container_runs_deployc_serve_on_the_downloaded_model(tmp_path: Path) -> None:
@@ -98,9 +86,10 @@ def test_custom_container_runs_deployc_serve_on_the_downloaded_model(tmp_path: P
 
 
 def test_prometheus_rule_wraps_exactly_the_monitoring_rules(tmp_path: Path) -> None:
-    _, ctx, files = emit_case("serverless-slos", tmp_path)
+    spec, _, files = emit_case("serverless-slos", tmp_path)
     rule = load_yaml(files["kserve/prometheusrule.yaml"])
-    assert rule["spec"]["groups"] == load_yaml(ctx.files[RULES_PATH])["groups"]
+    rules = compile_monitoring(spec, spec_file="deploy.yaml", reference_distribution=None, class_names=None)
+    assert rule["spec"]["groups"] == load_yaml(rules[RULES_PATH])["groups"]  # the same groups as the rules file
     assert rule["metadata"]["name"] == "digits-slos"
     names = {r.get("alert") or r.get("record") for g in rule["spec"]["groups"] for r in g["rules"]}
     assert {"DeploycSLOFastBurn", "DeploycSLOSlowBurn", "deployc:sli_error:ratio_rate5m"} <= names

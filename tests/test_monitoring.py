@@ -3,19 +3,27 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
+from golden_support import assert_golden
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from deployc import conventions as C
 from deployc.errors import InputError
-from deployc.monitoring import RULES_PATH, TESTS_PATH, compile_monitoring, latency_buckets, run_promtool
+from deployc.monitoring import (
+    CLOUDWATCH_PATH,
+    RULES_PATH,
+    TESTS_PATH,
+    build_monitoring,
+    compile_monitoring,
+    latency_buckets,
+    run_promtool,
+)
 from deployc.monitoring.model import BURN_CONDITIONS, resolve
 from deployc.monitoring.promql import le_label
 from deployc.monitoring.stability import drift_value
@@ -23,7 +31,6 @@ from deployc.schema import DeploySpec
 
 GOLDEN = Path(__file__).parent / "golden" / "monitoring"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "deploy.yaml").is_file())
-UPDATE = os.environ.get("DEPLOYC_UPDATE_GOLDEN") == "1"
 HAVE_PROMTOOL = shutil.which("promtool") is not None
 
 BASE: dict[str, Any] = {"apiVersion": "deployc/v1", "name": "m", "model": {"path": "model.keras"},
@@ -42,8 +49,14 @@ def compile_case(case: str) -> dict[str, bytes]:
     folder = GOLDEN / case
     spec = DeploySpec.model_validate(load_yaml((folder / "deploy.yaml").read_text()))
     ref = json.loads((folder / "reference.json").read_text()) if (folder / "reference.json").is_file() else {}
-    return compile_monitoring(spec, spec_file="deploy.yaml", reference_distribution=ref.get("distribution"),
-                              class_names=ref.get("class_names"))
+    files = compile_monitoring(spec, spec_file="deploy.yaml", reference_distribution=ref.get("distribution"),
+                               class_names=ref.get("class_names"))
+    if spec.targets.sagemaker is not None:  # the sagemaker target writes the alarms, from the same model
+        model = build_monitoring(spec, spec_file="deploy.yaml", reference_distribution=ref.get("distribution"),
+                                 class_names=ref.get("class_names"))
+        assert model is not None
+        files[CLOUDWATCH_PATH] = model.alarms_document(spec.name, C.SAGEMAKER_VARIANT_NAME)
+    return files
 
 
 def write(files: dict[str, bytes], root: Path) -> None:
@@ -54,15 +67,7 @@ def write(files: dict[str, bytes], root: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str) -> None:
-    files = compile_case(case)
-    expected = GOLDEN / case / "expected"
-    if UPDATE:
-        shutil.rmtree(expected, ignore_errors=True)
-        write(files, expected)
-    on_disk = {p.relative_to(expected).as_posix(): p.read_bytes() for p in expected.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(files), "file set differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
-    for rel, data in files.items():
-        assert data == on_disk[rel], f"{case}/{rel} differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
+    assert_golden(compile_case(case), GOLDEN / case / "expected")
 
 
 @pytest.mark.parametrize("case", CASES)

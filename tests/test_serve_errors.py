@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,10 @@ from deployc import conventions as C
 from deployc.serve.cli import main
 
 try:  # tests/ may or may not be a package
+    from tests.prom_support import wait_for
     from tests.serve_support import ROOT, Server, reference, v2_body, write_bundle
 except ImportError:
+    from prom_support import wait_for
     from serve_support import ROOT, Server, reference, v2_body, write_bundle
 
 X = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
@@ -198,9 +199,9 @@ def test_sigterm_drains_in_flight_request_and_exits_0(tmp_path: Path) -> None:
         head = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(GOOD)}\r\n\r\n").encode()
         sock.sendall(head + GOOD[:10])  # the request is in flight: its body is still arriving
-        time.sleep(0.3)
+        wait_for(lambda: _in_flight(s) == 1, 20, "the server to start serving the request", interval_s=0.02)
         s.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        wait_for(lambda: not _accepts(s.port), 20, "the server to stop accepting connections", interval_s=0.02)
         assert s.proc.poll() is None, "exited with a request in flight"
         with pytest.raises(OSError):  # stopped accepting new connections
             socket.create_connection(("127.0.0.1", s.port), timeout=2).close()
@@ -219,6 +220,21 @@ def test_sigterm_drains_in_flight_request_and_exits_0(tmp_path: Path) -> None:
         assert "Traceback" not in s.text()
     finally:
         s.stop()
+
+
+def _in_flight(s: Server) -> float:
+    """The server's own count of inference requests being served (a body still arriving counts)."""
+    text = s.request("GET", "/metrics")[2].decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(C.METRIC_IN_FLIGHT + "{"))
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def _length(raw: bytes) -> int:

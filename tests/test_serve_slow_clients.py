@@ -19,8 +19,10 @@ from deployc.serve.limits import Limits
 from deployc.serve.protocol import MAX_HEAD_BYTES
 
 try:  # tests/ may or may not be a package
+    from tests.prom_support import wait_for
     from tests.serve_support import Server, latencies, rss_bytes, stalled_bodies, v2_body, write_bundle
 except ImportError:
+    from prom_support import wait_for
     from serve_support import Server, latencies, rss_bytes, stalled_bodies, v2_body, write_bundle
 
 INFER = "/v2/models/iris/infer"
@@ -165,7 +167,8 @@ def test_a_head_just_under_the_limit_is_served(short: Server) -> None:
 def test_connections_past_max_connections_get_503_with_retry_after(short: Server) -> None:
     held = [_connect(short.port) for _ in range(SHORT["max_connections"])]
     try:
-        time.sleep(0.2)  # let the server accept them all
+        # no wait needed: the listening socket accepts in arrival order, so the held connections are open
+        # server-side before this one's head is read
         with _connect(short.port) as s:
             s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
             data, _ = _read_all(s, time.monotonic() + 5)
@@ -174,8 +177,9 @@ def test_connections_past_max_connections_get_503_with_retry_after(short: Server
             h.close()
     assert data.startswith(b"HTTP/1.1 503 ")
     assert b"retry-after: 1\r\n" in data.lower() and b"connections open" in data
-    time.sleep(0.2)
-    assert short.request("GET", "/v2/health/live")[0] == 200
+    # once the server has seen the held connections close, a new one is served again
+    wait_for(lambda: short.request("GET", "/v2/health/live")[0] == 200, 10, "a connection below the limit",
+             interval_s=0.02)
 
 
 def test_chunked_bodies_count_against_the_in_flight_budget(short: Server) -> None:
@@ -192,8 +196,14 @@ def test_chunked_bodies_count_against_the_in_flight_budget(short: Server) -> Non
                     s.sendall(chunk)
             except OSError:
                 pass
-        time.sleep(0.3)
-        answers = _answers(socks)
+        answers = [b""] * len(socks)
+
+        def all_answered() -> bool:  # one is refused at once, the others time out after body_timeout_s
+            for i, more in enumerate(_answers(socks)):
+                answers[i] += more
+            return all(answers)
+
+        wait_for(all_answered, 10, "every connection to be answered", interval_s=0.02)
     finally:
         for s in socks:
             s.close()

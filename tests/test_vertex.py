@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aws_support import emit_context
+from golden_support import assert_golden
 from pydantic import ValidationError
 
 from deployc.errors import InputError
@@ -16,7 +16,6 @@ from deployc.schema.spec import DeploySpec
 from deployc.targets.vertex import CPU_METRIC, REQUESTS_METRIC, VertexTarget
 
 GOLDEN = Path(__file__).parent / "golden" / "vertex"
-UPDATE = os.environ.get("DEPLOYC_UPDATE_GOLDEN") == "1"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
 MODEL_BYTES = b"stand-in for model.onnx: the emitter copies it and hashes it, nothing more\n"
 IMAGE = "us-central1-docker.pkg.dev/my-project/serving/deployc-serve:0.1.0"
@@ -47,16 +46,7 @@ def emit_case(case: str, tmp_path: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str, tmp_path: Path) -> None:
-    files = emit_case(case, tmp_path)
-    expected = GOLDEN / case / "expected"
-    if UPDATE:
-        for rel, data in files.items():
-            (expected / rel).parent.mkdir(parents=True, exist_ok=True)
-            (expected / rel).write_bytes(data)
-    on_disk = {p.relative_to(expected).as_posix(): p.read_bytes() for p in expected.rglob("*") if p.is_file()}
-    assert sorted(on_disk) == sorted(files), "file set differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
-    for rel, data in files.items():
-        assert data == on_disk[rel], f"{case}/{rel} differs (DEPLOYC_UPDATE_GOLDEN=1 to regenerate)"
+    assert_golden(emit_case(case, tmp_path), GOLDEN / case / "expected")
 
 
 @pytest.mark.parametrize("case", CASES)
