@@ -75,7 +75,9 @@ def pass_name(item: SpecModel) -> str:
 
 
 def pass_config(item: SpecModel) -> SpecModel:
-    return getattr(item, pass_name(item))
+    cfg = getattr(item, pass_name(item))
+    assert isinstance(cfg, SpecModel)
+    return cfg
 
 
 def optimize_problems(spec: DeploySpec, model_format: str) -> list[Located]:
