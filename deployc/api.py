@@ -27,10 +27,7 @@ from deployc.errors import (
     SpecFieldError,
     UsageError,
 )
-from deployc.passes import pass_entries
-from deployc.schema.passes import pass_name
 from deployc.schema.spec import DeploySpec
-from deployc.targets import plugin_versions
 
 VERSIONED_LIBS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
 
@@ -111,7 +108,7 @@ def _load_validated(spec_path: Path) -> tuple[LoadedSpec, DeploySpec]:
 
 def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: Path | None,
              log: Callable[[str], None], out_dir: Path | None) -> CompiledBuild:
-    from deployc.compiler import emit, report
+    from deployc.compiler import emit, report, results
     from deployc.compiler.execute import execute
     from deployc.compiler.steps import lib_version
     from deployc.manifest import make_manifest
@@ -122,10 +119,11 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
     outputs, cached = execute(p, Cache(cache_dir or default_cache_dir()), log)
 
     checks: list[GateCheck] = []
-    ref = outputs.get("reference")
-    for sid in p.shipped:
-        r = outputs[sid].result
-        checks += gates.check(spec.gates, ref.result["evaluation"] if ref else {}, r["evaluation"], r["artifact"])
+    ref = results.reference(outputs)
+    for _, r in results.evaluations(p, outputs):
+        if r.shipped:
+            checks += gates.check(p.resolved.gates, dict(ref.evaluation) if ref else {}, dict(r.evaluation),
+                                  r.artifact)
     rep = report.make_report(p, outputs, checks)
     failed = [ch for ch in checks if not ch.passed]
     if failed:
@@ -137,7 +135,7 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
     files[c.REPORT_MD] = report.render_markdown(rep, label).encode()
     files[c.PLAN_JSON] = dump_json(p.to_json())
     versions = {"deployc": __version__, **{d: lib_version(d) for d in VERSIONED_LIBS}, **_plugin_versions(p)}
-    manifest = make_manifest(files, name=spec.name, version=spec.version, spec_sha256=p.spec_sha256,
+    manifest = make_manifest(files, name=p.resolved.name, version=p.resolved.version, spec_sha256=p.spec_sha256,
                              versions=versions)
     files[c.MANIFEST] = dump_json(manifest)
     return CompiledBuild(plan=p, files=files, cached=cached, report=rep, gates=checks)
@@ -264,6 +262,5 @@ class _Prefixed:
 
 def _plugin_versions(p: Plan) -> dict[str, str]:
     """{distribution: version} of every plugin target and pass the build used (built-ins are deployc's)."""
-    used = [pass_entries()[pass_name(item)] for item in p.spec.optimize]
-    found = {e.distribution: e.version for e in used if not e.builtin}
-    return {**found, **plugin_versions(p.targets)}
+    used = [u.entry for u in p.resolved.passes] + [t.entry for t in p.resolved.targets]
+    return {e.distribution: e.version for e in used if not e.builtin}

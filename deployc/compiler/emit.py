@@ -7,27 +7,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deployc import conventions as c
+from deployc.compiler import results
 from deployc.compiler.cache import Cache
 from deployc.compiler.ops import model_path
 from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepOutput, hash_path
 from deployc.errors import DeploycError
-from deployc.targets import EmitContext, TensorInfo, emit_order, get_target
-
-
-def _io(plan: Plan, outputs: dict[str, StepOutput]) -> tuple[list[dict], list[dict]]:
-    for sid in ("convert", "source"):
-        if sid in outputs and "inputs" in outputs[sid].result:
-            return outputs[sid].result["inputs"], outputs[sid].result["outputs"]
-    raise AssertionError("the plan has no step that records the model's inputs and outputs")
+from deployc.targets import EmitContext, get_target
 
 
 def labels(plan: Plan) -> tuple[str, ...] | None:
-    if not plan.spec.model.labels:
+    if plan.resolved.labels is None:
         return None
     from deployc.compiler.content import read_labels
 
-    return read_labels(plan.spec_dir / plan.spec.model.labels)
+    return read_labels(plan.resolved.labels)
 
 
 def latency_buckets(plan: Plan) -> tuple[float, ...]:
@@ -40,10 +34,10 @@ def latency_buckets(plan: Plan) -> tuple[float, ...]:
 
 def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict[str, bytes]:
     """Every file of the build: the monitoring folder, then each target's files, in their declared order."""
-    ins, outs = _io(plan, outputs)
+    ins, outs = results.model_io(outputs)
     onnx_model = model_path(outputs[plan.final_step])
-    ref = outputs.get("reference")
-    reference = tuple(ref.result["distribution"]) if ref and "distribution" in ref.result else None
+    ref = results.reference(outputs)
+    reference = ref.distribution if ref is not None else None
     names = labels(plan)
     monitoring = None
     if plan.spec.slos:
@@ -56,17 +50,18 @@ def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict
         spec_file=spec_file,
         onnx_model=onnx_model,
         onnx_sha256=hash_path(onnx_model),
-        inputs=tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in ins),
-        outputs=tuple(TensorInfo(t["name"], t["datatype"], tuple(t["shape"])) for t in outs),
+        inputs=ins,
+        outputs=outs,
         labels=names,
         reference_distribution=reference,
         latency_buckets=latency_buckets(plan),
         step_outputs={k: Path(v.dir) for k, v in outputs.items()},
         step_results={k: v.result for k, v in outputs.items()},
         monitoring=monitoring,
+        resolved=plan.resolved,
     )
     files: dict[str, bytes] = dict(monitoring.files()) if monitoring is not None else {}
-    for name in emit_order(plan.targets):
+    for name in plan.resolved.target_names():  # in emit order (each after the targets it names in `after`)
         for rel, data in get_target(name).emit(ctx).items():
             if rel in files:
                 raise DeploycError(f"targets.{name} emits {rel}, which the build already holds")

@@ -39,7 +39,7 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
             log(f"      {sid}: {m}")
 
         ctx = StepContext(out_dir=staged, deps={d: outputs[d] for d in step.deps}, spec=plan.spec,
-                          spec_dir=plan.spec_dir, log=step_log)
+                          spec_dir=plan.spec_dir, log=step_log, plan_resolved=plan.resolved)
         safe = KERAS_SAFE_MODE.set(not plan.spec.model.allow_python_code)
         try:
             result = _normalized(step.run(ctx))
@@ -70,4 +70,5 @@ def _check(plan: Plan, step_id: str, result: dict[str, Any]) -> None:
 
 def _normalized(result: Any) -> dict[str, Any]:
     """What a cache hit would return: the JSON round trip (tuples -> lists, numpy scalars refused)."""
-    return json.loads(json.dumps(result, sort_keys=True, allow_nan=False))
+    normalized: dict[str, Any] = json.loads(json.dumps(result, sort_keys=True, allow_nan=False))
+    return normalized

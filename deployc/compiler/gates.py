@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from deployc.compiler.resolved import GateLimits
 from deployc.schema.spec import Gates
 
 
@@ -34,19 +35,24 @@ def _values(reference: dict[str, Any], figures: dict[str, Any]) -> dict[str, tup
     }
 
 
-def check(gates: Gates, reference: dict[str, Any], figures: dict[str, Any], artifact: str) -> list[GateCheck]:
+def limits(gates: GateLimits | Gates) -> tuple[tuple[str, float], ...]:
+    """(gate, limit) of each gate set, from the resolved model's limits or the spec's `gates:` mapping."""
+    return (gates if isinstance(gates, GateLimits) else GateLimits(**gates.model_dump())).limits()
+
+
+def check(gates: GateLimits | Gates, reference: dict[str, Any], figures: dict[str, Any], artifact: str
+          ) -> list[GateCheck]:
     out = []
     values = _values(reference, figures)
-    for gate, limit in gates.model_dump().items():
-        if limit is None:
-            continue
+    for gate, limit in limits(gates):
         value, larger_is_worse = values[gate]
         passed = value is not None and (value <= limit if larger_is_worse else value >= limit)
-        out.append(GateCheck(artifact, gate, float(limit), value, passed))
+        out.append(GateCheck(artifact, gate, limit, value, passed))
     return out
 
 
-def failures(gates: Gates, reference: dict[str, Any], figures: dict[str, Any], artifact: str = "") -> list[GateCheck]:
+def failures(gates: GateLimits | Gates, reference: dict[str, Any], figures: dict[str, Any], artifact: str = ""
+             ) -> list[GateCheck]:
     return [c for c in check(gates, reference, figures, artifact) if not c.passed]
 
 

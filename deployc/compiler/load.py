@@ -175,7 +175,7 @@ def _bounded_composer() -> type:
     from ruamel.yaml.composer import Composer
     from ruamel.yaml.events import AliasEvent, StreamEndEvent
 
-    class BoundedComposer(Composer):  # type: ignore[misc]
+    class BoundedComposer(Composer):
         def __init__(self, loader: Any = None, *, check: Callable[[list[Any]], None]) -> None:
             super().__init__(loader)
             self.warn_double_anchors = False  # legal YAML (the later one counts); a warning would break the output

@@ -67,7 +67,7 @@ def _tensor_location(buf: memoryview) -> str | None:
             external = value == _EXTERNAL
         elif number == _TENSOR_EXTERNAL_DATA and isinstance(value, memoryview):
             entry = {n: v for n, w, v in fields(value) if isinstance(v, memoryview)}
-            if entry.get(1) == b"location":
+            if bytes(entry.get(1, b"")) == b"location":
                 location = bytes(entry.get(2, b"")).decode("utf-8", "replace")
     return location if external else None
 
@@ -118,3 +118,43 @@ def external_locations(model: bytes) -> list[str]:
             if loc is not None and loc not in out:
                 out.append(loc)
     return out
+
+
+# graph inputs and outputs (ValueInfoProto -> TypeProto.tensor_type -> elem_type, shape.dim)
+_GRAPH_INPUT, _GRAPH_OUTPUT, _TENSOR_NAME = 11, 12, 8
+_VALUE_NAME, _VALUE_TYPE, _TYPE_TENSOR, _TENSOR_ELEM, _TENSOR_SHAPE, _SHAPE_DIM, _DIM_VALUE = 1, 2, 1, 1, 2, 1, 1
+WireTensor = tuple[str, int, tuple[int, ...]]  # (name, onnx.TensorProto element type, shape with -1 for free)
+
+
+def _sub(buf: memoryview, number: int) -> memoryview:
+    """The last length-delimited field `number` of a message (protobuf merges repeats; empty when absent)."""
+    found = memoryview(b"")
+    for n, _, value in fields(buf):
+        if n == number and isinstance(value, memoryview):
+            found = value
+    return found
+
+
+def _value_info(buf: memoryview) -> WireTensor:
+    name = bytes(_sub(buf, _VALUE_NAME)).decode("utf-8", "replace")
+    tensor = _sub(_sub(buf, _VALUE_TYPE), _TYPE_TENSOR)
+    elem = next((v for n, w, v in fields(tensor) if n == _TENSOR_ELEM and isinstance(v, int)), 0)
+    dims = []
+    for n, _, dim in fields(_sub(tensor, _TENSOR_SHAPE)):
+        if n == _SHAPE_DIM and isinstance(dim, memoryview):
+            value = next((v for k, w, v in fields(dim) if k == _DIM_VALUE and isinstance(v, int)), 0)
+            dims.append(value if value > 0 else -1)
+    return name, elem, tuple(dims)
+
+
+def graph_io(model: bytes) -> tuple[list[WireTensor], list[WireTensor]]:
+    """The model's inputs (initializers left out, as onnx lists them too) and outputs, as `onnx_io` reads them
+    with onnx (deployc.ml.convert), without importing it."""
+    graph = _sub(memoryview(model), _MODEL_GRAPH)
+    if not len(graph):
+        raise WireError("it holds no graph")
+    initializers = {bytes(_sub(v, _TENSOR_NAME)).decode("utf-8", "replace")
+                    for n, _, v in fields(graph) if n == _GRAPH_INITIALIZER and isinstance(v, memoryview)}
+    ins = [_value_info(v) for n, _, v in fields(graph) if n == _GRAPH_INPUT and isinstance(v, memoryview)]
+    outs = [_value_info(v) for n, _, v in fields(graph) if n == _GRAPH_OUTPUT and isinstance(v, memoryview)]
+    return [t for t in ins if t[0] not in initializers], outs

@@ -6,25 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from deployc.compiler.inputs import copy_file, copy_tree
-from deployc.compiler.steps import StepContext
-from deployc.schema.spec import resolved_format
+from deployc.compiler.steps import REFERENCE, SOURCE, StepContext, StepOutput
 
-REFERENCE = "reference"
 # The libraries whose versions enter the keys of the steps below (passes declare their own, `Pass.libs`)
 TF_LIBS = ("tensorflow", "keras", "numpy")  # reading and running a Keras or SavedModel model
 ONNX_LIBS = ("onnx", "onnxruntime", "numpy")  # reading and running an ONNX model
 CONVERT_LIBS = (*TF_LIBS, "tf2onnx", "onnx")
 
 
-def model_path(out: Any) -> Path:
+def model_path(out: StepOutput) -> Path:
     """The model file (or folder) a model-producing step left in its output folder."""
-    return Path(out.dir) / out.result["model"]
+    return Path(out.dir) / str(out.result["model"])
 
 
 def source(ctx: StepContext) -> dict[str, Any]:
     """Copy the user's model into the cache, so later steps read a stable, content-addressed file."""
-    src = ctx.spec_dir / ctx.spec.model.path
-    fmt = resolved_format(ctx.spec.model)
+    src, fmt = ctx.resolved.model_path, ctx.resolved.format
     if fmt == "onnx":
         from deployc.ml.convert import copy_onnx
 
@@ -47,7 +44,7 @@ def convert(ctx: StepContext, prev: str) -> dict[str, Any]:
     if out.result["format"] == "savedmodel":
         info = savedmodel_to_onnx(model_path(out), dst)
     else:
-        info = keras_to_onnx(model_path(out), dst, ctx.spec.model.inputs)
+        info = keras_to_onnx(model_path(out), dst, list(ctx.resolved.declared_inputs) or None)
     return {"model": "model.onnx", "format": "onnx", "inputs": info["inputs"], "outputs": info["outputs"],
             "opset": info["opset"]}
 
@@ -58,13 +55,14 @@ def reference(ctx: StepContext) -> dict[str, Any]:
 
     from deployc.ml.evaluate import class_distribution, compare, predict
 
-    out = ctx.deps["source"]
+    out = ctx.deps[SOURCE]
     x, y = ctx.data("eval")
     fmt = out.result["format"]
     # SavedModels run through their serving signature itself (the source of their ONNX conversion)
     pred = _predict_savedmodel(model_path(out), x) if fmt == "savedmodel" else predict(model_path(out), fmt, x)
     np.save(ctx.out_dir / "predictions.npy", pred, allow_pickle=False)
-    figures = compare(pred, pred, y, ctx.spec.model.task)
+    task = ctx.resolved.task
+    figures = compare(pred, pred, y, task)
     if figures.get("non_finite_outputs"):
         from deployc.errors import InputError
 
@@ -73,7 +71,7 @@ def reference(ctx: StepContext) -> dict[str, Any]:
     figures.pop("agreement", None)
     figures.pop("max_abs_error", None)
     result: dict[str, Any] = {"evaluation": figures}
-    if "agreement" in compare(pred, pred, None, ctx.spec.model.task):
+    if "agreement" in compare(pred, pred, None, task):
         result["distribution"] = class_distribution(pred)
     return result
 
@@ -109,13 +107,13 @@ class Evaluator:
         ref_out = self.ctx.deps[REFERENCE]
         ref = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
         pred = predict_onnx(model, x)
-        figures = compare(ref, pred, y, self.ctx.spec.model.task)
+        r = self.ctx.resolved
+        figures = compare(ref, pred, y, r.task)
         figures.update(sizes(model))
-        m = self.ctx.spec.measure
+        m = r.measure
         figures.update(measure_onnx(model, x, threads=m.threads, batch_size=m.batch_size,
                                     min_seconds=m.min_seconds))
-        figures["gate_failures"] = [str(f) for f in failures(self.ctx.spec.gates, ref_out.result["evaluation"],
-                                                             figures)]
+        figures["gate_failures"] = [str(f) for f in failures(r.gates, ref_out.result["evaluation"], figures)]
         return figures
 
 
@@ -128,11 +126,10 @@ def evaluate(ctx: StepContext, artifact_step: str, artifact: str) -> dict[str, A
 def run_pass(ctx: StepContext, name: str, index: int, prev: str, data_sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """Apply pass `name` (spec.optimize[index]) to the model of step `prev`. It reads only the data sets its step
     hashes (`data_sets`), and gets an evaluator only when its step depends on the reference."""
-    from deployc.passes import get_pass
     from deployc.passes.base import PassInput
 
-    p = get_pass(name)
-    cfg = p.config_in(ctx.spec, index)
+    use = ctx.resolved.passes[index]
+    p, cfg = use.impl, use.config
 
     def data(which: str) -> tuple[Any, Any]:
         if which not in data_sets:
@@ -141,7 +138,7 @@ def run_pass(ctx: StepContext, name: str, index: int, prev: str, data_sets: tupl
 
     ev = Evaluator(ctx) if REFERENCE in ctx.deps else _no_eval
     result = p.apply(PassInput(model=model_path(ctx.deps[prev]), out_dir=ctx.out_dir, config=cfg, data=data,
-                               evaluate=ev, gates=ctx.spec.gates, log=ctx.log, spec_dir=ctx.spec_dir))
+                               evaluate=ev, gates=ctx.resolved.gates, log=ctx.log, spec_dir=ctx.spec_dir))
     return {"model": result.model.relative_to(ctx.out_dir).as_posix(), "format": p.output_format,
             "details": result.details}
 

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from deployc.compiler import ops
-from deployc.compiler.steps import Step, code_fingerprint, data_files, step_key
-from deployc.passes import get_pass, pass_entries
-from deployc.passes.base import Pass
-from deployc.schema.passes import pass_config, pass_name
-from deployc.schema.spec import DeploySpec, resolved_format
+from deployc.compiler.resolved import PassUse, Resolved, resolve
+from deployc.compiler.steps import CONVERT, REFERENCE, SOURCE, Step, code_fingerprint, step_key
+from deployc.errors import DeploycError
+from deployc.schema.spec import DeploySpec
 from deployc.targets import configured, target_steps
+
+
+class PlanError(DeploycError):
+    """The steps planned do not form one plan (two different steps under one id)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Plan:
     spec_sha256: str
     steps: tuple[Step, ...]
     keys: dict[str, str]
+    resolved: Resolved  # the spec lowered once, defaults filled: what the build reads
     final_step: str  # the step whose output is the shipped ONNX model
     keras_step: str | None  # the step whose output is the final Keras-stage model (None for ONNX input)
     evaluations: tuple[str, ...] = ()  # steps whose result holds {"artifact", "evaluation"}
@@ -43,12 +47,8 @@ class Plan:
             if cached is not None:
                 row["cached"] = cached[s.id]
             steps.append(row)
-        return {"name": self.spec.name, "version": self.spec.version, "spec_sha256": self.spec_sha256,
+        return {"name": self.resolved.name, "version": self.resolved.version, "spec_sha256": self.spec_sha256,
                 "steps": steps, "targets": list(self.targets)}
-
-
-def _data_params(spec: DeploySpec, *which: str) -> dict[str, Any]:
-    return {w: getattr(spec.data, w).model_dump(mode="json") for w in which if getattr(spec.data, w) is not None}
 
 
 @dataclass
@@ -56,111 +56,128 @@ class _Chain:
     """The model steps in order: the source, the reference, the Keras-format passes, the conversion to ONNX, the
     ONNX-format passes, and an evaluation of each ONNX artifact. `prev` is the step whose model comes next."""
 
-    spec: DeploySpec
-    spec_dir: Path
-    fmt: str
+    r: Resolved
     steps: list[Step] = field(default_factory=list)
     evaluations: list[str] = field(default_factory=list)
-    prev: str = "source"
+    prev: str = SOURCE
     keras_step: str | None = None
     in_onnx: bool = False  # past the conversion (or the input is ONNX)
 
     def evaluate(self, sid: str, artifact: str) -> None:
-        if self.spec.data.eval is not None:
-            self.steps.append(_evaluate_step(sid, self.prev, artifact, self.spec, self.spec_dir))
+        if "eval" in self.r.data:
+            self.steps.append(_evaluate_step(sid, self.prev, artifact, self.r))
             self.evaluations.append(sid)
 
     def enter_onnx(self) -> None:
         """Convert the Keras-stage model (unless the input is ONNX) and evaluate the fp32 ONNX model, once."""
         if self.in_onnx:
             return
-        if self.fmt != "onnx":
-            self.steps.append(Step("convert", "convert to ONNX (fp32)", partial(ops.convert, prev=self.prev),
-                                   deps=(self.prev,), libs=ops.CONVERT_LIBS, params={
-                                       "inputs": [t.model_dump(mode="json") for t in self.spec.model.inputs or []]}))
-            self.prev = "convert"
+        if self.r.format != "onnx":
+            self.steps.append(Step(CONVERT, "convert to ONNX (fp32)", partial(ops.convert, prev=self.prev),
+                                   deps=(self.prev,), libs=ops.CONVERT_LIBS,
+                                   params={"inputs": [t.to_json() for t in self.r.declared_inputs]}))
+            self.prev = CONVERT
         self.in_onnx = True
         self.evaluate("evaluate:onnx-fp32", "onnx-fp32")
 
-    def add_pass(self, index: int, p: Pass, config: Any) -> None:
+    def add_pass(self, use: PassUse) -> None:
+        p, config = use.impl, use.config
         if p.input_format == "onnx":
             self.enter_onnx()
         elif self.in_onnx:  # refused by the spec's validation (deployc.schema.passes.optimize_problems)
-            raise ValueError(f"optimize[{index}].{p.name} runs on the Keras model, after an ONNX-format pass")
-        step = _pass_step(self.spec, self.spec_dir, index, p, config, self.prev)
+            raise ValueError(f"{use.step_id} runs on the Keras model, after an ONNX-format pass")
+        step = _pass_step(self.r, use, self.prev)
         self.steps.append(step)
         self.prev = step.id
         if p.output_format == "keras":
             self.keras_step = step.id
         else:
             variant = p.variant(config)
-            self.evaluate(f"evaluate:optimize[{index}]", f"{p.name}-{index if variant is None else variant}")
+            self.evaluate(f"evaluate:optimize[{use.index}]",
+                          f"{p.name}-{use.index if variant is None else variant}")
 
 
-def _model_chain(spec: DeploySpec, spec_dir: Path) -> _Chain:
+def _model_chain(r: Resolved) -> _Chain:
     """Every step that makes or checks a model, from the source to the shipped ONNX model (the targets follow)."""
-    fmt = resolved_format(spec.model)
-    chain = _Chain(spec, spec_dir, fmt, keras_step=None if fmt == "onnx" else "source")
-    chain.steps.append(Step("source", f"read the {fmt} model {spec.model.path}", ops.source,
-                            params={"format": fmt, "path_suffix": Path(spec.model.path).suffix,
-                                    "allow_python_code": spec.model.allow_python_code},
-                            input_files=_model_files(spec_dir, spec.model.path, fmt),
+    fmt = r.format
+    chain = _Chain(r, keras_step=None if fmt == "onnx" else SOURCE)
+    chain.steps.append(Step(SOURCE, f"read the {fmt} model {r.model_file}", ops.source,
+                            params={"format": fmt, "path_suffix": Path(r.model_file).suffix,
+                                    "allow_python_code": r.allow_python_code},
+                            input_files=_model_files(r.spec_dir, r.model_file, fmt),
                             libs=("onnx",) if fmt == "onnx" else ()))
-    if spec.data.eval is not None:
-        chain.steps.append(Step(ops.REFERENCE, "run the original model on data.eval", ops.reference,
-                                deps=("source",), params={"data": _data_params(spec, "eval"), "task": spec.model.task},
-                                input_files=data_files(spec, spec_dir, "eval"),
+    if "eval" in r.data:
+        chain.steps.append(Step(REFERENCE, "run the original model on data.eval", ops.reference,
+                                deps=(SOURCE,), params={"data": r.data_params("eval"), "task": r.task},
+                                input_files=r.data_files("eval"),
                                 libs=ops.ONNX_LIBS if fmt == "onnx" else ops.TF_LIBS + ops.ONNX_LIBS))
     if fmt == "onnx":
         chain.enter_onnx()
-    for i, item in enumerate(spec.optimize):
-        chain.add_pass(i, get_pass(pass_name(item)), pass_config(item))
+    for use in r.passes:
+        chain.add_pass(use)
     chain.enter_onnx()
+    if chain.evaluations:  # the last ONNX artifact is the one that ships: the gates apply to it
+        shipped = chain.evaluations[-1]
+        chain.steps = [replace(s, gated=True) if s.id == shipped else s for s in chain.steps]
     return chain
 
 
-def _pass_step(spec: DeploySpec, spec_dir: Path, index: int, p: Pass, config: Any, prev: str) -> Step:
+def _pass_step(r: Resolved, use: PassUse, prev: str) -> Step:
     """A pass's step, keyed by exactly what the pass reads: its settings, the model `prev` made, the data sets and
     files it declares, and its libraries (a plugin's own distribution too). A pass that needs data.eval compares
     models with the reference, so it also depends on the reference step and on the gates and measure settings."""
+    p, config, entry = use.impl, use.config, use.entry
     needed = p.data_needed_for(config)
     sets = tuple(dict.fromkeys((*needed, *p.data_optional)))
-    params: dict[str, Any] = {"config": config.model_dump(mode="json"), "data": _data_params(spec, *sets)}
+    params: dict[str, Any] = {"config": config.model_dump(mode="json"), "data": r.data_params(*sets)}
     deps: tuple[str, ...] = (prev,)
     if "eval" in needed:
-        params.update(gates=spec.gates.model_dump(mode="json"), measure=spec.measure.model_dump(mode="json"))
-        deps = (prev, ops.REFERENCE)
-    files = data_files(spec, spec_dir, *sets) + tuple(spec_dir / rel for rel in p.input_files(config))
-    entry, description, libs = pass_entries()[p.name], p.describe(config), p.libs
+        params.update(gates=r.gates.to_json(), measure=r.measure.to_json())
+        deps = (prev, REFERENCE)
+    files = r.data_files(*sets) + tuple(r.spec_dir / rel for rel in p.input_files(config))
+    description, libs = p.describe(config), p.libs
     if not entry.builtin:
         description, libs = f"{description}, from {entry.distribution} {entry.version}", (*libs, entry.distribution)
-    return Step(f"optimize[{index}].{p.name}", description,
-                partial(ops.run_pass, name=p.name, index=index, prev=prev, data_sets=sets), deps=deps,
+    return Step(use.step_id, description,
+                partial(ops.run_pass, name=p.name, index=use.index, prev=prev, data_sets=sets), deps=deps,
                 params=params, input_files=files, libs=libs)
 
 
 def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
     """The steps of a build of the validated `spec`, each keyed by a hash of everything it reads."""
     spec_dir = spec_path.parent.resolve()
-    chain = _model_chain(spec, spec_dir)
-    steps, evaluations, prev, keras_step = chain.steps, chain.evaluations, chain.prev, chain.keras_step
-    shipped = [evaluations[-1]] if evaluations else []
+    resolved = resolve(spec, spec_dir)
+    chain = _model_chain(resolved)
+    planned: list[tuple[str, Step]] = [("the model chain", s) for s in chain.steps]
     targets = configured(spec)
     # local plans `local:batch-invariance` for every target that ships a serving.json, so it runs even unset
     for t in targets if "local" in targets else ("local", *targets):
-        extra = target_steps(t, spec, spec_dir, prev, keras_step)  # a plugin's version is in its steps' keys
-        steps.extend(extra)
-        for s in extra:
-            if s.id.endswith(":verify"):
-                evaluations.append(s.id)
-                shipped.append(s.id)
-    keys: dict[str, str] = {}
-    for s in steps:
-        keys[s.id] = step_key(s, keys, code_fingerprint(), spec_dir)
+        # a plugin's version is in its steps' keys
+        planned += [(f"targets.{t}", s) for s in target_steps(t, spec, spec_dir, chain.prev, chain.keras_step)]
+    steps, keys = keyed(planned, spec_dir)
+    shipped = [s.id for s in steps if s.gated]
+    evaluations = [*chain.evaluations, *(sid for sid in shipped if sid not in chain.evaluations)]
     return Plan(spec=spec, spec_path=spec_path, spec_dir=spec_dir,
                 spec_sha256=hashlib.sha256(spec_text.encode()).hexdigest(), steps=tuple(steps), keys=keys,
-                final_step=prev, keras_step=keras_step, evaluations=tuple(evaluations), shipped=tuple(shipped),
-                targets=targets, checks=_checks(spec, spec_dir))
+                resolved=resolved, final_step=chain.prev, keras_step=chain.keras_step, evaluations=tuple(evaluations),
+                shipped=tuple(shipped), targets=targets, checks=_checks(spec, spec_dir))
+
+
+def keyed(planned: list[tuple[str, Step]], spec_dir: Path) -> tuple[list[Step], dict[str, str]]:
+    """The steps in plan order with their keys, from (who planned it, step) pairs. A step that two planners share
+    (same id, same key) is kept once; one id planned with two different keys is refused."""
+    keys: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    kept: list[Step] = []
+    for owner, s in planned:
+        key = step_key(s, keys, code_fingerprint(), spec_dir)
+        if s.id not in keys:
+            keys[s.id], owners[s.id] = key, owner
+            kept.append(s)
+        elif keys[s.id] != key:
+            raise PlanError(f"step {s.id!r} is planned by {owners[s.id]} and by {owner} with different inputs "
+                            f"(keys {keys[s.id][:12]} and {key[:12]}); a step id names one piece of work")
+    return kept, keys
 
 
 def _checks(spec: DeploySpec, spec_dir: Path) -> tuple[Callable[[str, dict[str, Any]], None], ...]:
@@ -196,10 +213,8 @@ def _model_files(spec_dir: Path, rel: str, fmt: str) -> tuple[Path, ...]:
     return (model, *onnx_external_files(model))
 
 
-def _evaluate_step(sid: str, prev: str, artifact: str, spec: DeploySpec, spec_dir: Path) -> Step:
+def _evaluate_step(sid: str, prev: str, artifact: str, r: Resolved) -> Step:
     return Step(sid, f"verify and measure {artifact} against the original",
-                partial(ops.evaluate, artifact_step=prev, artifact=artifact), deps=(prev, ops.REFERENCE),
-                params={"measure": spec.measure.model_dump(mode="json"), "data": _data_params(spec, "eval"),
-                        "task": spec.model.task},
-                input_files=data_files(spec, spec_dir, "eval"), libs=ops.ONNX_LIBS)
-
+                partial(ops.evaluate, artifact_step=prev, artifact=artifact), deps=(prev, REFERENCE),
+                params={"measure": r.measure.to_json(), "data": r.data_params("eval"), "task": r.task},
+                input_files=r.data_files("eval"), libs=ops.ONNX_LIBS)

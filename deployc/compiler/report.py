@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from deployc.compiler import results
 from deployc.compiler.gates import GateCheck
 from deployc.compiler.plan import Plan
+from deployc.compiler.results import ModelResult
 from deployc.compiler.steps import StepOutput
 from deployc.render import md_code, md_text
 from deployc.targets import get_target
@@ -26,26 +28,25 @@ COLUMNS = (
 
 
 def make_report(plan: Plan, outputs: dict[str, StepOutput], checks: list[GateCheck]) -> dict[str, Any]:
-    ref = outputs.get("reference")
+    ref = results.reference(outputs)
     artifacts = []
     base: dict[str, Any] | None = None
-    for sid in plan.evaluations:
-        r = outputs[sid].result
-        ev = dict(r["evaluation"])
+    for sid, r in results.evaluations(plan, outputs):
+        ev = dict(r.evaluation)
         if base is None:
             base = ev
         if base.get("size_bytes") and ev.get("size_bytes"):
             ev["size_ratio"] = round(ev["size_bytes"] / base["size_bytes"], 4)
         if base.get("latency_p50_ms") and ev.get("latency_p50_ms"):
             ev["speedup_p50"] = round(base["latency_p50_ms"] / ev["latency_p50_ms"], 3)
-        artifacts.append({"artifact": r["artifact"], "step": sid, "shipped": sid in plan.shipped, "evaluation": ev})
-    passes = [{"step": s.id, "details": outputs[s.id].result.get("details", {})}
-              for s in plan.steps if s.id.startswith("optimize[")]
+        artifacts.append({"artifact": r.artifact, "step": sid, "shipped": r.shipped, "evaluation": ev})
+    passes = [{"step": u.step_id, "details": dict(ModelResult.from_json(outputs[u.step_id].result).details or {})}
+              for u in plan.resolved.passes]
     return {
-        "name": plan.spec.name,
-        "version": plan.spec.version,
+        "name": plan.resolved.name,
+        "version": plan.resolved.version,
         "spec_sha256": plan.spec_sha256,
-        "reference": ref.result["evaluation"] if ref else None,
+        "reference": dict(ref.evaluation) if ref else None,
         "artifacts": artifacts,
         "passes": passes,
         "gates": [{"artifact": c.artifact, "gate": c.gate, "limit": c.limit, "value": c.value, "passed": c.passed}

@@ -21,7 +21,14 @@ from deployc.compiler.inputs import open_regular, tree_digest
 from deployc.errors import InputError
 
 if TYPE_CHECKING:  # annotations only: the schema loads target modules, which import this one
-    from deployc.schema.spec import DataSet, DeploySpec
+    from deployc.compiler.resolved import DataSet as ResolvedDataSet
+    from deployc.compiler.resolved import Resolved
+    from deployc.schema.spec import DeploySpec
+
+# The ids of the built-in model steps that other steps and the report read by name
+SOURCE = "source"  # the user's model, copied into the cache
+CONVERT = "convert"  # the Keras or SavedModel model converted to ONNX
+REFERENCE = "reference"  # the original model's outputs on data.eval, which every artifact is checked against
 
 
 @dataclass(frozen=True)
@@ -37,13 +44,23 @@ class StepContext:
     spec: DeploySpec
     spec_dir: Path
     log: Callable[[str], None] = print
+    plan_resolved: Resolved | None = None  # the plan's resolved model; built from `spec` when not given
+
+    @property
+    def resolved(self) -> Resolved:
+        """The spec lowered (deployc.compiler.resolved): what a step reads of the spec."""
+        if self.plan_resolved is None:
+            from deployc.compiler.resolved import resolve
+
+            self.plan_resolved = resolve(self.spec, self.spec_dir)
+        return self.plan_resolved
 
     def data(self, which: str) -> tuple[Any, Any]:
         """(x, y) of `data.<which>` as numpy arrays; y is None when the spec names no labels."""
-        ds: DataSet | None = getattr(self.spec.data, which)
+        ds = self.resolved.data_set(which)
         if ds is None:
             raise ValueError(f"data.{which} is not set")
-        return load_dataset(self.spec_dir, ds)
+        return load_dataset(ds)
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,7 @@ class Step:
     params: Mapping[str, Any] = field(default_factory=dict)
     input_files: tuple[Path, ...] = ()  # files or folders whose content feeds the key
     libs: tuple[str, ...] = ()  # distributions whose versions feed the key
+    gated: bool = False  # its result holds {"artifact", "evaluation"} of an artifact that ships: gates apply
 
 
 def data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...]:
@@ -63,24 +81,25 @@ def data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...
     return tuple(spec_dir / ds.path for ds in sets if ds is not None)
 
 
-def load_dataset(spec_dir: Path, ds: DataSet) -> tuple[Any, Any]:
+def load_dataset(ds: ResolvedDataSet) -> tuple[Any, Any]:
+    """(x, y) of a data set, its row limit applied; y is None without labels."""
     import numpy as np
 
-    path = spec_dir / ds.path
+    xk, yk, limit = ds.x.key, ds.labels.key if ds.labels else None, ds.x.limit
     try:
-        with open_regular(path) as f, np.load(f, allow_pickle=False) as npz:
-            missing = [k for k in (ds.x, ds.y) if k is not None and k not in npz.files]
+        with open_regular(ds.x.file) as f, np.load(f, allow_pickle=False) as npz:
+            missing = [k for k in (xk, yk) if k is not None and k not in npz.files]
             if missing:
                 raise InputError(f"{ds.path}: no array named {missing[0]!r} (it has: {', '.join(npz.files)})")
-            x = npz[ds.x]
-            y = npz[ds.y] if ds.y is not None else None
+            x = npz[xk]
+            y = npz[yk] if yk is not None else None
     except (OSError, ValueError) as exc:
         raise InputError(f"{ds.path}: not a readable .npz file ({exc})") from None
-    if ds.limit is not None:
-        x = x[: ds.limit]
-        y = y[: ds.limit] if y is not None else None
+    if limit is not None:
+        x = x[:limit]
+        y = y[:limit] if y is not None else None
     if y is not None and len(y) != len(x):
-        raise InputError(f"{ds.path}: {ds.x} has {len(x)} rows but {ds.y} has {len(y)}")
+        raise InputError(f"{ds.path}: {xk} has {len(x)} rows but {yk} has {len(y)}")
     return x, y
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from deployc.schema.base import Located, SpecModel
 
 if TYPE_CHECKING:
+    from deployc.compiler.resolved import Resolved
     from deployc.compiler.steps import Step
     from deployc.monitoring.resolved import Monitoring
     from deployc.schema.spec import DeploySpec
@@ -55,6 +56,7 @@ class EmitContext:
     step_outputs: dict[str, Path] = field(default_factory=dict)  # step id -> its cached output folder
     step_results: dict[str, dict[str, Any]] = field(default_factory=dict)  # step id -> its JSON result
     monitoring: Monitoring | None = None  # the resolved SLO monitoring (None without SLOs), built from the spec
+    resolved: Resolved | None = None  # the spec lowered by the compiler (deployc.compiler.resolved), defaults filled
 
 
 class Target:
@@ -71,6 +73,12 @@ class Target:
 
     def config(self, spec: DeploySpec) -> Any:
         return getattr(spec.targets, self.name)
+
+    def config_or_default(self, spec: DeploySpec) -> Any:
+        """`targets.<name>` as set, or its config model's defaults when the spec leaves it unset (a target that
+        other targets' files follow, such as `local`'s serving settings)."""
+        cfg = self.config(spec)
+        return cfg if cfg is not None else self.config_model()
 
     def serves_metrics(self, cfg: Any) -> bool:
         """Whether this configuration runs `deployc serve` (and so exports the metrics SLOs are computed from)."""

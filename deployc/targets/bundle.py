@@ -12,7 +12,7 @@ from deployc import conventions as c
 from deployc.errors import SpecFieldError
 from deployc.render import dump_json
 from deployc.schema.local import LocalTarget as LocalConfig
-from deployc.targets import serves_metrics
+from deployc.targets import get_target, serves_metrics
 from deployc.targets.base import EmitContext
 from deployc.targets.invariance import INVARIANCE, LOCAL_FIELDS, BatchingDecision, batching_decision
 
@@ -30,9 +30,15 @@ def ships_serving_json(spec: DeploySpec) -> bool:
     return serves_metrics(spec)
 
 
+def local_config(spec: DeploySpec) -> LocalConfig:
+    """`targets.local`, or its defaults: the serving settings of every serving.json the spec ships."""
+    cfg: LocalConfig = get_target("local").config_or_default(spec)
+    return cfg
+
+
 def decide(spec: DeploySpec, step_results: dict[str, dict[str, Any]]) -> BatchingDecision:
     """Whether the spec's serving.json files batch across requests, from the spec and the measurement."""
-    cfg = spec.targets.local or LocalConfig()
+    cfg = local_config(spec)
     return batching_decision(cfg.batching, step_results.get(INVARIANCE))
 
 
@@ -83,8 +89,9 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
 
 def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str | None = None,
                   port: int | None = None) -> dict[str, bytes]:
-    """model.onnx, serving.json and labels.txt, relative to the bundle folder (also packed by sagemaker)."""
-    cfg = cfg or LocalConfig()
+    """model.onnx, serving.json and labels.txt, relative to the bundle folder (also packed by sagemaker); `cfg`
+    defaults to the spec's `targets.local` settings (or their defaults)."""
+    cfg = cfg or local_config(ctx.spec)
     files = {
         "model.onnx": ctx.onnx_model.read_bytes(),
         "serving.json": dump_json(serving_config(ctx, cfg, host=host, port=port)),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from deployc import conventions as c
 from deployc.schema.kserve import DEFAULT_UID as SERVING_UID  # the kserve target's runAsUser runs this image too
-from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.targets.base import EmitContext
-from deployc.targets.bundle import serving_files
+from deployc.targets.bundle import local_config, serving_files
 
 BASE_IMAGE, BASE_TAG = "python", "3.12-slim"  # FROM BASE_IMAGE:BASE_TAG (build arguments, overridable)
 
@@ -24,5 +23,5 @@ def cloud_model_files(ctx: EmitContext) -> dict[str, bytes]:
     """The served folder of a managed cloud endpoint (Vertex AI, Azure ML): the local target's settings, but
     bound to 0.0.0.0:8080 and without bearer auth (the platform authenticates callers itself and sends no token
     to the container)."""
-    local = (ctx.spec.targets.local or LocalConfig()).model_copy(update={"auth": None})
+    local = local_config(ctx.spec).model_copy(update={"auth": None})
     return serving_files(ctx, local, host="0.0.0.0", port=c.CLOUD_SERVING_PORT)

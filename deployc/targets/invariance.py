@@ -3,8 +3,8 @@ concurrent requests into one model run (local's serving.json, triton's `dynamic_
 
 The step measures whether the shipped model's outputs for a row depend on the other rows of its batch
 (deployc/ml/invariance.py). It keeps its id and key whichever target plans it, so a build plans it once and every
-target reads the same cached result: `local` plans it for every spec that ships a serving.json, and another
-target that needs it plans it only when no serving.json does (`shared_steps`).
+target reads the same cached result: `local` plans it for every spec that ships a serving.json, another target
+that needs it plans it too (`shared_steps`), and the plan keeps the one copy.
 
 `batching_decision` turns the measurement and a target's setting into on or off: `enabled` as written wins when
 the model allows it; unset means on exactly when the model is batch-invariant; `true` on a model that is not is an
@@ -65,11 +65,9 @@ def invariance_step(spec: DeploySpec, spec_dir: Path, model_step: str) -> Step:
 
 
 def shared_steps(spec: DeploySpec, spec_dir: Path, model_step: str) -> list[Step]:
-    """The step for a target other than `local`: none when a serving.json target (for which `local` plans it,
-    set or not) is in the spec, so the plan holds the step once."""
-    from deployc.targets import serves_metrics
-
-    return [] if serves_metrics(spec) else [invariance_step(spec, spec_dir, model_step)]
+    """The step for a target other than `local`. `local` plans the same step (same id, same key) for every spec
+    that ships a serving.json; the plan keeps one copy of a step planned twice alike."""
+    return [invariance_step(spec, spec_dir, model_step)]
 
 
 def run_invariance(ctx: StepContext, model_step: str) -> dict[str, Any]:
@@ -77,11 +75,11 @@ def run_invariance(ctx: StepContext, model_step: str) -> dict[str, Any]:
     from deployc.ml.invariance import measure, unmeasured
 
     model = model_path(ctx.deps[model_step])
-    if ctx.spec.data.eval is None:
+    if "eval" not in ctx.resolved.data:
         result = unmeasured(model, "data.eval is not set")
     else:
         x, _ = ctx.data("eval")
-        result = measure(model, x, ctx.spec.model.task)
+        result = measure(model, x, ctx.resolved.task)
     ctx.log(evidence(result))
     return result
 

@@ -18,9 +18,8 @@ from deployc.errors import DeploycError, InputError
 from deployc.render import dump_yaml
 from deployc.schema.kserve import LABEL_VALUE
 from deployc.schema.kserve import KServeTarget as KServeConfig
-from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.targets.base import EmitContext, Target
-from deployc.targets.bundle import serving_files
+from deployc.targets.bundle import local_config, serving_files
 
 KSERVE_DIR = "kserve"
 MODEL_DIR = "model"  # kserve/model/: what you upload to storage_uri
@@ -73,7 +72,7 @@ def model_files(ctx: EmitContext, cfg: KServeConfig) -> dict[str, bytes]:
     """runtime deployc: the `deployc serve` bundle (model.onnx, serving.json, labels.txt); onnx: model.onnx."""
     if cfg.runtime == "onnx":
         return {"model.onnx": ctx.onnx_model.read_bytes()}
-    return serving_files(ctx, ctx.spec.targets.local or LocalConfig(), host="0.0.0.0", port=PORT)
+    return serving_files(ctx, local_config(ctx.spec), host="0.0.0.0", port=PORT)
 
 
 def _labels(ctx: EmitContext, extra: dict[str, str] | None = None) -> dict[str, str]:

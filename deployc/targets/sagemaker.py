@@ -19,10 +19,9 @@ from deployc.manifest import sha256_bytes
 from deployc.render import dump_json, render_template, render_yaml
 from deployc.sagemaker_plan import build_plan, rollback_alarm_ids
 from deployc.schema.envref import ENV_KEY, is_env_ref, parameter_names
-from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.schema.sagemaker import SageMakerTarget as SageMakerConfig
 from deployc.targets.base import EmitContext, Target
-from deployc.targets.bundle import serving_files
+from deployc.targets.bundle import local_config, serving_files
 from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
 
 MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks ModelDataUrl
@@ -83,7 +82,7 @@ class SageMakerTarget(Target):
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:
         cfg: SageMakerConfig = self.config(ctx.spec)
         spec = ctx.spec
-        local_cfg = spec.targets.local or LocalConfig()
+        local_cfg = local_config(spec)
         tarball = model_tarball(serving_files(ctx, local_cfg, host="0.0.0.0", port=c.SAGEMAKER_PORT))
         alarms = read_alarms(ctx)
         plan = build_plan(cfg, name=spec.name, version=spec.version, artifact_sha256=sha256_bytes(tarball),

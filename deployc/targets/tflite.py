@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import deployc
 from deployc import conventions as c
-from deployc.compiler.steps import Step, StepContext, data_files
+from deployc.compiler.steps import REFERENCE, Step, StepContext, data_files
 from deployc.errors import GateError
 from deployc.render import dump_json, render_template
 from deployc.schema.base import Located
@@ -21,17 +21,17 @@ from deployc.schema.tflite import TFLiteTarget as TFLiteConfig
 from deployc.targets.base import EmitContext, Target
 
 if TYPE_CHECKING:
-    from deployc.schema.spec import DeploySpec, Gates
+    from deployc.compiler.resolved import GateLimits
+    from deployc.schema.spec import DeploySpec
 
 CONVERT = "tflite:convert"
 VERIFY = "tflite:verify"
-REFERENCE = "reference"
 MODEL = "model.tflite"
 METADATA_VERSION = 1
 LIBS = ("tensorflow", "ai-edge-litert")
 
 
-def _gate_failures(gates: Gates, cfg: TFLiteConfig, reference: dict[str, Any], figures: dict[str, Any]
+def _gate_failures(gates: GateLimits, cfg: TFLiteConfig, reference: dict[str, Any], figures: dict[str, Any]
                    ) -> list[str]:
     """The gates a candidate fails (latency is measured only on the kept model, so it is not a criterion)."""
     from deployc.compiler.gates import failures
@@ -55,7 +55,7 @@ def _source(ctx: StepContext, dep: str) -> Path:
 
 
 def _calibration(ctx: StepContext) -> Any:
-    return ctx.data("calibration")[0] if ctx.spec.data.calibration is not None else None
+    return ctx.data("calibration")[0] if "calibration" in ctx.resolved.data else None
 
 
 def run_convert(ctx: StepContext, cfg: TFLiteConfig, source_step: str) -> dict[str, Any]:
@@ -94,9 +94,9 @@ def _auto(ctx: StepContext, cfg: TFLiteConfig, src: Path, calib: Any, inputs: An
         path = cand_dir / f"{mode}.tflite"
         ctx.log(f"auto: converting and evaluating {mode}")
         infos[mode] = convert(src, path, cfg, calib, mode=mode, inputs=inputs)
-        figures = compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.spec.model.task)
+        figures = compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.resolved.task)
         figures.update(sizes(path))
-        failed = _gate_failures(ctx.spec.gates, cfg, ref_eval, figures)
+        failed = _gate_failures(ctx.resolved.gates, cfg, ref_eval, figures)
         rows.append({"mode": mode, **figures, "passed": not failed, "failed": failed})
     passing = sorted((r for r in rows if r["passed"]), key=lambda r: (r["size_bytes"], modes.index(r["mode"])))
     if not passing:
@@ -130,14 +130,14 @@ def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
         ref_out = ctx.deps[REFERENCE]
         reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
         ctx.log("verifying model.tflite on data.eval")
-        figures.update(compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.spec.model.task))
+        figures.update(compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.resolved.task))
         result["reference"] = ref_out.result.get("evaluation", {})
     else:
         x = _calibration(ctx)
         if x is None:
             shape = [1 if d == -1 else d for d in conv.result["inputs"][0]["shape"]]
             x = np.zeros(shape, dtype=np.float32)
-    figures.update(measure_tflite(path, x, cfg.threads, ctx.spec.measure.min_seconds))
+    figures.update(measure_tflite(path, x, cfg.threads, ctx.resolved.measure.min_seconds))
     result["verified"] = REFERENCE in ctx.deps
     _check_budget(cfg, figures["size_bytes"], MODEL)
     return result
@@ -182,7 +182,7 @@ class TFLiteTarget(Target):
             run=lambda ctx: run_verify(ctx, cfg),
             deps=(CONVERT,) + ((REFERENCE,) if has_eval else ()),
             params=dict(base, measure=spec.measure.model_dump(mode="json")),
-            input_files=data_files(spec, spec_dir, "eval", "calibration"), libs=LIBS)
+            input_files=data_files(spec, spec_dir, "eval", "calibration"), libs=LIBS, gated=True)
         return [convert, verify]
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:

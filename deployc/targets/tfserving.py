@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from deployc import conventions as c
-from deployc.compiler.steps import Step, StepContext, data_files
+from deployc.compiler.steps import REFERENCE, Step, StepContext, data_files
 from deployc.errors import InputError
 from deployc.render import render_template
 from deployc.schema.base import Located
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 EXPORT = "tfserving:export"
 VERIFY = "tfserving:verify"
-REFERENCE = "reference"
 TFSERVING_DIR = "tfserving"
 SAVED_MODEL = "saved_model"
 SIGNATURE = "serving_default"
@@ -135,14 +134,14 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
         reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
         ctx.log("verifying the SavedModel on data.eval")
         pred = np.concatenate([run(x[i:i + 256]) for i in range(0, len(x), 256)])
-        figures.update(compare(reference, pred, y, ctx.spec.model.task))
+        figures.update(compare(reference, pred, y, ctx.resolved.task))
         result["reference"] = ref_out.result.get("evaluation", {})
         one = np.asarray(x)[:1]
     else:
         one = np.zeros([1 if d == -1 else d for d in info["inputs"][0]["shape"]], dtype=dtype)
     from deployc.ml import measure  # one in-process call of the serving signature per timed prediction
 
-    figures.update(measure.measure_latency(lambda: run(one), min_seconds=ctx.spec.measure.min_seconds).figures())
+    figures.update(measure.measure_latency(lambda: run(one), min_seconds=ctx.resolved.measure.min_seconds).figures())
     result["verified"] = REFERENCE in ctx.deps
     return result
 
@@ -174,7 +173,7 @@ class TFServingTarget(Target):
                       run=run_verify, deps=(EXPORT,) + ((REFERENCE,) if has_eval else ()),
                       params={"data": spec.data.model_dump(mode="json"), "task": spec.model.task,
                               "measure": spec.measure.model_dump(mode="json")},
-                      input_files=files, libs=LIBS)
+                      input_files=files, libs=LIBS, gated=True)
         return [export, verify]
 
     def emit(self, ctx: EmitContext) -> dict[str, bytes]:

@@ -292,7 +292,7 @@ def resolve_batching(ctx: EmitContext, cfg: TritonConfig) -> Batching:
 def decide(spec: DeploySpec, step_results: dict[str, dict[str, Any]]) -> BatchingDecision:
     """The dynamic-batching decision from the spec and the measurement alone, for a build's report (the emitter
     also applies the model's batch axis, `resolve_batching`)."""
-    cfg: TritonConfig = spec.targets.triton or TritonConfig()
+    cfg: TritonConfig = TritonTarget().config_or_default(spec)
     if cfg.max_batch_size == 0:
         return BatchingDecision(False, "off: max_batch_size is 0", step_results.get(INVARIANCE))
     return batching_decision(cfg.dynamic_batching, step_results.get(INVARIANCE), FIELDS)
