@@ -52,6 +52,19 @@ def tiny_onnx(path: Path, *, scale: float = 1.0) -> Path:
     return path
 
 
+def tiny_onnx_project(folder: Path, rows: int, spec: str) -> Path:
+    """`folder` with tiny_onnx's model.onnx, eval.npz (`rows` fixed-seed rows of 4 values, labels 0-2) and
+    deploy.yaml holding `spec`."""
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    tiny_onnx(folder / "model.onnx")
+    x = np.random.default_rng(0).normal(size=(rows, 4)).astype(np.float32)
+    np.savez(folder / "eval.npz", x=x, y=np.arange(rows) % 3)
+    (folder / "deploy.yaml").write_text(spec)
+    return folder
+
+
 def spec_for(sagemaker: dict[str, Any], **extra: Any) -> DeploySpec:
     sm = {"region": "us-east-1", "role_arn": ROLE, "image_uri": IMAGE, "s3_prefix": f"s3://{BUCKET}/models",
           **sagemaker}

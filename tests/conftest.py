@@ -50,6 +50,15 @@ def digits(trained_digits: Path, tmp_path: Path) -> Path:
     return d
 
 
+def example_project(trained_digits: Path, folder: Path, example: str) -> Path:
+    """The trained digits model and data with examples/<example>/deploy.yaml, timing briefly (0.1 s an
+    artifact), copied into `folder`."""
+    shutil.copytree(trained_digits, folder)
+    text = (ROOT / "examples" / example / "deploy.yaml").read_text()
+    (folder / "deploy.yaml").write_text(text.replace("gates:", "measure: {min_seconds: 0.1}\ngates:"))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One step cache for every build of the session: step keys hash content (model, data, parameters,

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["setosa", "versicolor", "virginica"]
 W = np.array([[1.0, -1.0, 0.5], [0.5, 2.0, -1.0], [-1.5, 0.5, 1.0], [0.25, -0.5, 2.0]], dtype=np.float32)
 B = np.array([0.1, -0.2, 0.05], dtype=np.float32)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def json_request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """(status, parsed JSON body or None) of one request to 127.0.0.1:port."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
 
 
 def _save(graph: Any, path: Path) -> None:

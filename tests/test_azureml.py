@@ -2,11 +2,9 @@
 serving Azure ML's routes from a mounted model folder, spec validation."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import pytest
 from aws_support import emit_context, tiny_onnx
 from golden_support import assert_golden
 from pydantic import ValidationError
+from serve_support import free_port, json_request
 
 from deployc.errors import InputError
 from deployc.schema.spec import DeploySpec
@@ -132,23 +131,6 @@ def test_served_folder_keeps_local_settings_without_bearer_auth(tmp_path: Path) 
     assert serving["batching"]["max_batch_size"] == 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
-    finally:
-        conn.close()
-
-
 def test_image_entrypoint_serves_the_mounted_model_on_azure_routes(tmp_path: Path) -> None:
     """The Dockerfile's ENTRYPOINT, run as the container would, on the folder layout Azure ML mounts."""
     from ruamel.yaml import YAML
@@ -159,7 +141,7 @@ def test_image_entrypoint_serves_the_mounted_model_on_azure_routes(tmp_path: Pat
     dockerfile = files["azureml/Dockerfile"].decode()
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (.*)$", dockerfile, re.M).group(1))  # type: ignore[union-attr]
     assert f'DEPLOYC_MODEL_DIR="{MODEL_MOUNT_PATH}"' in dockerfile
-    port = _free_port()
+    port = free_port()
     script = entrypoint[2].replace("--port 8080", f"--port {port}")
     routes = YAML(typ="safe", pure=True).load(files["azureml/deployment.yml"].decode())["environment"][
         "inference_config"]
@@ -175,15 +157,15 @@ def test_image_entrypoint_serves_the_mounted_model_on_azure_routes(tmp_path: Pat
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if _request(port, "GET", routes["readiness_route"]["path"])[0] == 200:
+                if json_request(port, "GET", routes["readiness_route"]["path"])[0] == 200:
                     break
             except OSError:
                 pass
             assert proc.poll() is None, proc.communicate()[0]
             time.sleep(0.1)
-        assert _request(port, "GET", routes["liveness_route"]["path"])[0] == 200
+        assert json_request(port, "GET", routes["liveness_route"]["path"])[0] == 200
         x = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
-        status, body = _request(port, "POST", routes["scoring_route"]["path"], {"instances": x.tolist()})
+        status, body = json_request(port, "POST", routes["scoring_route"]["path"], {"instances": x.tolist()})
         assert status == 200, body
         z = x @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0)
         np.testing.assert_allclose(body["predictions"], np.exp(z) / np.exp(z).sum(), rtol=1e-5, atol=1e-6)

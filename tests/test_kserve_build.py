@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_deployc
+from conftest import example_project, run_deployc
 from ruamel.yaml import YAML
 from serve_support import Server
 
 pytestmark = pytest.mark.slow
-EXAMPLE = ROOT / "examples" / "kserve"
 
 
 @pytest.fixture
 def project(trained_digits: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "kserve"
-    shutil.copytree(trained_digits, d)
-    text = (EXAMPLE / "deploy.yaml").read_text()
-    (d / "deploy.yaml").write_text(text.replace("gates:", "measure: {min_seconds: 0.1}\ngates:"))
-    return d
+    return example_project(trained_digits, tmp_path / "kserve", "kserve")
 
 
 def test_example_builds_manifests_and_a_servable_model_folder(project: Path, session_cache: Path,

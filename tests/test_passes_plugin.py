@@ -11,9 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from aws_support import tiny_onnx
+from aws_support import tiny_onnx_project
 from conftest import ROOT, run_deployc
 
 PLUGIN = Path(__file__).parent / "plugins" / "pass_plugin"
@@ -42,13 +41,7 @@ def plugin(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    d = tmp_path / "project"
-    d.mkdir()
-    tiny_onnx(d / "model.onnx")
-    rng = np.random.default_rng(0)
-    np.savez(d / "eval.npz", x=rng.normal(size=(32, 4)).astype(np.float32), y=rng.integers(0, 3, size=32))
-    (d / "deploy.yaml").write_text(SPEC.replace("KEY", "reviewer"))
-    return d
+    return tiny_onnx_project(tmp_path / "project", 32, SPEC.replace("KEY", "reviewer"))
 
 
 def deployc(plugin: Path, *args: str, cwd: Path, cache: Path) -> tuple[int, str, str]:

@@ -8,9 +8,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from aws_support import tiny_onnx
+from aws_support import tiny_onnx_project
 
 from deployc import api
 from deployc.compiler.cache import ENTRY, Cache
@@ -126,18 +125,12 @@ def test_without_eval_data_nothing_is_gated() -> None:
 
 @pytest.fixture
 def onnx_project(tmp_path: Path) -> Path:
-    folder = tmp_path / "p"
-    folder.mkdir()
-    tiny_onnx(folder / "model.onnx")
-    rng = np.random.default_rng(0)
-    np.savez(folder / "eval.npz", x=rng.normal(size=(16, 4)).astype(np.float32), y=np.arange(16) % 3)
-    (folder / "deploy.yaml").write_text(
-        "apiVersion: deployc/v1\nname: rt\nmodel: {path: model.onnx}\n"
+    return tiny_onnx_project(
+        tmp_path / "p", 16, "apiVersion: deployc/v1\nname: rt\nmodel: {path: model.onnx}\n"
         "data:\n  eval: {path: eval.npz, x: x, y: y, limit: 12}\n"
         "optimize:\n  - quantize: {mode: int8-dynamic}\n"
         "gates: {min_agreement: 0.5}\nmeasure: {min_seconds: 0.01}\n"
         "targets:\n  local:\n  triton:\n")
-    return folder
 
 
 def test_a_step_two_targets_plan_alike_is_kept_once(onnx_project: Path) -> None:

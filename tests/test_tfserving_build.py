@@ -3,24 +3,18 @@ TensorFlow and computes what the Keras model does; verification figures reach th
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_deployc
+from conftest import example_project, run_deployc
 
 pytestmark = pytest.mark.slow
-EXAMPLE = ROOT / "examples" / "tfserving"
 
 
 @pytest.fixture
 def project(trained_digits: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "tfserving"
-    shutil.copytree(trained_digits, d)
-    text = (EXAMPLE / "deploy.yaml").read_text()
-    (d / "deploy.yaml").write_text(text.replace("gates:", "measure: {min_seconds: 0.1}\ngates:"))
-    return d
+    return example_project(trained_digits, tmp_path / "tfserving", "tfserving")
 
 
 def tree(folder: Path) -> dict[str, bytes]:

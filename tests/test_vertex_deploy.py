@@ -2,10 +2,8 @@
 container command against a fake metadata server and Cloud Storage, serving real predictions."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 import pytest
 from aws_support import emit_context, tiny_onnx
+from serve_support import free_port, json_request
 
 from deployc.schema.spec import DeploySpec
 from deployc.targets.vertex import VertexTarget
@@ -225,23 +224,6 @@ class FakeGoogle(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
-    finally:
-        conn.close()
-
-
 def test_container_command_copies_the_model_and_answers_vertex_requests(tmp_path: Path) -> None:
     files = VertexTarget().emit(emit_context(spec(), tiny_onnx(tmp_path / "model.onnx")))
     upload = json.loads(files["vertex/model-upload.json"])
@@ -265,14 +247,14 @@ def test_container_command_copies_the_model_and_answers_vertex_requests(tmp_path
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if request(port, "GET", container["healthRoute"])[0] == 200:
+                if json_request(port, "GET", container["healthRoute"])[0] == 200:
                     break
             except OSError:
                 pass
             assert proc.poll() is None, proc.communicate()[0]
             time.sleep(0.1)
         x = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
-        status, body = request(port, "POST", container["predictRoute"],
+        status, body = json_request(port, "POST", container["predictRoute"],
                                {"instances": x.tolist(), "parameters": {"ignored": True}})  # Vertex's shape
         assert status == 200, body
         w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0
