@@ -9,14 +9,10 @@ from pydantic import Field
 from deployc.errors import InputError
 from deployc.passes.base import PassInput, PassResult
 from deployc.passes.keras import (
-    MODEL_FILE,
     SEED,
     KerasPass,
-    accuracies,
-    file_sizes,
-    save_keras,
+    finish,
     train_data,
-    weight_sizes,
 )
 from deployc.schema.base import RelPath, SpecModel
 
@@ -72,14 +68,9 @@ class DistillPass(KerasPass):
                 f"{cfg.epochs} epochs at T={cfg.temperature}, alpha={cfg.alpha}")
         training = distill.distill(teacher, student, x, y, cfg.temperature, cfg.alpha, cfg.epochs, cfg.batch_size,
                                    cfg.learning_rate)
-        out = inp.out_dir / MODEL_FILE
-        save_keras(student, out)
         details: dict[str, Any] = {
             **origin, "seed": SEED, "temperature": cfg.temperature, "alpha": cfg.alpha, "training": training,
             "params_teacher": int(teacher.count_params()), "params_student": int(student.count_params()),
             "widths_teacher": prune.widths(teacher), "widths_student": prune.widths(student),
-            "before": {**weight_sizes(teacher), **file_sizes(inp.model)},
-            "after": {**weight_sizes(student), **file_sizes(out)},
         }
-        details.update(accuracies(inp, teacher, student, x, y))
-        return PassResult(model=out, details=details)
+        return finish(inp, teacher, student, x, y, details)

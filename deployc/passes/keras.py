@@ -108,6 +108,18 @@ def accuracies(inp: PassInput, before: Any, after: Any, x: np.ndarray, y: np.nda
     return out
 
 
+def finish(inp: PassInput, before: Any, after: Any, x: np.ndarray, y: np.ndarray, details: dict[str, Any]
+           ) -> PassResult:
+    """Save the new model as the pass's output and complete its details: the sizes before (unless already
+    recorded) and after, and the accuracies of both models on data.train (and data.eval when set)."""
+    out = inp.out_dir / MODEL_FILE
+    save_keras(after, out)
+    details.setdefault("before", {**weight_sizes(before), **file_sizes(inp.model)})
+    details["after"] = {**weight_sizes(after), **file_sizes(out)}
+    details.update(accuracies(inp, before, after, x, y))
+    return PassResult(model=out, details=details)
+
+
 class KerasPass(Pass):
     """A pass that fine-tunes or retrains the Keras model on data.train, seeded so its output is reproducible.
     data.eval, when set, gives the accuracy before and after in the report."""

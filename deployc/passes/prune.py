@@ -7,12 +7,10 @@ from pydantic import Field
 
 from deployc.passes.base import PassInput, PassResult
 from deployc.passes.keras import (
-    MODEL_FILE,
     SEED,
     KerasPass,
-    accuracies,
     file_sizes,
-    save_keras,
+    finish,
     train_data,
     weight_sizes,
 )
@@ -43,7 +41,6 @@ class PrunePass(KerasPass):
         original = load_keras(inp.model)
         model = load_keras(inp.model)
         x, y = train_data(inp, model, "prune")
-        out = inp.out_dir / MODEL_FILE
         details: dict[str, Any] = {"structured": cfg.structured, "target_sparsity": cfg.sparsity,
                                    "seed": SEED, "before": {**weight_sizes(original), **file_sizes(inp.model)}}
         if cfg.structured:
@@ -59,7 +56,4 @@ class PrunePass(KerasPass):
             details["training"] = prune.prune_unstructured(model, x, y, cfg.sparsity, cfg.epochs, cfg.batch_size,
                                                            cfg.learning_rate)
             details["sparsity"] = prune.sparsity_report(prune.kernel_layers(model))
-        save_keras(model, out)
-        details["after"] = {**weight_sizes(model), **file_sizes(out)}
-        details.update(accuracies(inp, original, model, x, y))
-        return PassResult(model=out, details=details)
+        return finish(inp, original, model, x, y, details)

@@ -1,20 +1,9 @@
 """Dynamic batching: merge concurrent requests into one `session.run`, then split the outputs back.
 
-The batch closes as soon as nothing else is queued, no other request is still being read or decoded
-(`arriving`) *and* every client seen recently has a request in the batch, so a lone request never waits;
-`max_delay_ms` only bounds the wait for requests that are on their way. "Seen recently" is the peak number of
-requests in the batcher at once over the last `PEAK_WINDOW_S` (two half-windows): under a steady load of N
-closed-loop clients (wrk, h2load, a pool of workers) the peak is N, and a batch that holds fewer than N waits,
-within `max_delay_ms`, for the others' next requests, which are on the wire while their answers are written.
-gRPC calls reach the server whole (grpc.aio shows no call that is still arriving), so without this estimate
-its batches would close at 2-3 rows under load.
-
-Inference runs on one worker thread, so the event loop keeps parsing the next requests while a batch computes
-(onnxruntime releases the GIL). A batch of one request of one row, on a server with nothing else queued or
-arriving and no other client seen recently, runs on the event loop itself when the model's recent batch-1 run
-time is under `INLINE_MAX_S`: the hand-off to the worker thread and back costs a sizeable share of such a
-model's inference, and nobody is waiting. Requests that arrive together still meet in the queue first: the
-batcher runs after every handler that was ready in the same turn of the loop.
+The batch closes as soon as nothing else is queued *and* no other request is still being read or decoded
+(`arriving`), so a lone request never waits; `max_delay_ms` only bounds the wait for requests that are known to
+be on their way. Inference runs on one worker thread, so the event loop keeps parsing the next requests while a
+batch computes (onnxruntime releases the GIL).
 
 With batching off (serving.json says so, e.g. for a model the build measured as not batch-invariant), each
 request's own rows still run as one batch, but never together with another request's.
@@ -30,15 +19,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from deployc.serve.runtime import ModelRunner
 
 log = logging.getLogger("deployc.serve")
-PEAK_WINDOW_S = 0.5  # how long a burst of concurrent clients keeps batches waiting for them after it ends
-INLINE_MAX_S = 0.002  # longest recent run time of a model that an idle server runs on the event loop
 
 
 @dataclass
@@ -61,10 +47,6 @@ class Batcher:
         self.max_delay_s = max_delay_ms / 1000.0
         self.observe_batch = observe_batch
         self.arriving = 0  # requests admitted but not yet submitted (body being read or decoded)
-        self.inflight = 0  # requests submitted and not yet answered (queued, in the batch running, or inline)
-        self._peak = self._peak_prev = 0  # most requests in flight at once, this half-window and the previous
-        self._peak_since = 0.0
-        self._run_s = float("inf")  # recent batch-1 run time (unknown until measured)
         self._queue: deque[_Item] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -91,38 +73,15 @@ class Batcher:
 
     async def infer(self, feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        self.inflight += 1
-        self._note_peak(loop.time())
-        try:
-            if not self.enabled:
-                self.observe_batch(rows)
-                return await loop.run_in_executor(self._pool, self._timed_run, feed)
-            key = tuple(a.shape[1:] for a in feed.values())
-            item = _Item(feed, rows, key, loop.create_future())
-            self._queue.append(item)
-            assert self._wake is not None
-            self._wake.set()
-            return await item.future
-        finally:
-            self.inflight -= 1
-
-    def expected(self) -> int:
-        """How many clients were in flight at once recently: the batch size a steady load will bring."""
-        return max(self._peak, self._peak_prev)
-
-    def _note_peak(self, now: float) -> None:
-        if now - self._peak_since >= PEAK_WINDOW_S / 2:
-            stale = now - self._peak_since >= PEAK_WINDOW_S
-            self._peak_prev, self._peak, self._peak_since = (0 if stale else self._peak), 0, now
-        self._peak = max(self._peak, self.inflight)
-
-    def _timed_run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        t0 = time.perf_counter()
-        outs = self.runner.run(feed)
-        if next(iter(feed.values())).shape[:1] == (1,):
-            dt = time.perf_counter() - t0
-            self._run_s = dt if self._run_s == float("inf") else 0.8 * self._run_s + 0.2 * dt
-        return outs
+        if not self.enabled:
+            self.observe_batch(rows)
+            return await loop.run_in_executor(self._pool, self.runner.run, feed)
+        key = tuple(a.shape[1:] for a in feed.values())
+        item = _Item(feed, rows, key, loop.create_future())
+        self._queue.append(item)
+        assert self._wake is not None
+        self._wake.set()
+        return await item.future
 
     async def _wait(self, timeout: float) -> None:
         assert self._wake is not None
@@ -145,7 +104,7 @@ class Batcher:
                 batch.append(self._queue.popleft())
                 rows += nxt.rows
                 continue
-            if self.max_delay_s <= 0 or (self.arriving <= 0 and len(batch) >= self.expected()):
+            if self.arriving <= 0 or self.max_delay_s <= 0:
                 break
             now = time.monotonic()
             deadline = deadline or now + self.max_delay_s
@@ -167,26 +126,13 @@ class Batcher:
             if not batch:
                 continue
             try:
-                if self._inline(batch):
-                    self._run_batch(batch, _resolve)
-                else:
-                    await loop.run_in_executor(self._pool, self._run_batch, batch)
+                await loop.run_in_executor(self._pool, self._run_batch, batch)
             except Exception:  # never let one bad batch stop the batcher
                 log.exception("batch failed")
 
-    def _inline(self, batch: list[_Item]) -> bool:
-        """Run on the event loop: a lone batch-1 request of a fast model on an otherwise idle server."""
-        return (len(batch) == 1 and batch[0].rows == 1 and self._run_s < INLINE_MAX_S and not self._queue
-                and self.arriving <= 0 and self.expected() <= 1)
-
-    def _run_batch(self, batch: list[_Item], deliver: Callable[..., None] | None = None) -> None:
-        """Runs on the worker thread (results are handed back to the loop thread-safely), or on the loop itself
-        with `deliver` given."""
-        if deliver is None:
-            loop = batch[0].future.get_loop()
-
-            def deliver(*args: Any) -> None:
-                loop.call_soon_threadsafe(_resolve, *args)
+    def _run_batch(self, batch: list[_Item]) -> None:
+        """Runs on the worker thread; results are handed back to the loop thread-safely."""
+        loop = batch[0].future.get_loop()
         if len(batch) == 1:
             groups = [batch]
         else:
@@ -201,16 +147,16 @@ class Batcher:
                 for it in batch:
                     part = [o[start:start + it.rows] for o in outs]
                     start += it.rows
-                    deliver(it.future, part, None)
+                    loop.call_soon_threadsafe(_resolve, it.future, part, None)
                 return
             except Exception:  # fall back to one run per request, so one bad request fails alone
                 groups = [[it] for it in batch]
         for (it,) in groups:
             try:
                 self.observe_batch(it.rows)
-                deliver(it.future, self._timed_run(it.feed), None)
+                loop.call_soon_threadsafe(_resolve, it.future, self.runner.run(it.feed), None)
             except Exception as e:
-                deliver(it.future, None, e)
+                loop.call_soon_threadsafe(_resolve, it.future, None, e)
 
 
 def _resolve(fut: asyncio.Future[list[np.ndarray]], value: list[np.ndarray] | None, exc: BaseException | None) -> None:
