@@ -150,6 +150,8 @@ MODEL_SUFFIXES = (".onnx", ".tflite", ".keras", ".pb", ".index", ".data-00000-of
 # 12 to 64 hex digits with a letter among them, not part of a float such as 1.9310287804798353e-06 (a hash
 # may well read like 34e379298105, which has no sign)
 _HEX = re.compile(r"(?<![0-9A-Za-z.])(?=[0-9]*[a-f])[0-9a-f]{12,64}(?![0-9A-Za-z]|e?[-+][0-9])")
+# a step key shown with digits only (about 1 in 300 keys): replaced only where it is the start of a step key
+_DIGITS = re.compile(r"(?<![0-9A-Za-z.])[0-9]{12,64}(?![0-9A-Za-z.]|e?[-+][0-9])")
 _B64_SHA = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}=")
 _NUM = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
 _CELL_NUM = r"-?\d[\d.,]*(?:e[+-]?\d+)?"  # as report.md formats figures: 127,504 or 1.49e-02
@@ -216,7 +218,10 @@ class Hashes:
         def b64_hash(m: re.Match[str]) -> str:
             return HASH if base64.b64decode(m.group(0)).hex() in self.changed else m.group(0)
 
-        return _B64_SHA.sub(b64_hash, _HEX.sub(hex_hash, text))
+        def digit_key(m: re.Match[str]) -> str:
+            return next((v for k, v in self.keys.items() if k.startswith(m.group(0))), m.group(0))
+
+        return _B64_SHA.sub(b64_hash, _DIGITS.sub(digit_key, _HEX.sub(hex_hash, text)))
 
 
 def _is_exact(rel: str, data: bytes, normalized: bytes, hashes: Hashes, paths: Mapping[Path, str]) -> bool:

@@ -137,6 +137,14 @@ def test_normalization_replaces_what_varies_and_keeps_the_rest(reproducible: boo
         assert plan == {"key": "m/<hash>/model.tar.gz", "name": "d-<hash>", "labels": _sha(b"a\nb\n")}
 
 
+def test_a_step_key_of_digits_only_is_replaced_but_other_numbers_stay() -> None:
+    key = "777081329687" + "0" * 52  # no hex letter among its first 12 characters
+    files = {"plan.json": json.dumps({"steps": [{"id": "evaluate:x", "key": key}]}).encode(),
+             "report.md": f"| `evaluate:x` | `{key[:12]}` | 123456789012345 |\n".encode()}
+    text = normalize_build(files, reproducible=True)["report.md"].decode()
+    assert text == "| `evaluate:x` | `<key:evaluate:x>` | 123456789012345 |\n"
+
+
 def test_no_golden_file_is_ignored_by_git() -> None:
     """A golden file that .gitignore hides (a folder named build/, a *.onnx rule) would never be committed."""
     import shutil

@@ -26,7 +26,6 @@ from deployc.targets.triton import TritonTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ROOT / "tests" / "specs" / "good"
-DIGITS = ROOT / "examples" / "digits"
 
 
 def plan_of(path: Path) -> Plan:
@@ -77,8 +76,8 @@ def test_onnx_spec_reads_its_inputs_and_outputs_from_the_model_file() -> None:
     assert r.local == LocalConfig()  # unset: the defaults every serving.json would follow
 
 
-def test_digits_example_names_its_input_from_the_keras_file() -> None:
-    r = resolved_of(DIGITS / "deploy.yaml")
+def test_digits_example_names_its_input_from_the_keras_file(digits: Path) -> None:
+    r = resolved_of(digits / "deploy.yaml")
     assert r.format == "keras" and r.declared_inputs == ()
     assert r.inputs == (Tensor("pixels", "float32", (-1, 64)),)  # the .keras archive's input layer
     assert r.outputs == ()  # known once the conversion has run
@@ -109,9 +108,9 @@ def test_gate_limits_follow_the_schema_fields_in_order() -> None:
     assert [f.name for f in fields(GateLimits)] == list(Gates.model_fields)
 
 
-def test_the_plan_carries_the_resolved_model_and_gates_exactly_the_verify_steps() -> None:
-    plan = plan_of(DIGITS / "deploy.yaml")
-    assert plan.resolved == resolved_of(DIGITS / "deploy.yaml")
+def test_the_plan_carries_the_resolved_model_and_gates_exactly_the_verify_steps(digits: Path) -> None:
+    plan = plan_of(digits / "deploy.yaml")
+    assert plan.resolved == resolved_of(digits / "deploy.yaml")
     gated = [s.id for s in plan.steps if s.gated]
     assert gated == ["evaluate:optimize[0]", "tflite:verify"] == list(plan.shipped)
     assert plan.evaluations == ("evaluate:onnx-fp32", "evaluate:optimize[0]", "tflite:verify")
