@@ -110,13 +110,6 @@ def target_steps(name: str, spec: DeploySpec, spec_dir: Path, final_model_step: 
     return [s if entry.distribution in s.libs else replace(s, libs=(*s.libs, entry.distribution)) for s in steps]
 
 
-def plugin_versions(names: tuple[str, ...]) -> dict[str, str]:
-    """{distribution: version} of the plugins providing `names`: for the build manifest's `versions`, so a build
-    records which plugin release made its files."""
-    found = {n: registry()[n] for n in names}
-    return {e.distribution: e.version for e in found.values() if not e.builtin}
-
-
 __all__ = ["REGISTRY", "EmitContext", "Target", "TensorInfo", "configured", "emit_order", "get_target",
-           "plugin_versions", "registry", "serves_metrics", "serving_targets", "target_class", "target_names",
+           "registry", "serves_metrics", "serving_targets", "target_class", "target_names",
            "target_steps"]

@@ -4,7 +4,7 @@ concurrent requests into one model run (local's serving.json, triton's `dynamic_
 The step measures whether the shipped model's outputs for a row depend on the other rows of its batch
 (deployc/ml/invariance.py). It keeps its id and key whichever target plans it, so a build plans it once and every
 target reads the same cached result: `local` plans it for every spec that ships a serving.json, another target
-that needs it plans it too (`shared_steps`), and the plan keeps the one copy.
+that needs it plans it too (`invariance_step`), and the plan keeps the one copy.
 
 `batching_decision` turns the measurement and a target's setting into on or off: `enabled` as written wins when
 the model allows it; unset means on exactly when the model is batch-invariant; `true` on a model that is not is an
@@ -62,12 +62,6 @@ def invariance_step(spec: DeploySpec, spec_dir: Path, model_step: str) -> Step:
                 partial(run_invariance, model_step=model_step), deps=(model_step,),
                 params={"data": {"eval": eval_set}, "task": spec.model.task},
                 input_files=data_files(spec, spec_dir, "eval"), libs=("onnx", "onnxruntime", "numpy"))
-
-
-def shared_steps(spec: DeploySpec, spec_dir: Path, model_step: str) -> list[Step]:
-    """The step for a target other than `local`. `local` plans the same step (same id, same key) for every spec
-    that ships a serving.json; the plan keeps one copy of a step planned twice alike."""
-    return [invariance_step(spec, spec_dir, model_step)]
 
 
 def run_invariance(ctx: StepContext, model_step: str) -> dict[str, Any]:
@@ -128,4 +122,4 @@ def batching_decision(batching: BatchingSetting, figures: dict[str, Any] | None,
 
 
 __all__ = ["INVARIANCE", "LOCAL_FIELDS", "BatchingDecision", "BatchingSetting", "DecisionFields",
-           "batching_decision", "evidence", "invariance_step", "run_invariance", "shared_steps"]
+           "batching_decision", "evidence", "invariance_step", "run_invariance"]

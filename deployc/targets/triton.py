@@ -33,7 +33,7 @@ from deployc.targets.invariance import (
     BatchingDecision,
     DecisionFields,
     batching_decision,
-    shared_steps,
+    invariance_step,
 )
 
 if TYPE_CHECKING:
@@ -415,7 +415,7 @@ class TritonTarget(Target):
         cfg: TritonConfig = self.config(spec)
         if cfg.dynamic_batching.enabled is False or cfg.max_batch_size == 0:
             return []
-        return shared_steps(spec, spec_dir, final_model_step)
+        return [invariance_step(spec, spec_dir, final_model_step)]
 
     def batching(self, spec: DeploySpec, step_results: dict[str, dict[str, Any]]) -> BatchingDecision | None:
         return decide(spec, step_results)
