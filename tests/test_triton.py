@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import example_project
 from golden_support import assert_golden
 from ruamel.yaml import YAML
 from serve_support import make_classifier, make_mlp
@@ -433,3 +434,18 @@ def test_the_invariance_step_is_planned_once_with_one_key(tmp_path: Path, target
     local_plan = plan(local, tmp_path / "cache").plan
     if planned:
         assert triton_plan.keys[INVARIANCE] == local_plan.keys[INVARIANCE]  # one cached measurement for both targets
+
+
+@pytest.mark.slow
+def test_the_example_builds_an_int8_repository_without_a_dynamic_batcher(trained_digits: Path, session_cache: Path,
+                                                                          tmp_path: Path) -> None:
+    """examples/triton/deploy.yaml on the trained digits model: what its README says the build writes."""
+    project = example_project(trained_digits, tmp_path / "triton", "triton")
+    out = build(project / "deploy.yaml", tmp_path / "out", session_cache).out_dir
+    m = _config_of(out, "digits")
+    assert (m.backend, m.max_batch_size, not m.HasField("dynamic_batching")) == ("onnxruntime", 32, True)
+    assert [(t.name, list(t.dims)) for t in m.input] == [("pixels", [64])]
+    assert [t.label_filename for t in m.output] == ["labels.txt"]
+    assert [g.count for g in m.instance_group] == [2]
+    assert (out / REPO / "digits" / "1" / "model.onnx").is_file()
+    assert "Cross-request batching in `triton`'s server: off (auto)" in (out / "report.md").read_text()
