@@ -257,3 +257,29 @@ def test_two_workers_share_metrics_and_stop_cleanly(tmp_path: Path) -> None:
                     if x.name == C.METRIC_REQUESTS and x.labels["route"] == "infer")
         assert total == 6  # summed over both workers, whichever served each request
         assert s.stop() == 0
+
+
+def test_scrape_skips_a_worker_file_that_is_not_sized_yet(tmp_path: Path) -> None:
+    """A worker creates its metrics file with `open` and sizes it a moment later; a scrape that landed in between
+    read an empty file and answered 500 for all workers."""
+    import struct
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.mmap_dict import MmapedDict
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from deployc.serve.metrics import _WorkerFilesCollector
+
+    d = MmapedDict(str(tmp_path / "counter_101.db"))
+    d.write_value(json.dumps(["jobs", "jobs_total", {"worker": "a"}, "Jobs."]), 3.0, 0.0)
+    d.close()
+    (tmp_path / "counter_102.db").touch()  # the other worker, between open and truncate
+
+    def scrape(collector: Any) -> str:
+        registry = CollectorRegistry()
+        collector(registry, path=str(tmp_path))
+        return generate_latest(registry).decode()
+
+    with pytest.raises(struct.error):  # upstream's collector fails the whole scrape
+        scrape(MultiProcessCollector)
+    assert 'jobs_total{worker="a"} 3.0' in scrape(_WorkerFilesCollector)

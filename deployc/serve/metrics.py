@@ -6,16 +6,40 @@ Each app gets its own registry (tests can run several servers in one process). W
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 from typing import Any
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from deployc import conventions as C
 from deployc.serve.config import ServingConfig
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_HEADER_BYTES = 8  # a worker's metrics file starts with its used length and padding
+
+
+class _WorkerFilesCollector(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector, minus files a worker has created but not yet sized: such a file is empty
+    for a moment (`open` before `truncate`), holds no sample yet, and would make the whole scrape fail."""
+
+    def collect(self) -> Any:
+        files = []
+        for f in glob.glob(os.path.join(self._path, "*.db")):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(f).st_size >= _HEADER_BYTES:  # a file only grows, so it stays readable
+                    files.append(f)
+        return self.merge(files, accumulate=True)
 
 
 class ServerMetrics:
@@ -70,9 +94,7 @@ class ServerMetrics:
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:
-            from prometheus_client import multiprocess
-
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            _WorkerFilesCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
