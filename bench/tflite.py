@@ -71,7 +71,7 @@ def main() -> None:
     from deployc.ml.convert import keras_to_onnx
     from deployc.ml.evaluate import compare, measure_onnx, predict, sizes
     from deployc.ml.tflite import convert, measure_tflite, predict_tflite
-    from deployc.schema.tflite import TFLiteTarget
+    from deployc.targets.tflite import TFLiteConfig as TFLiteTarget
 
     x_tr, x_te, y_tr, y_te = data()
     keras_path = model(x_tr, y_tr, x_te, y_te)

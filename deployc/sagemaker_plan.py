@@ -9,16 +9,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployc import conventions as c
 from deployc.schema.envref import EnvRef
-from deployc.schema.sagemaker import PROVISIONING_S, SageMakerTarget
+
+if TYPE_CHECKING:  # the config model's module imports this one; `deployc.deploy` imports no target module
+    from deployc.targets.sagemaker import SageMakerConfig
 
 PLAN_FORMAT_VERSION = 1
 ARTIFACT_FILE = f"{c.SAGEMAKER_DIR}/model.tar.gz"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
+PROVISIONING_S = 1800  # time allowed for the new fleet to start, on top of the traffic-shift waits
 MAX_ROLLBACK_ALARMS = 10  # AutoRollbackConfiguration.Alarms holds at most 10
 _NAME_STEM = 50  # 50 + "-" + 12 hex digits = 63, SageMaker's name limit
 
@@ -34,7 +37,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-def artifact_location(cfg: SageMakerTarget, name: str, sha256: str) -> tuple[str, str]:
+def artifact_location(cfg: SageMakerConfig, name: str, sha256: str) -> tuple[str, str]:
     """(bucket, key) of model.tar.gz: keyed by its hash, so an identical build uploads nothing."""
     bucket, prefix = split_s3_uri(cfg.s3_prefix)
     return bucket, "/".join(p for p in (prefix, name, sha256, "model.tar.gz") if p)
@@ -44,7 +47,7 @@ def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
-def plan_environment(cfg: SageMakerTarget) -> dict[str, Any]:
+def plan_environment(cfg: SageMakerConfig) -> dict[str, Any]:
     """The container environment as plan data: an !ENV value stays a reference (`{"$env": NAME}`), so the model
     name, derived from these parameters, depends on the variable's name and never on its value."""
     return {k: (v.to_plan() if isinstance(v, EnvRef) else v) for k, v in sorted(cfg.environment.items())}
@@ -59,7 +62,7 @@ def rollback_alarm_ids(alarms: list[dict[str, Any]]) -> list[str]:
     return [a["logical_id"] for a in alarms if "Page" in a["logical_id"]][:MAX_ROLLBACK_ALARMS]
 
 
-def deployment_config(cfg: SageMakerTarget, rollback_alarm_names: list[str]) -> dict[str, Any]:
+def deployment_config(cfg: SageMakerConfig, rollback_alarm_names: list[str]) -> dict[str, Any]:
     r = cfg.rollout
     routing: dict[str, Any] = {"Type": r.strategy.upper().replace("-", "_"), "WaitIntervalInSeconds": r.wait_s}
     if r.strategy == "canary":
@@ -77,7 +80,7 @@ def deployment_config(cfg: SageMakerTarget, rollback_alarm_names: list[str]) -> 
     return out
 
 
-def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256: str, artifact_size: int,
+def build_plan(cfg: SageMakerConfig, *, name: str, version: str, artifact_sha256: str, artifact_size: int,
                alarms: list[dict[str, Any]]) -> dict[str, Any]:
     """The whole plan: names, the artifact's S3 location and the ordered calls."""
     bucket, key = artifact_location(cfg, name, artifact_sha256)
@@ -117,7 +120,7 @@ def build_plan(cfg: SageMakerTarget, *, name: str, version: str, artifact_sha256
     }
 
 
-def _model_params(cfg: SageMakerTarget, name: str, model_data_url: str, tags: dict[str, Any]) -> dict[str, Any]:
+def _model_params(cfg: SageMakerConfig, name: str, model_data_url: str, tags: dict[str, Any]) -> dict[str, Any]:
     """create_model's parameters; the model name is the content name of everything but the tags."""
     model: dict[str, Any] = {
         "ExecutionRoleArn": cfg.role_arn,
@@ -130,7 +133,7 @@ def _model_params(cfg: SageMakerTarget, name: str, model_data_url: str, tags: di
     return {"ModelName": content_name(name, model), **model, **tags}
 
 
-def _variant(cfg: SageMakerTarget, model_name: str) -> dict[str, Any]:
+def _variant(cfg: SageMakerConfig, model_name: str) -> dict[str, Any]:
     """The one production variant: serverless, or instances of the resolved type and count."""
     variant: dict[str, Any] = {"VariantName": c.SAGEMAKER_VARIANT_NAME, "ModelName": model_name,
                                "InitialVariantWeight": 1.0}
@@ -143,7 +146,7 @@ def _variant(cfg: SageMakerTarget, model_name: str) -> dict[str, Any]:
     return variant
 
 
-def _endpoint_config_params(cfg: SageMakerTarget, name: str, model_name: str, tags: dict[str, Any]
+def _endpoint_config_params(cfg: SageMakerConfig, name: str, model_name: str, tags: dict[str, Any]
                             ) -> dict[str, Any]:
     """create_endpoint_config's parameters; named, like the model, by the content name of the rest."""
     endpoint_config: dict[str, Any] = {"ProductionVariants": [_variant(cfg, model_name)]}
@@ -160,7 +163,7 @@ def _endpoint_config_params(cfg: SageMakerTarget, name: str, model_name: str, ta
     return {"EndpointConfigName": content_name(name, endpoint_config), **endpoint_config, **tags}
 
 
-def _autoscaling_calls(cfg: SageMakerTarget, name: str) -> list[dict[str, Any]]:
+def _autoscaling_calls(cfg: SageMakerConfig, name: str) -> list[dict[str, Any]]:
     """Target tracking on invocations per instance, registered after the endpoint exists; none without it."""
     if not cfg.autoscaling:
         return []

@@ -18,9 +18,9 @@ from serve_support import Server, make_mlp, v2_body
 
 from deployc.api import build
 from deployc.errors import SpecError
-from deployc.schema.local import Batching
 from deployc.targets.bundle import ENABLED_FIELD, OPT_IN_FIELD
 from deployc.targets.invariance import batching_decision
+from deployc.targets.local import Batching
 
 DIMS = (16, 64, 64, 5)
 ROWS = 64

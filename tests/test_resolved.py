@@ -19,9 +19,9 @@ from deployc.compiler.resolved import ANY_INPUT, GateLimits, Resolved, Tensor, r
 from deployc.compiler.results import ArtifactEvaluation, ModelResult, ReferenceResult, model_io
 from deployc.compiler.steps import REFERENCE, SOURCE, Step
 from deployc.compiler.validate import validate
-from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.schema.spec import Gates
 from deployc.targets.invariance import INVARIANCE
+from deployc.targets.local import LocalConfig
 from deployc.targets.triton import TritonTarget
 
 ROOT = Path(__file__).resolve().parents[1]

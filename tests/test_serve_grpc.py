@@ -279,7 +279,7 @@ def test_grpc_port_from_serving_json_with_two_workers(tmp_path: Path) -> None:
 def test_grpc_port_in_the_spec_and_on_the_command_line(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from deployc.schema.local import LocalTarget
+    from deployc.targets.local import LocalConfig as LocalTarget
 
     assert LocalTarget().grpc_port is None and LocalTarget(grpc_port=8081).grpc_port == 8081
     with pytest.raises(ValidationError, match="grpc_port must differ from port"):

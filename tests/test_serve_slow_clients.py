@@ -276,7 +276,7 @@ def test_bad_limits_are_refused_before_serving(tmp_path: Path, limits: dict[str,
 
 
 def test_spec_limits_reach_the_server_config(tmp_path: Path) -> None:
-    from deployc.schema.local import LocalTarget
+    from deployc.targets.local import LocalConfig as LocalTarget
 
     spec = LocalTarget.model_validate({"limits": {"body_timeout_s": 3, "max_inflight_body_bytes": 16 * MiB}})
     cfg = load_config(_bundle_with(tmp_path, spec.limits.model_dump()))  # what targets/local.py writes

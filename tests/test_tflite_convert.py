@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from deployc.errors import InputError
 from deployc.ml.tflite import convert, dequantize, inspect_model, interpreter, predict_tflite, quantize
-from deployc.schema.tflite import TFLiteTarget
+from deployc.targets.tflite import TFLiteConfig as TFLiteTarget
 from tests.tflite_support import digits_dir
 
 pytestmark = pytest.mark.slow

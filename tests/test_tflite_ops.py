@@ -8,7 +8,7 @@ import pytest
 from deployc.errors import InputError
 from deployc.ml.convert import quiet_tensorflow
 from deployc.ml.tflite import convert
-from deployc.schema.tflite import TFLiteTarget
+from deployc.targets.tflite import TFLiteConfig as TFLiteTarget
 
 pytestmark = pytest.mark.slow
 

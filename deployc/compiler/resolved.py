@@ -20,8 +20,8 @@ from deployc.errors import InputError
 if TYPE_CHECKING:
     from deployc.passes.base import Pass
     from deployc.plugins import Entry
-    from deployc.schema.local import LocalTarget as LocalConfig
     from deployc.schema.spec import DeploySpec
+    from deployc.targets.local import LocalConfig
 
 # onnx.TensorProto element types -> the spec's dtype names (`model.inputs[].dtype`), and those -> the Open
 # Inference Protocol's datatype names, which serving.json and the emitters write

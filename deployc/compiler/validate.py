@@ -20,7 +20,7 @@ _TOKENS = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----|\bgh[pousr]_[A-Za-z0-9
 
 def scan_secrets(loaded: LoadedSpec) -> list[Problem]:
     """Anything in the spec that looks like a credential, wherever it sits: refused with its position."""
-    from deployc.schema.sagemaker import credential_problem
+    from deployc.targets.sagemaker import credential_problem
 
     problems: list[Problem] = []
 

@@ -23,7 +23,7 @@ from deployc.ml.convert import SIGNATURE, export_saved_model
 from deployc.ml.quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
-    from deployc.schema.tflite import TFLiteTarget
+    from deployc.targets.tflite import TFLiteConfig
 
 MODES = ("none", "float16", "dynamic", "int8")
 AUTO_ORDER = ("int8", "dynamic", "float16", "none")  # smallest expected first
@@ -33,14 +33,14 @@ _FLEX_RE = re.compile(r"'tf\.([A-Za-z0-9_]+)' op is neither a custom op nor a fl
 _NOT_QUANTIZABLE_RE = re.compile(r"'tfl\.([A-Za-z0-9_]+)' op [^\n]*(?:quantiz|int8)", re.IGNORECASE)
 
 
-def io_type(cfg: TFLiteTarget) -> str:
+def io_type(cfg: TFLiteConfig) -> str:
     """The I/O type of int8 models: a microcontroller needs integer I/O, int8 unless uint8 was asked for."""
     if cfg.device == "microcontroller" and cfg.io_type == "float32":
         return "int8"
     return cfg.io_type
 
 
-def candidate_modes(cfg: TFLiteTarget) -> list[str]:
+def candidate_modes(cfg: TFLiteConfig) -> list[str]:
     """The quantization modes a build tries: one, or every mode for `auto` (int8 only on a microcontroller)."""
     if cfg.device == "microcontroller":
         return ["int8"]
@@ -49,7 +49,7 @@ def candidate_modes(cfg: TFLiteTarget) -> list[str]:
     return [cfg.quantization]
 
 
-def convert(keras_model: Path, dst: Path, cfg: TFLiteTarget, calibration_x: np.ndarray | None, *,
+def convert(keras_model: Path, dst: Path, cfg: TFLiteConfig, calibration_x: np.ndarray | None, *,
             mode: str | None = None, inputs: list[Any] | None = None) -> dict[str, Any]:
     """Convert a .keras/.h5 file or a SavedModel folder to `dst`; returns `inspect_model`'s info plus warnings.
 

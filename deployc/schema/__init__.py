@@ -1,4 +1,6 @@
-"""pydantic models of deploy.yaml; `DeploySpec` is the root.
+"""pydantic models of deploy.yaml; `DeploySpec` is the root. Nothing here is about one target: each target's
+config model lives in its module (deployc/targets/<name>.py), and `deployc.schema.spec` builds `targets:` from the
+target registry.
 
 `DeploySpec` and `API_VERSION` are loaded on first use: `deployc.schema.spec` builds the `optimize:` items from
 the pass registry, whose modules import `deployc.schema.base`, so importing the package must not import `spec`.

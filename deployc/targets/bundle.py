@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 from deployc import conventions as c
 from deployc.errors import SpecFieldError
 from deployc.render import dump_json
-from deployc.schema.local import LocalTarget as LocalConfig
 from deployc.targets import get_target, serves_metrics
 from deployc.targets.base import EmitContext
 from deployc.targets.invariance import INVARIANCE, LOCAL_FIELDS, BatchingDecision, batching_decision
 
 if TYPE_CHECKING:
     from deployc.schema.spec import DeploySpec
+    from deployc.targets.local import LocalConfig  # it imports this module
 
 ENABLED_FIELD = LOCAL_FIELDS.enabled
 OPT_IN_FIELD = LOCAL_FIELDS.opt_in

@@ -3,11 +3,13 @@ platform's container serves. Targets import it; it imports no target but `local`
 from __future__ import annotations
 
 from deployc import conventions as c
-from deployc.schema.kserve import DEFAULT_UID as SERVING_UID  # the kserve target's runAsUser runs this image too
 from deployc.targets.base import EmitContext
 from deployc.targets.bundle import local_config, serving_files
 
 BASE_IMAGE, BASE_TAG = "python", "3.12-slim"  # FROM BASE_IMAGE:BASE_TAG (build arguments, overridable)
+# The user the serving Dockerfiles create (the kserve target's default runAsUser); 10000 and above stays clear of
+# host users.
+SERVING_UID = 10001
 
 __all__ = ["BASE_IMAGE", "BASE_TAG", "SERVING_UID", "cloud_model_files", "healthcheck"]
 

@@ -8,21 +8,297 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import re
 import tarfile
-from typing import Any
+import unicodedata
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from deployc import __version__
 from deployc import conventions as c
 from deployc.errors import InputError
 from deployc.manifest import sha256_bytes
 from deployc.render import dump_json, render_template, render_yaml
-from deployc.sagemaker_plan import build_plan, rollback_alarm_ids
-from deployc.schema.envref import ENV_KEY, is_env_ref, parameter_names
-from deployc.schema.sagemaker import SageMakerTarget as SageMakerConfig
+from deployc.sagemaker_plan import PROVISIONING_S, build_plan, rollback_alarm_ids
+from deployc.schema.base import Located, SpecModel, located, one_of, show
+from deployc.schema.envref import ENV_KEY, EnvRef, credential_ref_problem, is_env_ref, parameter_names
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.bundle import local_config, serving_files
 from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
+from deployc.targets.sagemaker_instance_types import INSTANCE_TYPES
+
+# Config: `targets.sagemaker` in deploy.yaml.
+
+ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}$"
+S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_!\-.*'()/=+]*)?$"
+REGION = (r"^(us|eu|ap|sa|ca|me|af|il|mx|cn)(-gov|-iso|-isob)?-"
+          r"(north|south|east|west|central|northeast|southeast|northwest|southwest)-\d{1,2}$")
+KMS_KEY = (r"^(arn:aws(-cn|-us-gov|-iso|-iso-b)?:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9_/-]+"
+           r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|alias/[A-Za-z0-9_/-]+)$")
+# registry/repository[:tag|@sha256:digest]; SageMaker pulls from ECR (or a private registry inside a VPC)
+IMAGE_URI = r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?$"
+SUBNET = r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"
+SECURITY_GROUP = r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+DEFAULT_INSTANCE_TYPE = "ml.c6i.large"
+MAX_ROLLOUT_S = 28800  # BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds upper bound
+
+# Tags (sagemaker:AddTags, the same on CloudWatch alarms): keys match ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$ with 1-128
+# characters, values the same set with 0-256; `aws:` starts AWS's own keys. Python's re has no \p{..}: the
+# Unicode categories are checked by hand (letters L*, separators Z* such as a space, numbers N*).
+TAG_KEY_MAX, TAG_VALUE_MAX = 128, 256
+TAG_SPECIALS = frozenset("_.:/=+-@")
+TAG_CHARSET = "letters, digits, spaces and _ . : / = + - @"
+
+
+def tag_text_problem(text: str, what: str, low: int, high: int) -> str | None:
+    """Why `text` is no SageMaker tag key or value (`what`), or None."""
+    bad = sorted({ch for ch in text if ch not in TAG_SPECIALS and unicodedata.category(ch)[0] not in "LZN"})
+    if bad:
+        shown = ", ".join(repr(ch) for ch in bad[:5])
+        return f"{what} {show(text)} holds {shown}: AWS allows only {TAG_CHARSET}"
+    if not low <= len(text) <= high:
+        return f"{what} {show(text)} has {len(text)} characters; AWS allows {low}-{high}"
+    return None
+
+
+# Credentials never belong in a spec: the deploy uses the standard AWS credential chain.
+_ACCESS_KEY_ID = re.compile(r"(?<![A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
+_SECRET_KEY_NAME = re.compile(r"secret|private[_-]?key|credential", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+_SECRET_INLINE = re.compile(r"secret[A-Za-z_]*[\"']?\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+                            re.IGNORECASE)
+
+
+def credential_problem(key: str, value: str) -> str | None:
+    """Why `key: value` looks like an AWS credential, or None."""
+    for text in (key, value):
+        if _ACCESS_KEY_ID.search(text):
+            return (f"{key!r} holds what looks like an AWS access key id; credentials never go in the spec "
+                    "(deployc deploy uses the standard AWS credential chain: environment, profile, role)")
+    if (_SECRET_KEY_NAME.search(key) and _SECRET_VALUE.search(value)) or _SECRET_INLINE.search(value):
+        return (f"{key!r} holds what looks like an AWS secret access key; credentials never go in the spec "
+                "(use an IAM role, or a secret store the container reads at start)")
+    return None
+
+
+class Serverless(SpecModel):
+    memory_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = Field(2048, description="Memory per concurrent "
+                                                                    "invocation (ServerlessConfig.MemorySizeInMB).")
+    max_concurrency: int = Field(10, ge=1, le=200, description="Concurrent invocations before throttling.")
+
+
+class Autoscaling(SpecModel):
+    min_instances: int = Field(1, ge=1, le=1000, description="Scale-in floor.")
+    max_instances: int = Field(4, ge=1, le=1000, description="Scale-out ceiling.")
+    target_invocations_per_instance: float = Field(..., gt=0, description="Target of the SageMakerVariant"
+                                                   "InvocationsPerInstance tracking policy (per minute).")
+    scale_in_cooldown_s: int = Field(300, ge=0, le=86400, description="Wait after a scale-in before another.")
+    scale_out_cooldown_s: int = Field(60, ge=0, le=86400, description="Wait after a scale-out before another.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_instances < self.min_instances:
+            raise ValueError("max_instances must be at least min_instances")
+        return self
+
+
+class Vpc(SpecModel):
+    subnets: list[str] = Field(..., min_length=1, max_length=16, description="Subnet ids (subnet-...).")
+    security_groups: list[str] = Field(..., min_length=1, max_length=5, description="Security group ids (sg-...).")
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, v: list[str]) -> list[str]:
+        return _all_match(v, SUBNET, "a subnet id (subnet- and 8 or 17 hex digits)")
+
+    @field_validator("security_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return _all_match(v, SECURITY_GROUP, "a security group id (sg- and 8 or 17 hex digits)")
+
+
+def _input_and_output() -> list[Literal["Input", "Output"]]:
+    return ["Input", "Output"]
+
+
+class DataCapture(SpecModel):
+    sampling_percent: int = Field(..., ge=0, le=100, description="Share of requests captured.")
+    destination: str = Field(..., pattern=S3_URI, description="s3:// URI the captured requests go to.")
+    capture: list[Literal["Input", "Output"]] = Field(default_factory=_input_and_output,
+                                                      min_length=1, description="What is captured.")
+
+
+class Rollout(SpecModel):
+    strategy: Literal["all-at-once", "canary", "linear"] = Field("all-at-once", description="Blue/green traffic "
+                                                                 "shifting of an endpoint update.")
+    canary_percent: int | None = Field(None, ge=1, le=99, description="canary: traffic share of the first step.")
+    linear_step_percent: int | None = Field(None, ge=1, le=99, description="linear: traffic share per step.")
+    wait_s: int = Field(300, ge=0, le=3600, description="Wait between traffic shifts.")
+    termination_wait_s: int = Field(600, ge=0, le=3600, description="Keep the old fleet this long after the "
+                                    "last shift (rollback stays instant meanwhile).")
+    rollback_on_alarms: bool = Field(True, description="Roll back when a generated CloudWatch page alarm fires.")
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> Rollout:
+        if self.strategy == "canary" and self.canary_percent is None:
+            raise ValueError("strategy canary needs canary_percent")
+        if self.strategy == "linear" and self.linear_step_percent is None:
+            raise ValueError("strategy linear needs linear_step_percent")
+        if self.strategy != "canary" and self.canary_percent is not None:
+            raise ValueError(f"canary_percent only applies to strategy canary, not {self.strategy}")
+        if self.strategy != "linear" and self.linear_step_percent is not None:
+            raise ValueError(f"linear_step_percent only applies to strategy linear, not {self.strategy}")
+        if self.shift_wait_s() + self.termination_wait_s + PROVISIONING_S > MAX_ROLLOUT_S:
+            raise ValueError(f"the rollout waits {self.shift_wait_s() + self.termination_wait_s}s, more than "
+                             f"SageMaker's {MAX_ROLLOUT_S}s limit leaves ({PROVISIONING_S}s are kept for "
+                             "provisioning): use larger steps or shorter waits")
+        return self
+
+    def shift_wait_s(self) -> int:
+        """Seconds spent between traffic shifts (the baking periods before the last shift)."""
+        if self.strategy == "canary":
+            return self.wait_s
+        if self.strategy == "linear" and self.linear_step_percent:
+            return self.wait_s * (math.ceil(100 / self.linear_step_percent) - 1)
+        return 0
+
+
+class SageMakerConfig(SpecModel):
+    region: str = Field(..., pattern=REGION, description="AWS region of the endpoint (us-east-1).")
+    role_arn: str = Field(..., pattern=ROLE_ARN, description="Execution role SageMaker assumes.")
+    image_uri: str = Field(..., max_length=255, pattern=IMAGE_URI,
+                           description="The `deployc serve` image (the bundle ships its Dockerfile).")
+    s3_prefix: str = Field(..., pattern=S3_URI, description="Where model.tar.gz is uploaded, keyed by its hash.")
+    instance_type: str | None = Field(None, description=f"Instance type (default {DEFAULT_INSTANCE_TYPE}); "
+                                      "not with serverless.")
+    initial_instance_count: int | None = Field(None, ge=1, le=1000, description="Instances at creation "
+                                               "(default 1, or autoscaling.min_instances); not with serverless.")
+    serverless: Serverless | None = Field(None, description="Serverless endpoint instead of instances.")
+    autoscaling: Autoscaling | None = Field(None, description="Target-tracking autoscaling of the instance count.")
+    kms_key: str | None = Field(None, pattern=KMS_KEY, description="KMS key (id, ARN or alias) for the endpoint's "
+                                "storage volume and the data capture files.")
+    vpc: Vpc | None = Field(None, description="Run the model containers inside these subnets.")
+    network_isolation: bool = Field(True, description="EnableNetworkIsolation: the container gets no network "
+                                    "access (SageMaker still downloads model.tar.gz and the image for it; `deployc "
+                                    "serve` needs nothing else). Set false only for a container that must call out, "
+                                    "e.g. to read a secret store at start.")
+    data_capture: DataCapture | None = Field(None, description="Capture requests/responses to S3.")
+    rollout: Rollout = Field(default_factory=Rollout, description="How an update shifts traffic.")
+    tags: dict[str, str] = Field(default_factory=dict, max_length=50, description="Tags on every resource "
+                                 "(and alarm): keys 1-128 and values 0-256 of letters, digits, spaces and "
+                                 "_ . : / = + - @; keys may not start with aws:.")
+    environment: dict[str, str | EnvRef] = Field(
+        default_factory=dict, max_length=100,
+        description="Container environment: each value a string, or an !ENV reference (`API_KEY: !ENV NAME`) that "
+                    "deployc deploy reads from its own environment; never credentials in the spec.")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, v: str | None) -> str | None:
+        return None if v is None else one_of(v, INSTANCE_TYPES, "a SageMaker inference instance type",
+                                               "docs/sagemaker.md")
+
+    @field_validator("serverless")
+    @classmethod
+    def _serverless_exclusive(cls, v: Serverless | None, info: ValidationInfo) -> Serverless | None:
+        if v is not None:
+            for other in ("instance_type", "initial_instance_count"):
+                if info.data.get(other) is not None:
+                    raise ValueError(f"serverless and {other} are exclusive: a serverless endpoint has no instances")
+        return v
+
+    @field_validator("autoscaling", "data_capture")
+    @classmethod
+    def _not_serverless(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None and info.data.get("serverless") is not None:
+            raise ValueError(f"{info.field_name} needs instances; serverless endpoints do not support it")
+        return v
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _initial_in_range(cls, v: Autoscaling | None, info: ValidationInfo) -> Autoscaling | None:
+        n = info.data.get("initial_instance_count")
+        if v is not None and n is not None and not v.min_instances <= n <= v.max_instances:
+            raise ValueError(f"initial_instance_count {n} is outside min_instances..max_instances "
+                             f"({v.min_instances}..{v.max_instances})")
+        return v
+
+    @field_validator("image_uri")
+    @classmethod
+    def _image_no_credentials(cls, v: str) -> str:
+        problem = credential_problem("image_uri", v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _string_or_reference(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if not isinstance(value, (str, EnvRef)) and not is_env_ref(value):
+                    kind = {bool: "a boolean", int: "a number", float: "a number", dict: "a mapping",
+                            list: "a list"}.get(type(value), "empty" if value is None else type(value).__name__)
+                    raise ValueError(f"{key!r}: a value is a string (quote numbers and booleans) or an !ENV "
+                                     f"reference, not {kind}")
+        return v
+
+    @field_validator("environment", "tags")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        for key, value in v.items():
+            if isinstance(value, EnvRef):
+                refused = credential_ref_problem(value.name)
+                if refused:
+                    raise ValueError(f"{key!r}: {refused}")
+                value = ""  # the name is checked below; the value is not in the spec
+            problem = credential_problem(key, value)
+            if problem:
+                raise ValueError(problem)
+            if info.field_name == "environment" and not ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, _)")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        problems: list[Located] = []
+        for key, value in v.items():
+            problem = tag_text_problem(key, "the tag key", 1, TAG_KEY_MAX)
+            if problem is None and key.lower().startswith("aws:"):
+                problem = f"the tag key {show(key)} starts with aws:, which AWS keeps for its own tags"
+            if problem is None:
+                problem = tag_text_problem(value, "the tag value", 0, TAG_VALUE_MAX)
+            if problem:
+                problems.append(((key,), problem))
+        if problems:
+            raise located(problems)
+        return v
+
+    def resolved_instance_type(self) -> str | None:
+        return None if self.serverless else (self.instance_type or DEFAULT_INSTANCE_TYPE)
+
+    def resolved_instance_count(self) -> int | None:
+        if self.serverless:
+            return None
+        if self.initial_instance_count is not None:
+            return self.initial_instance_count
+        return self.autoscaling.min_instances if self.autoscaling else 1
+
+
+def _all_match(values: list[str], pattern: str, what: str) -> list[str]:
+    bad = [v for v in values if not re.match(pattern, v)]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))}: not {what}")
+    if len(set(values)) != len(values):
+        raise ValueError("listed more than once")
+    return values
+
+
+# The target.
 
 MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks ModelDataUrl
 ALARMS_FILE = c.CLOUDWATCH_ALARMS

@@ -10,16 +10,153 @@ import hashlib
 import re
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field, field_validator, model_validator
+
 from deployc import conventions as c
 from deployc.errors import InputError
 from deployc.render import dump_json, render_template
-from deployc.schema.base import Located
-from deployc.schema.vertex import VertexTarget as VertexConfig
+from deployc.schema.base import Located, SpecModel, located, one_of, show
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.common import cloud_model_files
 
 if TYPE_CHECKING:
     from deployc.schema.spec import DeploySpec
+
+
+# Config: `targets.vertex` in deploy.yaml.
+
+PROJECT_ID = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
+GCS_URI = r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s#?*\[\]]*)?$"
+# registry/repository[:tag|@sha256:digest] (Artifact Registry: REGION-docker.pkg.dev/PROJECT/REPO/IMAGE)
+IMAGE_URI = r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?$"
+SERVICE_ACCOUNT = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com$"
+ENDPOINT_ID = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
+# Vertex AI (Google Cloud) labels: keys and values at most 63 of lower-case letters, digits, '_' and '-'; a key
+# starts with a letter; at most 64 per resource, two of them deployc's own (deployc-model, deployc-digest).
+LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+DEFAULT_MACHINE_TYPE = "n1-standard-2"
+
+# Vertex AI locations that serve online predictions (cloud.google.com/vertex-ai/docs/general/locations).
+REGIONS = frozenset({
+    "us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1", "us-west2", "us-west3", "us-west4",
+    "northamerica-northeast1", "northamerica-northeast2", "southamerica-east1", "southamerica-west1",
+    "europe-central2", "europe-north1", "europe-southwest1", "europe-west1", "europe-west2", "europe-west3",
+    "europe-west4", "europe-west6", "europe-west8", "europe-west9", "europe-west12",
+    "me-central1", "me-central2", "me-west1", "africa-south1",
+    "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2", "asia-northeast3", "asia-south1",
+    "asia-southeast1", "asia-southeast2", "australia-southeast1", "australia-southeast2",
+})
+
+
+def _sizes(family: str, sizes: tuple[int, ...]) -> set[str]:
+    return {f"{family}-{n}" for n in sizes}
+
+
+# CPU machine types Vertex AI accepts for online prediction (cloud.google.com/vertex-ai/docs/predictions/
+# configure-compute). GPU types need an accelerator in machineSpec, which deployc does not set.
+MACHINE_TYPES = frozenset(
+    _sizes("e2-standard", (2, 4, 8, 16, 32)) | _sizes("e2-highmem", (2, 4, 8, 16))
+    | _sizes("e2-highcpu", (2, 4, 8, 16, 32))
+    | _sizes("n1-standard", (2, 4, 8, 16, 32, 64, 96)) | _sizes("n1-highmem", (2, 4, 8, 16, 32, 64, 96))
+    | _sizes("n1-highcpu", (4, 8, 16, 32, 64, 96))
+    | _sizes("n2-standard", (2, 4, 8, 16, 32, 48, 64, 80)) | _sizes("n2-highmem", (2, 4, 8, 16, 32, 48, 64, 80))
+    | _sizes("n2-highcpu", (2, 4, 8, 16, 32, 48, 64, 80, 96))
+    | _sizes("n2d-standard", (2, 4, 8, 16, 32, 48, 64, 80, 96, 128, 224))
+    | _sizes("n2d-highmem", (2, 4, 8, 16, 32, 48, 64, 80, 96))
+    | _sizes("n2d-highcpu", (2, 4, 8, 16, 32, 48, 64, 80, 96, 128, 224))
+    | _sizes("c2-standard", (4, 8, 16, 30, 60))
+    | _sizes("c2d-standard", (2, 4, 8, 16, 32, 56, 112)) | _sizes("c2d-highcpu", (2, 4, 8, 16, 32, 56, 112))
+    | _sizes("c2d-highmem", (2, 4, 8, 16, 32, 56, 112))
+    | _sizes("c3-standard", (4, 8, 22, 44, 88, 176)) | _sizes("c3-highcpu", (4, 8, 22, 44, 88, 176))
+    | _sizes("c3-highmem", (4, 8, 22, 44, 88, 176))
+)
+
+
+class VertexAutoscaling(SpecModel):
+    cpu_target_percent: int | None = Field(None, ge=1, le=100, description="Target CPU utilization of a replica "
+                                           "(metric prediction/online/cpu/utilization; Vertex's default is 60).")
+    requests_per_minute: int | None = Field(None, ge=1, description="Target requests per minute per replica "
+                                            "(metric prediction/online/request_count).")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> VertexAutoscaling:
+        if self.cpu_target_percent is None and self.requests_per_minute is None:
+            raise ValueError("set cpu_target_percent, requests_per_minute or both")
+        return self
+
+
+class VertexConfig(SpecModel):
+    project: str = Field(..., pattern=PROJECT_ID, description="Google Cloud project id (6-30 characters).")
+    region: str = Field(..., description="Vertex AI location of the model and endpoint (us-central1).")
+    image_uri: str = Field(..., max_length=1024, pattern=IMAGE_URI, description="An image with deployc installed "
+                           "(Artifact Registry: REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG).")
+    artifact_uri: str = Field(..., pattern=GCS_URI, description="gs:// folder prefix; the model files go to "
+                              "<artifact_uri>/<name>/<model id>/, one folder per model content.")
+    endpoint_id: str | None = Field(None, pattern=ENDPOINT_ID, description="Endpoint id (default: the spec "
+                                    "name); lower-case letters, digits and '-', starting with a letter.")
+    machine_type: str = Field(DEFAULT_MACHINE_TYPE, description="Machine type of each replica (CPU types only).")
+    min_replicas: int = Field(1, ge=1, le=1000, description="Replicas always running.")
+    max_replicas: int | None = Field(None, ge=1, le=1000, description="Autoscaling ceiling (default: "
+                                     "min_replicas, i.e. no autoscaling).")
+    autoscaling: VertexAutoscaling | None = Field(None, description="Autoscaling targets; Vertex scales on CPU "
+                                                  "at 60% when max_replicas > min_replicas and this is unset.")
+    service_account: str | None = Field(None, pattern=SERVICE_ACCOUNT, description="Email of the service account "
+                                        "the container runs as (it must read artifact_uri).")
+    traffic_percent: int = Field(100, ge=1, le=100, description="Share of the endpoint's traffic the new model "
+                                 "gets; models already deployed share the rest in their current proportions.")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=62, description="Labels on the model and "
+                                   "endpoint (keys: lower-case letter first, then [a-z0-9_-]; at most 63 each).")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        return one_of(v, REGIONS, "a Vertex AI region", "docs/vertex.md")
+
+    @field_validator("machine_type")
+    @classmethod
+    def _machine_type(cls, v: str) -> str:
+        return one_of(v, MACHINE_TYPES, "a Vertex AI prediction machine type", "docs/vertex.md")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        problems: list[Located] = []
+        for key, value in v.items():
+            if not LABEL_KEY.match(key):
+                problems.append(((key,), f"the label key {show(key)} is not a Vertex AI label key: a lower-case "
+                                 "letter, then at most 62 of lower-case letters, digits, '_' and '-'"))
+            elif key.startswith("deployc"):
+                problems.append(((key,), f"the label key {key!r}: keys starting with deployc are set by deployc"))
+            elif not LABEL_VALUE.match(value):
+                problems.append(((key,), f"the label value {show(value)} is not a Vertex AI label value: at most "
+                                 "63 of lower-case letters, digits, '_' and '-'"))
+        if problems:
+            raise located(problems)
+        return v
+
+    @model_validator(mode="after")
+    def _replicas(self) -> VertexConfig:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be at least min_replicas")
+        if self.autoscaling is not None and self.resolved_max_replicas() == self.min_replicas:
+            raise ValueError("autoscaling needs max_replicas greater than min_replicas")
+        return self
+
+    def resolved_max_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.min_replicas
+
+    def spec_name_problems(self, spec_name: str) -> list[Located]:
+        """The endpoint id defaults to the spec name; Vertex AI reads an id that starts with a digit as a numeric
+        one (at most 9 digits). The model id and the deployc-model label take at most 50 and 63 characters of
+        the name, so any spec name fits them."""
+        if self.endpoint_id is None and not re.match(ENDPOINT_ID, spec_name):
+            return [(("targets", "vertex"), f"the endpoint id defaults to the spec name {spec_name!r}, which "
+                     "Vertex AI refuses (it must start with a lower-case letter): set endpoint_id")]
+        return []
+
+
+# The target.
 
 CONTAINER_MODEL_DIR = "/tmp/deployc-model"  # where the container copies $AIP_STORAGE_URI before serving
 CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"

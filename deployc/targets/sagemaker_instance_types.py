@@ -10,7 +10,7 @@ from importlib import resources
 
 
 def _read() -> frozenset[str]:
-    text = resources.files("deployc.schema").joinpath("sagemaker_instance_types.txt").read_text(encoding="utf-8")
+    text = resources.files("deployc.targets").joinpath("sagemaker_instance_types.txt").read_text(encoding="utf-8")
     return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
