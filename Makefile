@@ -58,8 +58,11 @@ lint: install
 	$(BIN)/ruff check deployc tests bench
 	$(BIN)/mypy deployc
 
+# Two pytest-xdist workers, one test file each at a time (module fixtures stay per file); session fixtures
+# (the trained example, the step cache) are shared between the workers (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install system-deps $(CHECKOV) $(KSERVE_SDK) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install system-deps
 	$(BIN)/python bench/cli.py

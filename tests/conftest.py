@@ -2,10 +2,12 @@
 `deployc` subprocess runner."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,13 +34,32 @@ def run_deployc(*args: str, cwd: Path | None = None, cache_dir: Path | None = No
                           capture_output=True, text=True, timeout=timeout)
 
 
+def session_folder(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None] | None = None) -> Path:
+    """A folder made once for the whole run: with pytest-xdist, the workers share it (the first one makes it
+    under a lock, the others wait for it), so a session fixture is not paid once per worker."""
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():
+            staged = root / f"{name}.partial"
+            shutil.rmtree(staged, ignore_errors=True)
+            staged.mkdir()
+            if make is not None:
+                make(staged)
+            staged.rename(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example's model and data, trained once (few epochs) in a session folder; never modify it."""
-    out = tmp_path_factory.mktemp("digits-trained")
-    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), str(out)], check=True, env=deployc_env(),
-                   capture_output=True, timeout=600)
-    return out
+    def train(out: Path) -> None:
+        subprocess.run([sys.executable, str(EXAMPLE / "train.py"), str(out)], check=True, env=deployc_env(),
+                       capture_output=True, timeout=600)
+
+    return session_folder(tmp_path_factory, "digits-trained", train)
 
 
 @pytest.fixture
@@ -66,4 +87,4 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Builds that only need a build use it. Tests that assert a step ran, build cold on purpose, run several
     builds of one step at once, or edit entries keep a cache of their own (or a copy of this one)."""
-    return tmp_path_factory.mktemp("deployc-cache")
+    return session_folder(tmp_path_factory, "deployc-cache")
