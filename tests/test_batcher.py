@@ -97,3 +97,57 @@ def test_with_batching_off_requests_never_share_a_run() -> None:
 
     run(go, rec, enabled=False)
     assert sorted(n for n, _ in rec.calls) == [1] * 6
+
+
+class FastRecorder(Recorder):
+    batch1_s = 0.0001  # what ModelRunner.warm_up measured: 0.1 ms at batch 1
+
+
+def test_a_lone_short_request_runs_on_the_loop_thread() -> None:
+    """No thread hand-off for a request the HTTP server saw alone, when the model answers it within 1 ms."""
+    rec = FastRecorder()
+
+    async def go(b: Batcher) -> None:
+        await b.infer(row(1), 1, lone=True)
+        await b.infer({"x": np.ones((10, 3), np.float32)}, 10, lone=True)  # 10 x 0.1 ms: still within 1 ms
+        await b.infer({"x": np.ones((11, 3), np.float32)}, 11, lone=True)  # 1.1 ms: to the worker
+        await b.infer(row(1), 1)  # not known to be alone (gRPC, or other HTTP requests in the process)
+
+    run(go, rec)
+    assert rec.calls == [(1, "MainThread"), (10, "MainThread"), (11, "deployc-infer_0"), (1, "deployc-infer_0")]
+
+
+def test_no_request_runs_on_the_loop_while_a_batch_computes() -> None:
+    rec = FastRecorder(cost_s=0.05)
+
+    async def go(b: Batcher) -> None:
+        first = asyncio.ensure_future(b.infer(row(1), 1))  # queued: runs on the worker for 50 ms
+        while not rec.calls and b._computing == 0:
+            await asyncio.sleep(0.001)
+        await b.infer(row(2), 1, lone=True)  # must wait for the worker, not stall the loop beside it
+        await first
+
+    run(go, rec)
+    assert [name for _, name in rec.calls] == ["deployc-infer_0", "deployc-infer_0"]
+
+
+def test_a_slow_model_never_runs_on_the_loop_thread() -> None:
+    rec = Recorder()
+    rec.batch1_s = 0.002  # type: ignore[attr-defined]  # 2 ms at batch 1: over the 1 ms bound
+
+    async def go(b: Batcher) -> None:
+        await b.infer(row(1), 1, lone=True)
+
+    run(go, rec)
+    assert rec.calls == [(1, "deployc-infer_0")]
+
+
+def test_with_batching_off_a_lone_short_request_runs_on_the_loop_too() -> None:
+    rec = FastRecorder()
+
+    async def go(b: Batcher) -> None:
+        await b.infer(row(1), 1, lone=True)
+        await b.infer(row(1), 1)
+
+    run(go, rec, enabled=False)
+    assert [name for _, name in rec.calls] == ["MainThread", "deployc-infer_0"]

@@ -283,3 +283,80 @@ def test_spec_limits_reach_the_server_config(tmp_path: Path) -> None:
     assert cfg.limits == Limits(body_timeout_s=3.0, max_inflight_body_bytes=16 * MiB)
     with pytest.raises(ValueError, match="at least max_body_bytes"):
         LocalTarget.model_validate({"limits": {"max_inflight_body_bytes": MiB}})
+
+
+class _Writes:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_response_leaves_in_one_write() -> None:
+    from deployc.serve.protocol import OneWriteTransport
+
+    head, body = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"{}"
+    t = _Writes()
+    one = OneWriteTransport(t, hold=True)
+    one.write(head)
+    assert t.writes == []  # held for the body
+    one.write(body)
+    assert t.writes == [head + body] and not one.is_closing()
+
+    t = _Writes()  # 100 Continue goes out at once; the real head is then held for its body
+    one = OneWriteTransport(t, hold=True)
+    one.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    one.write(head)
+    one.write(body)
+    assert t.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", head + body]
+
+    t = _Writes()  # a large body is not copied behind the head
+    one = OneWriteTransport(t, hold=True)
+    one.write(head)
+    one.write(b"x" * (1 << 20))
+    assert [len(w) for w in t.writes] == [len(head), 1 << 20]
+
+    t = _Writes()  # the app failed after the head: close sends the head first
+    one = OneWriteTransport(t, hold=True)
+    one.write(head)
+    one.close()
+    assert t.writes == [head] and t.closed
+
+    t = _Writes()  # HEAD: nothing follows the head, so nothing is held
+    OneWriteTransport(t, hold=False).write(head)
+    assert t.writes == [head]
+
+
+def _head_of_response(sock: socket.socket) -> bytes:
+    data = b""
+    sock.settimeout(5)
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+def test_head_and_100_continue_are_answered_on_a_kept_alive_connection(short: Server) -> None:
+    with _connect(short.port) as sock:
+        sock.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _head_of_response(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Expect: 100-continue\r\nContent-Length: {len(GOOD)}\r\n\r\n".encode())
+        assert _head_of_response(sock) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(GOOD)
+        answer = _head_of_response(sock)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        rest = answer.split(b"\r\n\r\n", 1)[1]
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        assert json.loads(rest)["outputs"][0]["name"]

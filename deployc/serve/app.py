@@ -55,7 +55,8 @@ def create_app(cfg: ServingConfig, runner: ModelRunner | None = None) -> Starlet
             grpc_server = await start_grpc(state)
         state.started = True
         log.info("serving %s %s (batching %s)", cfg.name, cfg.version, "on" if batcher.enabled else "off")
-        yield {STATE_KEY: LimitsState(cfg.limits, cfg.max_body_bytes)}  # read by the protocol (limits.py)
+        state.limits = LimitsState(cfg.limits, cfg.max_body_bytes)
+        yield {STATE_KEY: state.limits}  # read by the protocol (limits.py)
         state.started = False
         if grpc_server is not None:
             await grpc_server.stop(30)  # finishes the RPCs in flight, like uvicorn's graceful shutdown
@@ -131,9 +132,10 @@ def _routes(state: ServerState) -> list[Route]:
         ("/ready", "GET", h.model_ready, C.ROUTE_HEALTH, False),
         ("/infer", "POST", h.infer, C.ROUTE_INFER, True),
     ]
-    table = server[:4] + [(base + tail, method, fn, route, protected)
-                          for tail, method, fn, route, protected in model
-                          for base in (MODEL_PATH, MODEL_PATH + "/versions/{version}")] + server[4:]
+    # inference first: Starlette tries routes in order (no two of these patterns match the same path)
+    table = [(base + tail, method, fn, route, protected)
+             for tail, method, fn, route, protected in model[::-1]
+             for base in (MODEL_PATH, MODEL_PATH + "/versions/{version}")] + server
     routes = []
     for path, method, fn, route, protected in table:
         bound = _bind(fn, state)

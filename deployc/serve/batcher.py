@@ -5,6 +5,11 @@ The batch closes as soon as nothing else is queued *and* no other request is sti
 be on their way. Inference runs on one worker thread, so the event loop keeps parsing the next requests while a
 batch computes (onnxruntime releases the GIL).
 
+A request that finds the server idle (the only HTTP request in the process, nothing queued, computing or being
+decoded) and that the model answers within `INLINE_MAX_S` (its batch-1 time at warm-up, times its rows) runs on
+the event loop thread instead: the two thread hand-offs cost more than so short a stall of the loop
+(docs/serving.md, "Latency at low load").
+
 With batching off (serving.json says so, e.g. for a model the build measured as not batch-invariant), each
 request's own rows still run as one batch, but never together with another request's.
 """
@@ -25,6 +30,7 @@ import numpy as np
 from deployc.serve.runtime import ModelRunner
 
 log = logging.getLogger("deployc.serve")
+INLINE_MAX_S = 0.001  # the longest a lone request may hold the event loop
 
 
 @dataclass
@@ -48,6 +54,8 @@ class Batcher:
         self.observe_batch = observe_batch
         self.arriving = 0  # requests admitted but not yet submitted (body being read or decoded)
         self._queue: deque[_Item] = deque()
+        self._computing = 0  # batches (or requests, with batching off) handed to the worker threads
+        self._inline_rows = _inline_rows(getattr(runner, "batch1_s", None))
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         workers = 1 if self.enabled else max(1, min(4, os.cpu_count() or 1))
@@ -71,11 +79,20 @@ class Batcher:
         if self._wake is not None:
             self._wake.set()
 
-    async def infer(self, feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+    async def infer(self, feed: dict[str, np.ndarray], rows: int, lone: bool = False) -> list[np.ndarray]:
+        """The model's outputs for this request's rows. `lone`: the caller knows no other request is on its way
+        (the HTTP server counts the requests whose head has arrived), so a short one may run on the loop."""
         loop = asyncio.get_running_loop()
+        if lone and rows <= self._inline_rows and not self._computing and self.arriving <= 0 and not self._queue:
+            self.observe_batch(rows)
+            return self.runner.run(feed)
         if not self.enabled:
             self.observe_batch(rows)
-            return await loop.run_in_executor(self._pool, self.runner.run, feed)
+            self._computing += 1
+            try:
+                return await loop.run_in_executor(self._pool, self.runner.run, feed)
+            finally:
+                self._computing -= 1
         key = tuple(a.shape[1:] for a in feed.values())
         item = _Item(feed, rows, key, loop.create_future())
         self._queue.append(item)
@@ -125,10 +142,13 @@ class Batcher:
             batch = [it for it in batch if not it.future.done()]  # a client may have gone away
             if not batch:
                 continue
+            self._computing += 1
             try:
                 await loop.run_in_executor(self._pool, self._run_batch, batch)
             except Exception:  # never let one bad batch stop the batcher
                 log.exception("batch failed")
+            finally:
+                self._computing -= 1
 
     def _run_batch(self, batch: list[_Item]) -> None:
         """Runs on the worker thread; results are handed back to the loop thread-safely."""
@@ -157,6 +177,11 @@ class Batcher:
                 loop.call_soon_threadsafe(_resolve, it.future, self.runner.run(it.feed), None)
             except Exception as e:
                 loop.call_soon_threadsafe(_resolve, it.future, None, e)
+
+
+def _inline_rows(batch1_s: float | None) -> int:
+    """How many rows a lone request may have to run on the loop thread (0: never), from the batch-1 time."""
+    return int(INLINE_MAX_S / batch1_s + 1e-9) if batch1_s else 0
 
 
 def _resolve(fut: asyncio.Future[list[np.ndarray]], value: list[np.ndarray] | None, exc: BaseException | None) -> None:

@@ -80,7 +80,7 @@ async def _run(state: ServerState, request: Request, decode: Any) -> tuple[Any, 
         rows = codec.rows_of(feed, state.cfg.inputs)
         batcher.arrived()
         submitted = True
-        outs = await batcher.infer(feed, rows)
+        outs = await batcher.infer(feed, rows, lone=state.lone_http_request())
     finally:
         if arriving and not submitted:
             batcher.arrived()

@@ -43,6 +43,9 @@ class LimitsState:
     inflight_body_bytes: int = 0
     peak_inflight_body_bytes: int = 0
     refused: dict[int, int] = field(default_factory=dict)  # status -> count, for the log and the tests
+    # uvicorn's set of running HTTP request tasks (one per request whose head has arrived, until it is answered);
+    # the protocol puts it here, so a handler can tell whether its request is the only one in the process
+    request_tasks: set[Any] = field(default_factory=set)
 
     def reserve(self, n: int) -> bool:
         """Take `n` bytes of the in-flight budget; False (nothing taken) when they do not fit."""

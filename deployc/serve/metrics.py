@@ -61,6 +61,7 @@ class ServerMetrics:
                      multiprocess_mode="max")
         info.labels(cfg.name, cfg.version, cfg.model_sha256).set(1)
         self._predictions: Counter | None = None
+        self._prediction_children: dict[int, Any] = {}  # class index -> its labelled counter
         self._class_names: list[str] = []
         if cfg.task == "classification":
             self._predictions = Counter(C.METRIC_PREDICTIONS, "Predicted classes (argmax of the first output).",
@@ -87,10 +88,20 @@ class ServerMetrics:
     def observe_predictions(self, first_output: np.ndarray) -> None:
         if self._predictions is None or first_output.ndim != 2 or first_output.shape[1] == 0:
             return
+        if first_output.shape[0] == 1:  # the common case, without bincount's arrays
+            self._prediction_child(int(first_output[0].argmax())).inc()
+            return
         counts = np.bincount(first_output.argmax(axis=1), minlength=first_output.shape[1])
         for idx in np.flatnonzero(counts):
+            self._prediction_child(int(idx)).inc(int(counts[idx]))
+
+    def _prediction_child(self, idx: int) -> Any:
+        child = self._prediction_children.get(idx)
+        if child is None:
+            assert self._predictions is not None
             name = self._class_names[idx] if idx < len(self._class_names) else str(idx)
-            self._predictions.labels(*self._base, name).inc(int(counts[idx]))
+            child = self._prediction_children[idx] = self._predictions.labels(*self._base, name)
+        return child
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:

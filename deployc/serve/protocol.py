@@ -51,6 +51,48 @@ def _head_info(url: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, byt
     return size, length, chunked
 
 
+_SMALL_BODY = 64 * 1024  # a body up to this size is copied behind the held head; a larger one is written apart
+
+
+class OneWriteTransport:
+    """A request's view of the connection's transport that holds the response head back until the body's first
+    write, so a response leaves in one write (one system call, one TCP segment) instead of two.
+
+    uvicorn writes the head on `http.response.start` and the body on `http.response.body`; a response always
+    writes its body (an empty one too) except to HEAD, which gets no holding. `close` writes what is held first.
+    An interim response (100 Continue) is never held.
+    """
+
+    __slots__ = ("_transport", "_held", "_first")
+
+    def __init__(self, transport: Any, hold: bool):
+        self._transport = transport
+        self._held: bytes | None = None
+        self._first = hold
+
+    def write(self, data: bytes) -> None:
+        held, self._held = self._held, None
+        if self._first and data[9:10] != b"1":  # "HTTP/1.1 1xx": interim, goes out now
+            self._first = False
+            self._held = data
+        elif held is None:
+            self._transport.write(data)
+        elif len(data) <= _SMALL_BODY:
+            self._transport.write(held + data)
+        else:
+            self._transport.write(held)
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._transport.write(self._held)
+            self._held = None
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, ...: the connection's
+        return getattr(self._transport, name)
+
+
 if HttpToolsProtocol is not None:
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
@@ -67,6 +109,7 @@ if HttpToolsProtocol is not None:
             self._body_start = self._body_seen = 0.0
             self._state: LimitsState | None = self.app_state.get(STATE_KEY)
             if self._state is not None:  # a connection that never sends a byte is cut off too
+                self._state.request_tasks = self.tasks
                 self._arm(self._state.limits.header_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -84,6 +127,9 @@ if HttpToolsProtocol is not None:
             refusal = self._admit()
             if refusal is None:
                 super().on_headers_complete()
+                if self.cycle is not None:
+                    hold = self.scope["method"] != "HEAD"
+                    self.cycle.transport = OneWriteTransport(self.transport, hold)  # type: ignore[assignment]
                 return
             app, self.app = self.app, refusal
             try:

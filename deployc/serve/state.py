@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from deployc.errors import InputError
 from deployc.serve.batcher import Batcher
 from deployc.serve.config import ServingConfig
+from deployc.serve.limits import LimitsState
 from deployc.serve.metrics import ServerMetrics
 from deployc.serve.runtime import ModelRunner
 
@@ -25,6 +26,12 @@ class ServerState:
     token: bytes | None
     draining: bool = False
     started: bool = False
+    limits: LimitsState | None = None  # set while serving; the HTTP protocol reads and updates it
+
+    def lone_http_request(self) -> bool:
+        """Whether the calling request is the only HTTP request in this process right now (head arrived,
+        not yet answered): the batcher may then run it on the loop thread."""
+        return self.limits is not None and len(self.limits.request_tasks) <= 1
 
     @property
     def ready(self) -> bool:
