@@ -5,7 +5,7 @@ import difflib
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 
 class SpecModel(BaseModel):
@@ -69,6 +69,11 @@ def duration_seconds(text: str) -> float:
     if not m:
         raise ValueError(f"{text!r} is not a duration: use a number and one of ms, s, m, h, d, w (e.g. 30d, 1h)")
     return int(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+
+
+def choice(allowed: frozenset[str], what: str, doc: str) -> AfterValidator:
+    """For `Annotated[str, choice(...)]`: the field's value must be one of `allowed` (see `one_of`)."""
+    return AfterValidator(lambda v: one_of(v, allowed, what, doc))
 
 
 def one_of(value: str, allowed: frozenset[str], what: str, doc: str) -> str:

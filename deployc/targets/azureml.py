@@ -8,7 +8,7 @@ in Azure Monitor), so CPU autoscaling becomes `az monitor autoscale` commands in
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,7 +16,7 @@ from deployc import __version__
 from deployc import conventions as c
 from deployc.errors import InputError
 from deployc.render import dump_yaml, render_template
-from deployc.schema.base import Located, SpecModel, one_of
+from deployc.schema.base import Located, SpecModel, choice
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, cloud_model_files, healthcheck
 
@@ -82,7 +82,8 @@ class AzureMLConfig(SpecModel):
     auth_mode: Literal["key", "aml_token", "aad_token"] = Field("key", description="How clients authenticate.")
     image: str = Field(..., max_length=1024, pattern=IMAGE, description="The serving image, built from the "
                        "bundle's Dockerfile (ACR: REGISTRY.azurecr.io/IMAGE:TAG).")
-    instance_type: str = Field(DEFAULT_INSTANCE_TYPE, description="VM size of each instance.")
+    instance_type: Annotated[str, choice(INSTANCE_TYPES, "a managed online endpoint VM size", "docs/azureml.md")] = \
+        Field(DEFAULT_INSTANCE_TYPE, description="VM size of each instance.")
     instance_count: int = Field(1, ge=1, le=1000, description="Instances at creation (autoscaling changes it).")
     autoscaling: AzureAutoscaling | None = Field(None, description="CPU autoscale rules (Azure Monitor); "
                                                  "the README holds the commands.")
@@ -93,11 +94,6 @@ class AzureMLConfig(SpecModel):
     readiness_probe: Probe = Field(default_factory=Probe, description="Holds traffic until the model is loaded.")
     environment_variables: dict[str, str] = Field(default_factory=dict, max_length=100,
                                                   description="Container environment (never credentials).")
-
-    @field_validator("instance_type")
-    @classmethod
-    def _instance_type(cls, v: str) -> str:
-        return one_of(v, INSTANCE_TYPES, "a managed online endpoint VM size", "docs/azureml.md")
 
     @field_validator("environment_variables")
     @classmethod

@@ -12,7 +12,7 @@ import math
 import re
 import tarfile
 import unicodedata
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -22,7 +22,7 @@ from deployc.errors import InputError
 from deployc.manifest import sha256_bytes
 from deployc.render import dump_json, render_template, render_yaml
 from deployc.sagemaker_plan import PROVISIONING_S, build_plan, rollback_alarm_ids
-from deployc.schema.base import Located, SpecModel, located, one_of, show
+from deployc.schema.base import Located, SpecModel, choice, located, show
 from deployc.schema.envref import ENV_KEY, EnvRef, credential_ref_problem, is_env_ref, parameter_names
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.bundle import local_config, serving_files
@@ -172,8 +172,9 @@ class SageMakerConfig(SpecModel):
     image_uri: str = Field(..., max_length=255, pattern=IMAGE_URI,
                            description="The `deployc serve` image (the bundle ships its Dockerfile).")
     s3_prefix: str = Field(..., pattern=S3_URI, description="Where model.tar.gz is uploaded, keyed by its hash.")
-    instance_type: str | None = Field(None, description=f"Instance type (default {DEFAULT_INSTANCE_TYPE}); "
-                                      "not with serverless.")
+    instance_type: Annotated[str, choice(INSTANCE_TYPES, "a SageMaker inference instance type",
+                                         "docs/sagemaker.md")] | None = \
+        Field(None, description=f"Instance type (default {DEFAULT_INSTANCE_TYPE}); not with serverless.")
     initial_instance_count: int | None = Field(None, ge=1, le=1000, description="Instances at creation "
                                                "(default 1, or autoscaling.min_instances); not with serverless.")
     serverless: Serverless | None = Field(None, description="Serverless endpoint instead of instances.")
@@ -194,12 +195,6 @@ class SageMakerConfig(SpecModel):
         default_factory=dict, max_length=100,
         description="Container environment: each value a string, or an !ENV reference (`API_KEY: !ENV NAME`) that "
                     "deployc deploy reads from its own environment; never credentials in the spec.")
-
-    @field_validator("instance_type")
-    @classmethod
-    def _instance_type(cls, v: str | None) -> str | None:
-        return None if v is None else one_of(v, INSTANCE_TYPES, "a SageMaker inference instance type",
-                                               "docs/sagemaker.md")
 
     @field_validator("serverless")
     @classmethod

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
 from deployc import conventions as c
 from deployc.errors import InputError
 from deployc.render import dump_json, render_template
-from deployc.schema.base import Located, SpecModel, located, one_of, show
+from deployc.schema.base import Located, SpecModel, choice, located, show
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.common import cloud_model_files
 
@@ -88,14 +88,16 @@ class VertexAutoscaling(SpecModel):
 
 class VertexConfig(SpecModel):
     project: str = Field(..., pattern=PROJECT_ID, description="Google Cloud project id (6-30 characters).")
-    region: str = Field(..., description="Vertex AI location of the model and endpoint (us-central1).")
+    region: Annotated[str, choice(REGIONS, "a Vertex AI region", "docs/vertex.md")] = \
+        Field(..., description="Vertex AI location of the model and endpoint (us-central1).")
     image_uri: str = Field(..., max_length=1024, pattern=IMAGE_URI, description="An image with deployc installed "
                            "(Artifact Registry: REGION-docker.pkg.dev/PROJECT/REPO/IMAGE:TAG).")
     artifact_uri: str = Field(..., pattern=GCS_URI, description="gs:// folder prefix; the model files go to "
                               "<artifact_uri>/<name>/<model id>/, one folder per model content.")
     endpoint_id: str | None = Field(None, pattern=ENDPOINT_ID, description="Endpoint id (default: the spec "
                                     "name); lower-case letters, digits and '-', starting with a letter.")
-    machine_type: str = Field(DEFAULT_MACHINE_TYPE, description="Machine type of each replica (CPU types only).")
+    machine_type: Annotated[str, choice(MACHINE_TYPES, "a Vertex AI prediction machine type", "docs/vertex.md")] = \
+        Field(DEFAULT_MACHINE_TYPE, description="Machine type of each replica (CPU types only).")
     min_replicas: int = Field(1, ge=1, le=1000, description="Replicas always running.")
     max_replicas: int | None = Field(None, ge=1, le=1000, description="Autoscaling ceiling (default: "
                                      "min_replicas, i.e. no autoscaling).")
@@ -107,16 +109,6 @@ class VertexConfig(SpecModel):
                                  "gets; models already deployed share the rest in their current proportions.")
     labels: dict[str, str] = Field(default_factory=dict, max_length=62, description="Labels on the model and "
                                    "endpoint (keys: lower-case letter first, then [a-z0-9_-]; at most 63 each).")
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, v: str) -> str:
-        return one_of(v, REGIONS, "a Vertex AI region", "docs/vertex.md")
-
-    @field_validator("machine_type")
-    @classmethod
-    def _machine_type(cls, v: str) -> str:
-        return one_of(v, MACHINE_TYPES, "a Vertex AI prediction machine type", "docs/vertex.md")
 
     @field_validator("labels")
     @classmethod
