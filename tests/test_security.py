@@ -66,8 +66,56 @@ def test_keras_lambda_layer_is_refused_in_safe_mode(tmp_path: Path) -> None:
     spec(tmp_path, "model.keras")
     r = run_deployc("build", "deploy.yaml", "-q", "--out", str(tmp_path / "out"), cwd=tmp_path,
                     cache_dir=tmp_path / "cache", timeout=300)
-    assert_refused(r, "model.path: the model holds Python code (a Lambda layer", "refuses to load (Keras safe mode)")
+    # validate finds it in the archive's config.json, before anything loads
+    assert_refused(r, "deploy.yaml:3:", "model.path: the model holds Python code (Lambda layer 'doubling')",
+                   "refuses to load (Keras safe mode)")
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+    from deployc.ml.convert import load_keras
+
+    with pytest.raises(InputError, match=r"refuses to load \(Keras safe mode\)"):  # and loading refuses it too
+        load_keras(tmp_path / "model.keras")
+
+
+def _keras_archive(path: Path, layers: list[dict[str, object]]) -> None:
+    """A .keras archive with just the config.json that validate reads (a functional model holding `layers`)."""
+    import json
+    import zipfile
+
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": layers, "input_layers": [["x", 0, 0]],
+                                                     "output_layers": [["out", 0, 0]]}}
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+        z.writestr("metadata.json", "{}")
+
+
+LAMBDA = {"class_name": "Lambda", "config": {"name": "hidden", "function": {"class_name": "__lambda__"}}}
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_validate_finds_a_lambda_layer_nested_in_the_archive(tmp_path: Path, allow: bool) -> None:
+    inner = {"class_name": "Sequential", "config": {"name": "block", "layers": [
+        {"class_name": "Dense", "config": {"name": "d"}},
+        {"class_name": "TimeDistributed", "config": {"name": "td", "layer": LAMBDA}}]}}
+    _keras_archive(tmp_path / "model.keras", [
+        {"class_name": "InputLayer", "name": "x", "config": {"name": "x", "batch_shape": [None, 4]}}, inner])
+    path = spec(tmp_path, "model.keras")
+    if allow:
+        path.write_text(path.read_text().replace("{path: model.keras}", "{path: model.keras, allow_python_code: true}"))
+    r = run_deployc("validate", "deploy.yaml", cwd=tmp_path)
+    if allow:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert_refused(r, "deploy.yaml:3:", "model.path: the model holds Python code (Lambda layer 'hidden')")
+
+
+def test_validate_passes_a_keras_archive_of_built_in_layers(tmp_path: Path) -> None:
+    _keras_archive(tmp_path / "model.keras", [
+        {"class_name": "InputLayer", "name": "x", "config": {"name": "x", "batch_shape": [None, 4]}},
+        {"class_name": "Dense", "config": {"name": "out"}}])
+    spec(tmp_path, "model.keras")
+    r = run_deployc("validate", "deploy.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
 
 
 def _onnx_with_external_data(path: Path, location: str) -> None:

@@ -117,6 +117,49 @@ def _onnx_external_files(model: Path, mtime_ns: int, size: int) -> tuple[Path, .
     return tuple(sorted(found))
 
 
+KERAS_CONFIG_MAX_BYTES = 16 << 20  # a .keras archive's config.json larger than this is not read at validate time
+
+
+def keras_code_problem(base: Path, rel: str) -> str | None:
+    """A `.keras` archive whose config.json holds Lambda layers (Python bytecode, refused by Keras safe mode):
+    found from the archive alone, without importing Keras, so `validate` says it before a build starts."""
+    path = base / rel
+    st = path.stat()
+    names = _lambda_layers(path.resolve(), st.st_mtime_ns, st.st_size)
+    if not names:
+        return None
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"the model holds Python code (Lambda layer {shown}), which deployc refuses to load (Keras safe mode); "
+            "rebuild it from built-in layers, or set model.allow_python_code: true if you trust the file")
+
+
+@lru_cache(maxsize=16)
+def _lambda_layers(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("config.json")
+            if info.file_size > KERAS_CONFIG_MAX_BYTES:
+                return ()
+            config = json.loads(z.read(info))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return ()  # not an archive this check can read: loading the model reports it
+    found: list[str] = []
+    stack: list[Any] = [config]
+    while stack:  # nested models and wrappers (TimeDistributed, Bidirectional) hold layers deeper down
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                cfg = node.get("config")
+                found.append(str(cfg.get("name", "?")) if isinstance(cfg, dict) else "?")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return tuple(sorted(found))
+
+
 def onnx_problem(base: Path, rel: str) -> str | None:
     """Problems with an ONNX model file and its external data (validate time)."""
     from deployc.compiler.inputs import check_tree

@@ -168,6 +168,10 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
         msg = content.onnx_problem(base, spec.model.path)
         if msg:
             found.append((("model", "path"), msg))
+    elif fmt == "keras" and spec.model.path.endswith(".keras") and not spec.model.allow_python_code:
+        msg = content.keras_code_problem(base, spec.model.path)
+        if msg:
+            found.append((("model", "path"), msg))
     if spec.model.labels:
         msg = content.labels_problem(base, spec.model.labels)
         if msg:
