@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
+from conftest import run_deployc
 
 from deployc.compiler.load import load_spec
 from deployc.compiler.plan import Plan, make_plan
@@ -111,11 +113,26 @@ def onnx_spec_with(*items: dict[str, dict[str, object]]) -> DeploySpec:
 def test_order_and_format_rules_come_from_the_pass_formats() -> None:
     spec = onnx_spec_with({"quantize": {}}, {"prune": {}})
     assert optimize_problems(spec, "onnx") == [
-        (("optimize", 1, "prune"), "prune needs a Keras or SavedModel model; m.onnx is ONNX"),
+        (("optimize", 1, "prune"), "prune needs a Keras model (.keras or .h5); m.onnx is ONNX"),
         (("optimize", 1, "prune"), "prune runs on the Keras model, so it must come before quantize"),
         (("optimize", 1, "prune"), "prune fine-tunes on data.train, which is not set"),
     ]
     assert optimize_problems(onnx_spec_with({"quantize": {}}, {"quantize": {"mode": "float16"}}), "onnx") == []
+
+
+def test_a_keras_pass_on_a_savedmodel_is_a_validate_error(tmp_path: Path) -> None:
+    """Keras 3 loads a SavedModel for inference only, so prune and distill need the .keras file."""
+    (tmp_path / "sm" / "variables").mkdir(parents=True)
+    (tmp_path / "sm" / "saved_model.pb").write_bytes(b"")
+    np.savez(tmp_path / "train.npz", x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.int64))
+    (tmp_path / "deploy.yaml").write_text(
+        "apiVersion: deployc/v1\nname: n\nmodel: {path: sm}\ndata: {train: {path: train.npz, x: x, y: y}}\n"
+        "optimize:\n  - prune: {}\n  - distill: {}\ntargets: {local: {}}\n")
+    r = run_deployc("validate", "deploy.yaml", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    for line, name in ((6, "prune"), (7, "distill")):
+        assert (f"deploy.yaml:{line}:5: optimize[{line - 6}].{name}: {name} needs a Keras model (.keras or .h5); "
+                "sm is a SavedModel, which Keras 3 cannot train") in r.stderr, r.stderr
 
 
 class _NeedsTrain(QuantizePass):

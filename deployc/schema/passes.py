@@ -82,7 +82,7 @@ def pass_config(item: SpecModel) -> SpecModel:
 
 def optimize_problems(spec: DeploySpec, model_format: str) -> list[Located]:
     """The rules every configured pass follows, then each pass's own `check`: a Keras-format pass needs a Keras
-    or SavedModel model and comes before every ONNX-format pass (it runs before the conversion to ONNX)."""
+    model file and comes before every ONNX-format pass (it runs before the conversion to ONNX)."""
     problems: list[Located] = []
     first_onnx: str | None = None
     for i, item in enumerate(spec.optimize):
@@ -91,7 +91,11 @@ def optimize_problems(spec: DeploySpec, model_format: str) -> list[Located]:
         loc = ("optimize", i, name)
         if p.input_format == "keras":
             if model_format == "onnx":
-                problems.append((loc, f"{name} needs a Keras or SavedModel model; {spec.model.path} is ONNX"))
+                problems.append((loc, f"{name} needs a Keras model (.keras or .h5); {spec.model.path} is ONNX"))
+            elif model_format == "savedmodel":  # Keras 3 loads a SavedModel for inference only (TFSMLayer)
+                problems.append((loc, f"{name} needs a Keras model (.keras or .h5); {spec.model.path} is a "
+                                 "SavedModel, which Keras 3 cannot train: save the model with "
+                                 "model.save('model.keras') and point model.path at that file"))
             if first_onnx is not None:
                 problems.append((loc, f"{name} runs on the {FORMAT_LABELS['keras']} model, so it must come before "
                                  f"{first_onnx}"))

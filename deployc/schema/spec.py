@@ -137,6 +137,7 @@ class DeploySpec(SpecModel):
                     problems.append((("gates", g), f"{g} is measured on data.eval, which is not set"))
         if gates.max_accuracy_drop is not None and self.data.eval is not None and self.data.eval.y is None:
             problems.append((("gates", "max_accuracy_drop"), "accuracy needs labels: set data.eval.y"))
+        problems.extend(_task_problems(self))
         targets = configured(self)
         for target in targets:  # each target's own rules (names derived from `name`, inputs it needs)
             problems.extend(get_target(target).check(self))
@@ -154,6 +155,18 @@ class DeploySpec(SpecModel):
         if problems:
             raise CrossFieldErrors(problems)
         return self
+
+
+def _task_problems(spec: DeploySpec) -> list[tuple[tuple[str | int, ...], str]]:
+    """Gates and SLOs that judge predicted classes cannot apply to a regression model."""
+    if spec.model.task != "regression":
+        return []
+    found: list[tuple[tuple[str | int, ...], str]] = [
+        (("gates", g), f"{g} compares predicted classes, and model.task is regression: use max_abs_error")
+        for g in ("max_accuracy_drop", "min_agreement") if getattr(spec.gates, g) is not None]
+    found += [(("slos", i, "kind"), "a stability SLO watches the share of each predicted class, and model.task is "
+               "regression (no classes)") for i, s in enumerate(spec.slos) if s.kind == "stability"]
+    return found
 
 
 def resolved_format(model: ModelSpec) -> str:
