@@ -78,6 +78,63 @@ def labels_problem(base: Path, rel: str) -> str | None:
     return None
 
 
+def labels_count_problem(base: Path, spec: Any, fmt: str) -> str | None:
+    """model.labels must name as many classes as the model's first output has, where the model file says how
+    many (an ONNX graph's output shape; a .keras archive whose output layer is a Dense layer)."""
+    if not spec.model.labels or spec.model.task != "classification":
+        return None
+    found = model_classes(base / spec.model.path, fmt)
+    if found is None:
+        return None
+    output, classes = found
+    names = len(read_labels(base / spec.model.labels))
+    if classes in (1, names):  # 1: a sigmoid unit, which two names may label
+        return None
+    return (f"{spec.model.labels!r} names {names} classes, but the model's output {output!r} has {classes}: "
+            "one name per output column, in order")
+
+
+def model_classes(path: Path, fmt: str) -> tuple[str, int] | None:
+    """(first output's name, its number of columns) from the model file's header; None when it does not say."""
+    st = path.stat()
+    if fmt == "onnx":
+        from deployc.compiler.resolved import onnx_file_io
+
+        try:
+            _, outs = onnx_file_io(path.resolve(), st.st_mtime_ns, st.st_size)
+        except InputError:
+            return None  # onnx_problem reports the file
+        if outs and len(outs[0].shape) == 2 and outs[0].shape[1] > 0:
+            return outs[0].name, outs[0].shape[1]
+        return None
+    if fmt == "keras" and path.suffix == ".keras":
+        return _keras_dense_output(path.resolve(), st.st_mtime_ns, st.st_size)
+    return None
+
+
+@lru_cache(maxsize=16)
+def _keras_dense_output(path: Path, mtime_ns: int, size: int) -> tuple[str, int] | None:
+    config = _keras_config(path)
+    try:
+        inner = config["config"]
+        layers = inner["layers"]
+        if config["class_name"] == "Sequential":
+            last = layers[-1]
+        elif config["class_name"] == "Functional":
+            refs = inner["output_layers"]
+            name = (refs if refs and isinstance(refs[0], str) else refs[0])[0]
+            if len(refs) > 1 and not isinstance(refs[0], str):
+                return None  # several outputs: which one is judged is not known here
+            last = next(layer for layer in layers if layer.get("name", layer["config"].get("name")) == name)
+        else:
+            return None
+        if last["class_name"] != "Dense":
+            return None
+        return str(last["config"]["name"]), int(last["config"]["units"])
+    except (KeyError, TypeError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def read_labels(path: Path) -> tuple[str, ...]:
     """Class names, one a non-empty line, from a UTF-8 text file."""
     raw = read_bytes(path)
@@ -133,8 +190,8 @@ def keras_code_problem(base: Path, rel: str) -> str | None:
             "rebuild it from built-in layers, or set model.allow_python_code: true if you trust the file")
 
 
-@lru_cache(maxsize=16)
-def _lambda_layers(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+def _keras_config(path: Path) -> Any:
+    """A .keras archive's config.json, parsed; {} when it cannot be read here (loading the model reports why)."""
     import json
     import zipfile
 
@@ -142,10 +199,15 @@ def _lambda_layers(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
         with zipfile.ZipFile(path) as z:
             info = z.getinfo("config.json")
             if info.file_size > KERAS_CONFIG_MAX_BYTES:
-                return ()
-            config = json.loads(z.read(info))
+                return {}
+            return json.loads(z.read(info))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return ()  # not an archive this check can read: loading the model reports it
+        return {}
+
+
+@lru_cache(maxsize=16)
+def _lambda_layers(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    config = _keras_config(path)
     found: list[str] = []
     stack: list[Any] = [config]
     while stack:  # nested models and wrappers (TimeDistributed, Bidirectional) hold layers deeper down

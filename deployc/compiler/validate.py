@@ -173,7 +173,7 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
         if msg:
             found.append((("model", "path"), msg))
     if spec.model.labels:
-        msg = content.labels_problem(base, spec.model.labels)
+        msg = content.labels_problem(base, spec.model.labels) or content.labels_count_problem(base, spec, fmt)
         if msg:
             found.append((("model", "labels"), msg))
     for which in ("eval", "calibration", "train"):

@@ -1,0 +1,68 @@
+"""What the model file's own header tells `deployc validate`, without TensorFlow: the number of classes
+against model.labels (ONNX output shape; a .keras archive's Dense output layer)."""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_deployc
+from serve_support import make_mlp
+
+SPEC = "apiVersion: deployc/v1\nname: m\nmodel: {path: MODEL, labels: labels.txt}\ntargets: {local: {}}\n"
+
+
+def _project(folder: Path, model: str, labels: int) -> Path:
+    (folder / "labels.txt").write_text("".join(f"class-{i}\n" for i in range(labels)))
+    (folder / "deploy.yaml").write_text(SPEC.replace("MODEL", model))
+    return folder
+
+
+def _keras(path: Path, config: dict[str, object]) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+
+
+def _dense(name: str, units: int) -> dict[str, object]:
+    return {"class_name": "Dense", "name": name, "config": {"name": name, "units": units}}
+
+
+FUNCTIONAL = {"class_name": "Functional", "config": {
+    "name": "f", "input_layers": [["x", 0, 0]], "output_layers": [["probs", 0, 0]],
+    "layers": [{"class_name": "InputLayer", "name": "x", "config": {"name": "x", "batch_shape": [None, 4]}},
+               _dense("hidden", 8), _dense("probs", 3)]}}
+SEQUENTIAL = {"class_name": "Sequential", "config": {"name": "s", "layers": [_dense("hidden", 8), _dense("out", 3)]}}
+
+
+@pytest.mark.parametrize("labels", [3, 4])
+def test_onnx_output_columns_against_labels(tmp_path: Path, labels: int) -> None:
+    make_mlp(tmp_path / "m.onnx", dims=(4, 8, 3))
+    r = run_deployc("validate", "deploy.yaml", cwd=_project(tmp_path, "m.onnx", labels))
+    if labels == 3:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "deploy.yaml:3:31: model.labels: 'labels.txt' names 4 classes, but the model's output" in r.stderr
+        assert "has 3: one name per output column" in r.stderr
+
+
+@pytest.mark.parametrize(("config", "output"), [(FUNCTIONAL, "probs"), (SEQUENTIAL, "out")])
+def test_keras_dense_output_against_labels(tmp_path: Path, config: dict[str, object], output: str) -> None:
+    _keras(tmp_path / "m.keras", config)
+    r = run_deployc("validate", "deploy.yaml", cwd=_project(tmp_path, "m.keras", 5))
+    assert r.returncode == 1, r.stderr
+    assert f"model.labels: 'labels.txt' names 5 classes, but the model's output {output!r} has 3" in r.stderr
+    r = run_deployc("validate", "deploy.yaml", cwd=_project(tmp_path, "m.keras", 3))
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_output_the_header_does_not_size_is_left_to_the_build(tmp_path: Path) -> None:
+    """A sigmoid unit (1 column, which two names may label) and a non-Dense output layer are not judged here."""
+    one = {"class_name": "Sequential", "config": {"name": "s", "layers": [_dense("out", 1)]}}
+    _keras(tmp_path / "m.keras", one)
+    assert run_deployc("validate", "deploy.yaml", cwd=_project(tmp_path, "m.keras", 2)).returncode == 0
+    act = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        _dense("out", 3), {"class_name": "Activation", "name": "a", "config": {"name": "a"}}]}}
+    _keras(tmp_path / "m.keras", act)
+    assert run_deployc("validate", "deploy.yaml", cwd=_project(tmp_path, "m.keras", 5)).returncode == 0
