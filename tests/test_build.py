@@ -126,7 +126,9 @@ def test_corrupt_cache_entry_is_rebuilt(project: Path, session_cache: Path, tmp_
     r = run_deployc("build", "deploy.yaml", "--out", str(out), "-q", cwd=project, cache_dir=session_cache)
     assert r.returncode == 0, r.stderr
     good = tree(out)
-    cache = shutil.copytree(session_cache, tmp_path / "cache")  # a private copy holding every step: edited below
+    # a private copy holding every step, edited below (steps/ only: the other test worker may be staging in tmp/)
+    cache = tmp_path / "cache"
+    shutil.copytree(session_cache / "steps", cache / "steps")
     plan = json.loads(run_deployc("plan", "deploy.yaml", "--format", "json", cwd=project, cache_dir=cache).stdout)
     key = next(s["key"] for s in plan["steps"] if s["id"] == "convert")
     (cache / "steps" / key[:2] / key / "model.onnx").write_bytes(b"garbage")

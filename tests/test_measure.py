@@ -192,7 +192,9 @@ def test_tfserving_latency_comes_from_the_module(spy: list[tuple[Latency, int]],
     spec = DeploySpec.model_validate({"apiVersion": "deployc/v1", "name": "double", "version": "1",
                                       "model": {"path": "model.keras"}, "measure": {"min_seconds": 0.01},
                                       "targets": {"tfserving": {}}})
-    ctx = StepContext(out_dir=tmp_path, deps={EXPORT: StepOutput(tf_models, {})}, spec=spec, spec_dir=tmp_path,
+    from deployc.compiler.resolved import resolve
+
+    ctx = StepContext(out_dir=tmp_path, deps={EXPORT: StepOutput(tf_models, {})}, resolved=resolve(spec, tmp_path),
                       log=lambda _msg: None)
     result = run_verify(ctx)
     _check(spy, result["evaluation"])

@@ -436,3 +436,35 @@ def test_validate_reports_spec_errors_before_reading_data(tmp_path: Path) -> Non
     with pytest.raises(SpecError) as err:
         api.validate(folder / "deploy.yaml")
     assert [p.path for p in err.value.problems] == ["data.eval.x"]
+
+
+def test_two_builds_storing_one_step_both_report_the_stored_result(tmp_path: Path) -> None:
+    """Two builds (processes, CI jobs on a shared cache) run one step at once; a measured figure differs between
+    their runs. The second to store keeps the first one's entry and must report it, not its own figure, so a
+    later build from cache gives the same output as both."""
+    from deployc.compiler.cache import Cache
+
+    first, second = Cache(tmp_path / "c"), Cache(tmp_path / "c")
+    staged = [first.staging(), second.staging()]
+    for folder, latency in zip(staged, (0.41, 0.47), strict=True):
+        (folder / "model.onnx").write_bytes(b"same bytes")
+        folder.joinpath("figure").write_text(str(latency))
+    d1, r1 = first.put("ab" * 32, staged[0], {"latency_p50_ms": 0.41})
+    d2, r2 = second.put("ab" * 32, staged[1], {"latency_p50_ms": 0.47})
+    assert (d2, r2) == (d1, r1) == (d1, {"latency_p50_ms": 0.41})
+    assert (d1 / "figure").read_text() == "0.41" and not staged[1].exists()
+    assert Cache(tmp_path / "c").get("ab" * 32) == (d1, {"latency_p50_ms": 0.41})
+
+
+def test_a_corrupt_entry_in_the_way_is_replaced_when_storing(tmp_path: Path) -> None:
+    from deployc.compiler.cache import Cache
+
+    cache = Cache(tmp_path / "c")
+    first = cache.staging()
+    (first / "f").write_text("one")
+    d, _ = cache.put("cd" * 32, first, {"n": 1})
+    (d / "f").write_text("edited")  # no longer matches its hash
+    again = cache.staging()
+    (again / "f").write_text("two")
+    assert cache.put("cd" * 32, again, {"n": 2}) == (d, {"n": 2})
+    assert (d / "f").read_text() == "two"

@@ -61,7 +61,9 @@ def reference_output() -> StepOutput:
 
 def step_context(s: DeploySpec, out_dir: Path, deps: dict[str, StepOutput]) -> StepContext:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return StepContext(out_dir=out_dir, deps=deps, spec=s, spec_dir=digits_dir(), log=lambda _msg: None)
+    from deployc.compiler.resolved import resolve
+
+    return StepContext(out_dir=out_dir, deps=deps, resolved=resolve(s, digits_dir()), log=lambda _msg: None)
 
 
 def keras_output() -> StepOutput:

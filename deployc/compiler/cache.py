@@ -100,14 +100,17 @@ class Cache:
                 os.unlink(str(staged) + LOCK_SUFFIX)
             os.close(fd)
 
-    def put(self, key: str, staged: Path, result: dict[str, Any]) -> Path:
+    def put(self, key: str, staged: Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        """Store the staged folder under `key`; the stored entry's folder and result. When another build stored
+        the key first, theirs is kept and returned (a measured figure may differ between two runs of one step, and
+        every build must report what the cache holds, so the next build from cache gives the same output)."""
         try:
             return self._put(key, staged, result)
         except OSError as exc:
             self.discard(staged)
             raise InputError(f"{self.root}: cannot store a step result ({describe_os_error(exc)})") from None
 
-    def _put(self, key: str, staged: Path, result: dict[str, Any]) -> Path:
+    def _put(self, key: str, staged: Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
         files = {p.relative_to(staged).as_posix(): file_digest(p) for p in sorted(staged.rglob("*")) if p.is_file()}
         doc = {"files": files, "result": result, "sha256": entry_digest(files, result)}
         (staged / ENTRY).write_text(json.dumps(doc, sort_keys=True, indent=1, allow_nan=False))
@@ -118,12 +121,20 @@ class Cache:
         crash_point("cache-staged")
         final = self._dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(staged, final)
-        except OSError:  # another build stored the same key first: identical content, keep theirs
-            shutil.rmtree(staged, ignore_errors=True)
+        for _ in range(2):
+            try:
+                os.rename(staged, final)
+                break
+            except OSError:  # another build stored the same key first: keep theirs, if it is sound
+                stored = self.get(key)  # (a corrupt entry is removed here, and the rename is tried again)
+                if stored is not None:
+                    shutil.rmtree(staged, ignore_errors=True)
+                    self._release(staged)
+                    return stored
+        else:
+            raise OSError(f"{final} could not be replaced")
         self._release(staged)
-        return final
+        return final, result
 
 
 def entry_digest(files: dict[str, str], result: Any) -> str:

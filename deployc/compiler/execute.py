@@ -38,8 +38,8 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         def step_log(m: str, sid: str = step.id) -> None:
             log(f"      {sid}: {m}")
 
-        ctx = StepContext(out_dir=staged, deps={d: outputs[d] for d in step.deps}, spec=plan.spec,
-                          spec_dir=plan.spec_dir, log=step_log, plan_resolved=plan.resolved)
+        ctx = StepContext(out_dir=staged, deps={d: outputs[d] for d in step.deps}, resolved=plan.resolved,
+                          log=step_log)
         safe = KERAS_SAFE_MODE.set(not plan.spec.model.allow_python_code)
         try:
             result = _normalized(step.run(ctx))
@@ -54,7 +54,7 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
             raise StepError(f"step {step.id} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             KERAS_SAFE_MODE.reset(safe)
-        final = cache.put(key, staged, result)
+        final, result = cache.put(key, staged, result)
         crash_point(f"after-step:{step.id}")
         outputs[step.id] = StepOutput(final, result)
         cached[step.id] = False

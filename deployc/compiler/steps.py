@@ -37,23 +37,19 @@ class StepOutput:
     result: dict[str, Any]  # what `run` returned
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepContext:
+    """What a step's `run` sees: its output folder, its dependencies' outputs and the plan's resolved model (the
+    spec lowered: deployc.compiler.resolved). Not the spec itself: whatever else a step needs, its `steps()` passes
+    in the closure, from the same values it puts in the step's params (so the key covers them)."""
     out_dir: Path
     deps: dict[str, StepOutput]
-    spec: DeploySpec
-    spec_dir: Path
+    resolved: Resolved
     log: Callable[[str], None] = print
-    plan_resolved: Resolved | None = None  # the plan's resolved model; built from `spec` when not given
 
     @property
-    def resolved(self) -> Resolved:
-        """The spec lowered (deployc.compiler.resolved): what a step reads of the spec."""
-        if self.plan_resolved is None:
-            from deployc.compiler.resolved import resolve
-
-            self.plan_resolved = resolve(self.spec, self.spec_dir)
-        return self.plan_resolved
+    def spec_dir(self) -> Path:
+        return self.resolved.spec_dir
 
     def data(self, which: str) -> tuple[Any, Any]:
         """(x, y) of `data.<which>` as numpy arrays; y is None when the spec names no labels."""

@@ -106,11 +106,11 @@ def _calibration(ctx: StepContext) -> Any:
     return ctx.data("calibration")[0] if "calibration" in ctx.resolved.data else None
 
 
-def run_convert(ctx: StepContext, cfg: TFLiteConfig, source_step: str) -> dict[str, Any]:
+def run_convert(ctx: StepContext, cfg: TFLiteConfig, source_step: str, inputs: list[Any] | None) -> dict[str, Any]:
+    """`inputs`: model.inputs as the spec declares them (None: the model's own signature)."""
     from deployc.ml.tflite import candidate_modes, convert
 
     src, calib = _source(ctx, source_step), _calibration(ctx)
-    inputs = list(ctx.spec.model.inputs) if ctx.spec.model.inputs else None
     modes = candidate_modes(cfg)
     if len(modes) == 1:
         ctx.log(f"converting to TFLite ({modes[0]})")
@@ -215,13 +215,14 @@ class TFLiteTarget(Target):
         assert keras_model_step is not None, "check() refuses an ONNX model"
         auto = _is_auto(cfg)
         has_eval = spec.data.eval is not None
+        declared = list(spec.model.inputs) if spec.model.inputs else None
         base = {"config": cfg.model_dump(mode="json"), "task": spec.model.task,
-                "inputs": [t.model_dump(mode="json") for t in spec.model.inputs or []],
+                "inputs": [t.model_dump(mode="json") for t in declared or []],
                 "data": spec.data.model_dump(mode="json")}
         convert_params = dict(base, gates=spec.gates.model_dump(mode="json")) if auto else base
         convert = Step(
             id=CONVERT, description="convert the Keras model to TFLite" + (" (auto: every mode)" if auto else ""),
-            run=lambda ctx: run_convert(ctx, cfg, keras_model_step),
+            run=lambda ctx: run_convert(ctx, cfg, keras_model_step, declared),
             deps=(keras_model_step,) + ((REFERENCE,) if auto else ()),
             params=convert_params, input_files=data_files(spec, spec_dir, "calibration", *(["eval"] if auto else [])),
             libs=LIBS)

@@ -107,7 +107,8 @@ def _no_version(v: str) -> str:
             "set targets.tfserving.model_version")
 
 
-def run_export(ctx: StepContext, source_step: str) -> dict[str, Any]:
+def run_export(ctx: StepContext, source_step: str, inputs: list[Any] | None) -> dict[str, Any]:
+    """`inputs`: model.inputs as the spec declares them (None: the model's own signature)."""
     out = ctx.deps[source_step]
     src, dst = Path(out.dir) / out.result["model"], ctx.out_dir / SAVED_MODEL
     if out.result["format"] == "savedmodel":
@@ -115,10 +116,10 @@ def run_export(ctx: StepContext, source_step: str) -> dict[str, Any]:
         shutil.copytree(src, dst)
     else:
         ctx.log("exporting the Keras model as a SavedModel")
-        export_keras(src, dst, list(ctx.spec.model.inputs) if ctx.spec.model.inputs else None)
+        export_keras(src, dst, inputs)
     files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
     if "saved_model.pb" not in files:
-        raise InputError(f"{ctx.spec.model.path}: the SavedModel has no saved_model.pb")
+        raise InputError(f"{ctx.resolved.model_file}: the SavedModel has no saved_model.pb")
     return {"model": SAVED_MODEL, "format": "savedmodel", "files": files}
 
 
@@ -207,10 +208,11 @@ class TFServingTarget(Target):
     def steps(self, spec: DeploySpec, spec_dir: Path, final_model_step: str, keras_model_step: str | None
               ) -> list[Step]:
         assert keras_model_step is not None, "check() refuses an ONNX model"
-        inputs = [t.model_dump(mode="json") for t in spec.model.inputs or []]
+        declared = list(spec.model.inputs) if spec.model.inputs else None
+        inputs = [t.model_dump(mode="json") for t in declared or []]
         has_eval = spec.data.eval is not None
         export = Step(id=EXPORT, description="export the Keras model as a SavedModel for TensorFlow Serving",
-                      run=lambda ctx: run_export(ctx, keras_model_step), deps=(keras_model_step,),
+                      run=lambda ctx: run_export(ctx, keras_model_step, declared), deps=(keras_model_step,),
                       params={"inputs": inputs}, libs=LIBS)
         files = data_files(spec, spec_dir, "eval")
         verify = Step(id=VERIFY, description="load the SavedModel with TensorFlow and run it on data.eval",
