@@ -44,3 +44,31 @@ def test_select_tf_ops_when_allowed_come_with_a_warning(det_model: Path, tmp_pat
                    None)
     assert info["select_tf_ops"] == ["FlexMatrixDeterminant"]
     assert any("FlexMatrixDeterminant" in w and "runtime must include" in w for w in info["warnings"])
+
+
+def _lstm(folder: Path, unroll: bool) -> Path:
+    quiet_tensorflow()
+    import keras
+
+    inputs = keras.Input((5, 3), name="sequence")
+    hidden = keras.layers.LSTM(4, unroll=unroll)(inputs)
+    path = folder / f"lstm-{unroll}.keras"
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden), name="lstm").save(path)
+    return path
+
+
+def test_an_lstm_names_its_tensor_list_ops_and_both_fixes(tmp_path: Path) -> None:
+    """A recurrent layer's loop lowers to TensorList ops; the converter's MLIR location text never said which op
+    or what to do."""
+    model = _lstm(tmp_path, unroll=False)
+    with pytest.raises(InputError) as err:
+        convert(model, tmp_path / "m.tflite", TFLiteTarget(quantization="dynamic"), None)
+    text = str(err.value)
+    assert "ops outside the TFLite builtin op set: TensorListReserve" in text
+    assert "allow_select_tf_ops: true" in text and "unroll=True" in text and "loc(" not in text
+    # the first fix: Select TF ops
+    info = convert(model, tmp_path / "s.tflite", TFLiteTarget(quantization="none", allow_select_tf_ops=True), None)
+    assert "FlexTensorListReserve" in info["select_tf_ops"]
+    # the second: an unrolled layer over a fixed length converts to builtins only
+    info = convert(_lstm(tmp_path, unroll=True), tmp_path / "u.tflite", TFLiteTarget(quantization="dynamic"), None)
+    assert info["select_tf_ops"] == [] and "FULLY_CONNECTED" in info["ops"]

@@ -30,6 +30,8 @@ AUTO_ORDER = ("int8", "dynamic", "float16", "none")  # smallest expected first
 CALIBRATION_MAX_ROWS = 500
 CALIBRATION_MIN_ROWS = 100
 _FLEX_RE = re.compile(r"'tf\.([A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
+_TF_OP_RE = re.compile(r"'tf\.([A-Za-z0-9_]+)' op ")
+_TENSOR_LIST_MARK = "Lowering tensor list ops is failed"
 _NOT_QUANTIZABLE_RE = re.compile(r"'tfl\.([A-Za-z0-9_]+)' op [^\n]*(?:quantiz|int8)", re.IGNORECASE)
 
 
@@ -115,6 +117,12 @@ def _conversion_error(model: str, mode: str, message: str) -> InputError:
         return InputError(f"{model}: ops outside the TFLite builtin op set: {', '.join(flex)}. Set "
                           "targets.tflite.allow_select_tf_ops: true to use Select TF ops (the device runtime "
                           "must then include them), or change the model")
+    if _TENSOR_LIST_MARK in message:  # recurrent layers (LSTM, GRU) loop over TensorList ops
+        ops = sorted(set(_TF_OP_RE.findall(message))) or ["TensorList ops"]
+        return InputError(f"{model}: ops outside the TFLite builtin op set: {', '.join(ops)} (the tensor lists a "
+                          "recurrent layer such as LSTM or GRU loops over). Set targets.tflite.allow_select_tf_ops: "
+                          "true to keep them as Select TF ops (the device runtime must then include them), or build "
+                          "the layer with unroll=True over a fixed sequence length")
     if mode == "int8":
         ops = sorted(set(_NOT_QUANTIZABLE_RE.findall(message)))
         what = f" ({', '.join(ops)})" if ops else ""
