@@ -66,3 +66,39 @@ def test_an_output_the_header_does_not_size_is_left_to_the_build(tmp_path: Path)
         _dense("out", 3), {"class_name": "Activation", "name": "a", "config": {"name": "a"}}]}}
     _keras(tmp_path / "m.keras", act)
     assert run_deployc("validate", "deploy.yaml", cwd=_project(tmp_path, "m.keras", 5)).returncode == 0
+
+
+def _two_input_onnx(path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Add", ["ids", "mask"], ["out"])], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("ids", "mask")],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.write_bytes(model.SerializeToString())
+
+
+TWO_INPUTS_KERAS = {"class_name": "Functional", "config": {
+    "name": "f", "input_layers": [["ids", 0, 0], ["mask", 0, 0]], "output_layers": [["out", 0, 0]],
+    "layers": [{"class_name": "InputLayer", "name": n, "config": {"name": n, "batch_shape": [None, 4]}}
+               for n in ("ids", "mask")] + [_dense("out", 4)]}}
+
+
+@pytest.mark.parametrize("model", ["m.onnx", "m.keras"])
+def test_data_for_a_model_of_several_inputs_is_a_validate_error(tmp_path: Path, model: str) -> None:
+    import numpy as np
+
+    if model == "m.onnx":
+        _two_input_onnx(tmp_path / model)
+    else:
+        _keras(tmp_path / model, TWO_INPUTS_KERAS)
+    np.savez(tmp_path / "eval.npz", x=np.zeros((4, 4), np.float32))
+    spec = f"apiVersion: deployc/v1\nname: m\nmodel: {{path: {model}}}\ntargets: {{local: {{}}}}\n"
+    (tmp_path / "deploy.yaml").write_text(spec)
+    assert run_deployc("validate", "deploy.yaml", cwd=tmp_path).returncode == 0, "no data: nothing to feed"
+    (tmp_path / "deploy.yaml").write_text(spec + "data:\n  eval: {path: eval.npz, x: x}\n")
+    r = run_deployc("validate", "deploy.yaml", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert ("deploy.yaml:6:29: data.eval.x: the model has 2 inputs (ids, mask), and data.eval.x names one array"
+            in r.stderr), r.stderr

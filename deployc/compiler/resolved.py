@@ -191,6 +191,16 @@ def resolve(spec: DeploySpec, spec_dir: Path) -> Resolved:
         passes=_passes(spec), targets=_targets(spec), local=get_target("local").config_or_default(spec))
 
 
+def model_inputs(spec: DeploySpec, spec_dir: Path) -> tuple[Tensor, ...]:
+    """The model's inputs as the build will see them (the spec's `model.inputs`, else the model file's header);
+    empty when neither says. For validation: no TensorFlow, no onnx."""
+    declared = tuple(Tensor(t.name, t.dtype, tuple(t.shape)) for t in spec.model.inputs or ())
+    try:
+        return _io(declared, spec_dir / spec.model.path, spec.model.resolved_format())[0]
+    except InputError:  # an unreadable ONNX file: onnx_problem reports it
+        return declared
+
+
 def _io(declared: tuple[Tensor, ...], model_path: Path, fmt: str
         ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
     """An ONNX file names its inputs and outputs; a Keras model's inputs are the spec's `model.inputs`, else

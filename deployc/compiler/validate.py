@@ -180,7 +180,21 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
         ds = getattr(spec.data, which)
         if ds is not None:
             found += content.data_problems(base, which, ds)
-    return found
+    return found + _input_count_problems(base, spec)
+
+
+def _input_count_problems(base: Path, spec: DeploySpec) -> list[tuple[tuple[Any, ...], str]]:
+    """A data set holds one array for the model's one input; a model with several inputs cannot read it (the
+    build failed in the reference step with a Keras error)."""
+    from deployc.compiler.resolved import model_inputs
+
+    sets = [w for w in ("eval", "calibration", "train") if getattr(spec.data, w) is not None]
+    inputs = model_inputs(spec, base) if sets else ()
+    if len(inputs) < 2:
+        return []
+    names = ", ".join(t.name for t in inputs)
+    return [(("data", w, "x"), f"the model has {len(inputs)} inputs ({names}), and data.{w}.x names one array: "
+             "data sets hold one array, for a model of one input") for w in sets]
 
 
 def dotted(loc: tuple[Any, ...]) -> str:
