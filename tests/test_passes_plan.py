@@ -208,7 +208,6 @@ targets:
 def test_build_runs_keras_then_onnx_passes_and_a_gate_change_keeps_them_cached(digits: Path, tmp_path: Path) -> None:
     import json
 
-    from conftest import run_deployc
 
     (digits / "deploy.yaml").write_text(KERAS_BUILD.replace("GATE", "5"))
     cache, out = tmp_path / "cache", tmp_path / "out"

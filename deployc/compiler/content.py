@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from deployc.compiler.inputs import open_regular, read_bytes
+from deployc.compiler.inputs import keras_archive_config, open_regular, read_bytes
 from deployc.errors import InputError
 
 Loc = tuple[Any, ...]
@@ -108,13 +108,11 @@ def model_classes(path: Path, fmt: str) -> tuple[str, int] | None:
             return outs[0].name, outs[0].shape[1]
         return None
     if fmt == "keras" and path.suffix == ".keras":
-        return _keras_dense_output(path.resolve(), st.st_mtime_ns, st.st_size)
+        return _keras_dense_output(keras_archive_config(path))
     return None
 
 
-@lru_cache(maxsize=16)
-def _keras_dense_output(path: Path, mtime_ns: int, size: int) -> tuple[str, int] | None:
-    config = _keras_config(path)
+def _keras_dense_output(config: Any) -> tuple[str, int] | None:
     try:
         inner = config["config"]
         layers = inner["layers"]
@@ -174,15 +172,10 @@ def _onnx_external_files(model: Path, mtime_ns: int, size: int) -> tuple[Path, .
     return tuple(sorted(found))
 
 
-KERAS_CONFIG_MAX_BYTES = 16 << 20  # a .keras archive's config.json larger than this is not read at validate time
-
-
 def keras_code_problem(base: Path, rel: str) -> str | None:
     """A `.keras` archive whose config.json holds Lambda layers (Python bytecode, refused by Keras safe mode):
     found from the archive alone, without importing Keras, so `validate` says it before a build starts."""
-    path = base / rel
-    st = path.stat()
-    names = _lambda_layers(path.resolve(), st.st_mtime_ns, st.st_size)
+    names = _lambda_layers(keras_archive_config(base / rel))
     if not names:
         return None
     shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -190,24 +183,7 @@ def keras_code_problem(base: Path, rel: str) -> str | None:
             "rebuild it from built-in layers, or set model.allow_python_code: true if you trust the file")
 
 
-def _keras_config(path: Path) -> Any:
-    """A .keras archive's config.json, parsed; {} when it cannot be read here (loading the model reports why)."""
-    import json
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            info = z.getinfo("config.json")
-            if info.file_size > KERAS_CONFIG_MAX_BYTES:
-                return {}
-            return json.loads(z.read(info))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return {}
-
-
-@lru_cache(maxsize=16)
-def _lambda_layers(path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
-    config = _keras_config(path)
+def _lambda_layers(config: Any) -> tuple[str, ...]:
     found: list[str] = []
     stack: list[Any] = [config]
     while stack:  # nested models and wrappers (TimeDistributed, Bidirectional) hold layers deeper down

@@ -13,8 +13,9 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from deployc.errors import InputError
 
@@ -184,3 +185,28 @@ def copy_tree(base: Path, src: Path, dst: Path) -> None:
             (dst / e.rel).mkdir()
         else:
             copy_file(e.real, dst / e.rel)
+
+
+KERAS_CONFIG_MAX_BYTES = 16 << 20  # a .keras archive's config.json larger than this is not read without Keras
+
+
+def keras_archive_config(path: Path) -> Any:
+    """A `.keras` archive's config.json, parsed, read once per file version (validate and plan ask several
+    questions of it); {} when it cannot be read here (loading the model reports why)."""
+    st = path.stat()
+    return _keras_archive_config(path.resolve(), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=16)
+def _keras_archive_config(path: Path, mtime_ns: int, size: int) -> Any:
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("config.json")
+            if info.file_size > KERAS_CONFIG_MAX_BYTES:
+                return {}
+            return json.loads(z.read(info))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return {}

@@ -30,7 +30,6 @@ ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: 
 OIP_DATATYPES = {"float32": "FP32", "uint8": "UINT8", "int8": "INT8", "uint16": "UINT16", "int16": "INT16",
                  "int32": "INT32", "int64": "INT64", "string": "BYTES", "bool": "BOOL", "float16": "FP16",
                  "float64": "FP64", "uint32": "UINT32", "uint64": "UINT64"}
-_MAX_CONFIG_BYTES = 16 << 20
 ANY_INPUT = "*"  # the key of a data set's array when the model's single input is not named before the build
 
 
@@ -220,15 +219,10 @@ def _io(declared: tuple[Tensor, ...], model_path: Path, fmt: str
 def keras_file_inputs(path: Path, mtime_ns: int, size: int) -> tuple[Tensor, ...]:
     """The input layers of a `.keras` archive's functional model, from its config.json (no Keras import). Empty
     when the archive does not say plainly (a Sequential or subclassed model, a config it cannot read)."""
-    import json
-    import zipfile
+    from deployc.compiler.inputs import keras_archive_config
 
+    config = keras_archive_config(path)
     try:
-        with zipfile.ZipFile(path) as z:
-            info = z.getinfo("config.json")
-            if info.file_size > _MAX_CONFIG_BYTES:
-                return ()
-            config = json.loads(z.read(info))
         if config.get("class_name") != "Functional":
             return ()
         layers = {layer["name"]: layer["config"] for layer in config["config"]["layers"]
@@ -241,7 +235,7 @@ def keras_file_inputs(path: Path, mtime_ns: int, size: int) -> tuple[Tensor, ...
                 return ()
             found.append(Tensor(name, dtype, tuple(-1 if d is None else int(d) for d in cfg["batch_shape"])))
         return tuple(found)
-    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+    except (AttributeError, KeyError, TypeError, ValueError):
         return ()
 
 
