@@ -142,10 +142,12 @@ SIZE = "<size>"
 HASH = "<hash>"
 TIMING_FIGURES = frozenset({"latency_p50_ms", "latency_p99_ms", "throughput_rows_s", "speedup_p50"})
 INVARIANCE_FIGURES = frozenset({"max_abs_diff", "relative_diff", "changed_predictions"})  # float rounding
-MODEL_FIGURES = frozenset({"accuracy", "agreement", "max_abs_error", "non_finite_outputs"})
+MODEL_FIGURES = frozenset({"accuracy", "agreement", "max_abs_error", "relative_error", "auc", "r2",
+                           "non_finite_outputs"})
 SIZE_FIGURES = frozenset({"size_bytes", "gzip_bytes", "size_ratio", "size"})
 TIMING_COLUMNS = frozenset({"p50 ms", "p99 ms", "rows/s", "speed-up"})  # report.md
-MODEL_COLUMNS = frozenset({"accuracy", "agreement", "max abs err", "size", "gzip", "size ×"})
+MODEL_COLUMNS = frozenset({"accuracy", "AUC", "R²", "agreement", "max abs err", "rel err", "size", "gzip",
+                           "size ×"})
 MODEL_SUFFIXES = (".onnx", ".tflite", ".keras", ".pb", ".index", ".data-00000-of-00001")
 # 12 to 64 hex digits with a letter among them, not part of a float such as 1.9310287804798353e-06 (a hash
 # may well read like 34e379298105, which has no sign)

@@ -376,8 +376,8 @@ def test_an_artifact_with_non_finite_outputs_fails_its_gates_and_the_report_stay
 
     ref = np.eye(3, dtype=np.float32)
     figures = compare(ref, np.full_like(ref, np.nan), np.arange(3), "classification")
-    assert figures == {"rows": 3, "non_finite_outputs": 9, "max_abs_error": None, "agreement": None,
-                       "accuracy": None}
+    assert figures == {"rows": 3, "non_finite_outputs": 9, "max_abs_error": None, "relative_error": None,
+                       "agreement": None, "accuracy": None}
     from deployc.compiler.gates import check
     from deployc.schema.spec import Gates
 

@@ -22,32 +22,38 @@ def data_problems(base: Path, which: str, ds: Any) -> list[tuple[Loc, str]]:
     import numpy as np
 
     loc: Loc = ("data", which)
+    # (location under data.<which>, array key): x is one key, or {input name: key}
+    wanted: list[tuple[Loc, str]] = ([(("x", n), k) for n, k in ds.x.items()] if isinstance(ds.x, dict)
+                                     else [(("x",), ds.x)])
+    if ds.y is not None:
+        wanted.append((("y",), ds.y))
     try:
         with open_regular(base / ds.path) as f, np.load(f, allow_pickle=False) as npz:
             names = list(npz.files)
-            missing = [(key, k) for key, k in (("x", ds.x), ("y", ds.y)) if k is not None and k not in names]
+            missing = [(where, k) for where, k in wanted if k not in names]
             if missing:
-                return [(loc + (key,), f"{ds.path} has no array named {k!r} (it has: {', '.join(names) or 'none'})")
-                        for key, k in missing]
+                return [(loc + where, f"{ds.path} has no array named {k!r} (it has: {', '.join(names) or 'none'})")
+                        for where, k in missing]
             arrays, problems = {}, []
-            for key, k in (("x", ds.x), ("y", ds.y)):
-                if k is None:
-                    continue
+            for where, k in wanted:
                 try:
-                    arrays[key] = npz[k]
+                    arrays[where] = npz[k]
                 except (OSError, ValueError, EOFError) as exc:  # a pickled object array, a corrupt member
-                    problems.append((loc + (key,), f"{ds.path}: array {k!r} cannot be loaded ({exc})"))
+                    problems.append((loc + where, f"{ds.path}: array {k!r} cannot be loaded ({exc})"))
             if problems:
                 return problems
     except (OSError, ValueError, EOFError) as exc:
         return [(loc + ("path",), f"{ds.path} is not a readable .npz file ({exc})")]
     except InputError as exc:
         return [(loc + ("path",), str(exc))]
-    problems += [(loc + (key,), msg) for key, arr in arrays.items()
-                if (msg := array_problem(arr, f"{ds.path}: array {getattr(ds, key)!r}"))]
-    x, y = arrays["x"], arrays.get("y")
-    if not problems and y is not None and len(y) != len(x):
-        problems.append((loc + ("y",), f"{ds.path}: {ds.x} has {len(x)} rows but {ds.y} has {len(y)}"))
+    keys = dict(wanted)
+    problems += [(loc + where, msg) for where, arr in arrays.items()
+                 if (msg := array_problem(arr, f"{ds.path}: array {keys[where]!r}"))]
+    if not problems:
+        counts = {where: len(arr) for where, arr in arrays.items()}
+        first, n = next(iter(counts.items()))
+        problems += [(loc + where, f"{ds.path}: {keys[first]} has {n} rows but {keys[where]} has {m}")
+                     for where, m in counts.items() if m != n]
     return problems
 
 
@@ -79,58 +85,85 @@ def labels_problem(base: Path, rel: str) -> str | None:
 
 
 def labels_count_problem(base: Path, spec: Any, fmt: str) -> str | None:
-    """model.labels must name as many classes as the model's first output has, where the model file says how
-    many (an ONNX graph's output shape; a .keras archive whose output layer is a Dense layer)."""
-    if not spec.model.labels or spec.model.task != "classification":
+    """model.labels must name as many classes as the prediction output has columns, where the model file says
+    how many (an ONNX graph's output shape; a .keras archive whose output layer is a Dense layer); a binary
+    model's one sigmoid column has two classes."""
+    if not spec.model.labels or spec.model.task == "regression":
         return None
-    found = model_classes(base / spec.model.path, fmt)
+    found = model_classes(base / spec.model.path, fmt, spec.model.prediction)
     if found is None:
         return None
-    output, classes = found
+    output, columns = found
     names = len(read_labels(base / spec.model.labels))
-    if classes in (1, names):  # 1: a sigmoid unit, which two names may label
+    classes = 2 if spec.model.task == "binary" and columns == 1 else columns
+    if classes == names or (columns == 1 and spec.model.task == "classification"):  # a sigmoid unit: 2 names fit
         return None
-    return (f"{spec.model.labels!r} names {names} classes, but the model's output {output!r} has {classes}: "
-            "one name per output column, in order")
+    return (f"{spec.model.labels!r} names {names} classes, but the model's output {output!r} has {classes}"
+            + (" (model.task binary: one sigmoid column, two classes)" if spec.model.task == "binary" else
+               ": one name per output column, in order"))
 
 
-def model_classes(path: Path, fmt: str) -> tuple[str, int] | None:
-    """(first output's name, its number of columns) from the model file's header; None when it does not say."""
-    st = path.stat()
+def output_names(base: Path, spec: Any, fmt: str) -> list[str]:
+    """The model's output names as its file says before the build (ONNX graph outputs; a .keras functional
+    model's output layers); empty when it does not say."""
+    path = base / spec.model.path
     if fmt == "onnx":
-        from deployc.compiler.resolved import onnx_file_io
+        outs = _onnx_outputs(path)
+        return [o.name for o in outs or ()]
+    if fmt == "keras" and path.suffix == ".keras":
+        return [name for name, _ in _keras_outputs(keras_archive_config(path))]
+    return []
 
-        try:
-            _, outs = onnx_file_io(path.resolve(), st.st_mtime_ns, st.st_size)
-        except InputError:
-            return None  # onnx_problem reports the file
-        if outs and len(outs[0].shape) == 2 and outs[0].shape[1] > 0:
-            return outs[0].name, outs[0].shape[1]
+
+def _onnx_outputs(path: Path) -> Any:
+    from deployc.compiler.resolved import onnx_file_io
+
+    st = path.stat()
+    try:
+        return onnx_file_io(path.resolve(), st.st_mtime_ns, st.st_size)[1]
+    except InputError:
+        return None  # onnx_problem reports the file
+
+
+def model_classes(path: Path, fmt: str, prediction: str | None = None) -> tuple[str, int] | None:
+    """(prediction output's name, its number of columns) from the model file's header; None when it does not
+    say. `prediction` names the output (None: the first)."""
+    if fmt == "onnx":
+        outs = _onnx_outputs(path)
+        if not outs:
+            return None
+        out = next((o for o in outs if o.name == prediction), outs[0])
+        if len(out.shape) == 2 and out.shape[1] > 0:
+            return out.name, out.shape[1]
         return None
     if fmt == "keras" and path.suffix == ".keras":
-        return _keras_dense_output(keras_archive_config(path))
+        outs = _keras_outputs(keras_archive_config(path))
+        if len(outs) > 1 and prediction is None:
+            prediction = outs[0][0]
+        for name, layer in outs:
+            if (prediction is None or name == prediction) and layer is not None:
+                if layer["class_name"] != "Dense":
+                    return None
+                return str(layer["config"]["name"]), int(layer["config"]["units"])
     return None
 
 
-def _keras_dense_output(config: Any) -> tuple[str, int] | None:
+def _keras_outputs(config: Any) -> list[tuple[str, Any]]:
+    """(name, layer config or None) of each output layer of a .keras model's config."""
     try:
         inner = config["config"]
         layers = inner["layers"]
         if config["class_name"] == "Sequential":
             last = layers[-1]
-        elif config["class_name"] == "Functional":
-            refs = inner["output_layers"]
-            name = (refs if refs and isinstance(refs[0], str) else refs[0])[0]
-            if len(refs) > 1 and not isinstance(refs[0], str):
-                return None  # several outputs: which one is judged is not known here
-            last = next(layer for layer in layers if layer.get("name", layer["config"].get("name")) == name)
-        else:
-            return None
-        if last["class_name"] != "Dense":
-            return None
-        return str(last["config"]["name"]), int(last["config"]["units"])
-    except (KeyError, TypeError, ValueError, IndexError, StopIteration):
-        return None
+            return [(str(last["config"]["name"]), last)]
+        if config["class_name"] != "Functional":
+            return []
+        refs = inner["output_layers"]
+        refs = [refs] if refs and isinstance(refs[0], str) else list(refs)
+        by_name = {layer.get("name", layer["config"].get("name")): layer for layer in layers}
+        return [(str(r[0]), by_name.get(r[0])) for r in refs]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return []
 
 
 def read_labels(path: Path) -> tuple[str, ...]:

@@ -23,12 +23,18 @@ class GateCheck:
 
 def _values(reference: dict[str, Any], figures: dict[str, Any]) -> dict[str, tuple[float | None, bool]]:
     """gate name -> (measured value, True when a larger value is worse)."""
-    acc, ref_acc = figures.get("accuracy"), reference.get("accuracy")
+    def drop(key: str) -> float | None:
+        got, ref = figures.get(key), reference.get(key)
+        return round(ref - got, 6) if got is not None and ref is not None else None
+
     size = figures.get("size_bytes")
     return {
-        "max_accuracy_drop": (round(ref_acc - acc, 6) if acc is not None and ref_acc is not None else None, True),
+        "max_accuracy_drop": (drop("accuracy"), True),
         "min_agreement": (figures.get("agreement"), False),
         "max_abs_error": (figures.get("max_abs_error"), True),
+        "max_relative_error": (figures.get("relative_error"), True),
+        "max_auc_drop": (drop("auc"), True),
+        "max_r2_drop": (drop("r2"), True),
         "max_size_mb": (round(size / 1e6, 6) if size is not None else None, True),
         # batch-1 p99 as deployc.ml.measure defines it, the same for ONNX, TFLite and SavedModel artifacts
         "max_latency_p99_ms": (figures.get("latency_p99_ms"), True),

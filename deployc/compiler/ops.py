@@ -57,38 +57,43 @@ def reference(ctx: StepContext) -> dict[str, Any]:
 
     out = ctx.deps[SOURCE]
     x, y = ctx.data("eval")
-    fmt = out.result["format"]
+    fmt, r = out.result["format"], ctx.resolved
     # SavedModels run through their serving signature itself (the source of their ONNX conversion)
-    pred = _predict_savedmodel(model_path(out), x) if fmt == "savedmodel" else predict(model_path(out), fmt, x)
+    pred = (_predict_savedmodel(model_path(out), x, r.prediction) if fmt == "savedmodel"
+            else predict(model_path(out), fmt, x, output=r.prediction))
     np.save(ctx.out_dir / "predictions.npy", pred, allow_pickle=False)
-    task = ctx.resolved.task
-    figures = compare(pred, pred, y, task)
+    task = r.task
+    figures = compare(pred, pred, y, task, r.threshold)
     if figures.get("non_finite_outputs"):
         from deployc.errors import InputError
 
         raise InputError(f"model.path: the original model gives {figures['non_finite_outputs']} NaN or infinite "
                          "output values on data.eval; no artifact can be verified against it")
-    figures.pop("agreement", None)
-    figures.pop("max_abs_error", None)
+    for same in ("agreement", "max_abs_error", "relative_error"):  # the reference against itself
+        figures.pop(same, None)
     result: dict[str, Any] = {"evaluation": figures}
-    if "agreement" in compare(pred, pred, None, task):
-        result["distribution"] = class_distribution(pred)
+    if task in ("classification", "binary") and "agreement" in compare(pred, pred, None, task, r.threshold):
+        result["distribution"] = class_distribution(pred, task, r.threshold)
     return result
 
 
-def _predict_savedmodel(path: Path, x: Any) -> Any:
+def _predict_savedmodel(path: Path, x: Any, output: str | None) -> Any:
     import numpy as np
 
+    from deployc.ml import feeds
     from deployc.ml.convert import quiet_tensorflow
+    from deployc.ml.evaluate import output_index
 
     quiet_tensorflow()
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(path)).signatures["serving_default"]
     _, kwargs = fn.structured_input_signature
-    (name,) = list(kwargs)
-    outs = fn(**{name: tf.constant(np.asarray(x, dtype=np.float32))})
-    return np.asarray(outs[sorted(outs)[0]], dtype=np.float32)
+    names = sorted(kwargs)
+    feed = feeds.feed(x, names, [kwargs[n].dtype.as_numpy_dtype for n in names], "the SavedModel")
+    outs = fn(**{n: tf.constant(a) for n, a in feed.items()})
+    keys = sorted(outs)
+    return np.asarray(outs[keys[output_index(keys, output, "the SavedModel")]], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,9 @@ class Evaluator:
         x, y = self.ctx.data("eval")
         ref_out = self.ctx.deps[REFERENCE]
         ref = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
-        pred = predict_onnx(model, x)
         r = self.ctx.resolved
-        figures = compare(ref, pred, y, r.task)
+        pred = predict_onnx(model, x, output=r.prediction)
+        figures = compare(ref, pred, y, r.task, r.threshold)
         figures.update(sizes(model))
         m = r.measure
         figures.update(measure_onnx(model, x, threads=m.threads, batch_size=m.batch_size,

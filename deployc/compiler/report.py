@@ -17,8 +17,11 @@ from deployc.targets.invariance import INVARIANCE
 # definition for every artifact kind, so the columns compare like with like
 COLUMNS = (
     ("accuracy", "accuracy", "{:.4f}"),
+    ("auc", "AUC", "{:.4f}"),
+    ("r2", "R²", "{:.4f}"),
     ("agreement", "agreement", "{:.4f}"),
     ("max_abs_error", "max abs err", "{:.2e}"),
+    ("relative_error", "rel err", "{:.2e}"),
     ("size_bytes", "size", "bytes"),
     ("gzip_bytes", "gzip", "bytes"),
     ("latency_p50_ms", "p50 ms", "{:.3f}"),

@@ -67,7 +67,8 @@ class DataSet:
     which: str  # eval, calibration or train
     path: str  # the .npz file as the spec names it (relative to the spec's folder)
     inputs: Mapping[str, ArrayRef]  # model input name (or ANY_INPUT) -> its array
-    labels: ArrayRef | None  # class indices (data.<which>.y), when set
+    labels: ArrayRef | None  # labels (data.<which>.y), when set: class indices, 0/1, or target values
+    mapped: bool = False  # the spec maps input names to keys (`x: {name: key}`), rather than naming one key
 
     @property
     def x(self) -> ArrayRef:
@@ -75,8 +76,8 @@ class DataSet:
 
     def params(self) -> dict[str, Any]:
         """The data set as the spec's mapping, defaults filled: what the keys of the steps that read it hash."""
-        return {"path": self.path, "x": self.x.key, "y": self.labels.key if self.labels else None,
-                "limit": self.x.limit}
+        x: Any = {n: a.key for n, a in self.inputs.items()} if self.mapped else self.x.key
+        return {"path": self.path, "x": x, "y": self.labels.key if self.labels else None, "limit": self.x.limit}
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class GateLimits:
     max_accuracy_drop: float | None = None
     min_agreement: float | None = None
     max_abs_error: float | None = None
+    max_relative_error: float | None = None
+    max_auc_drop: float | None = None
+    max_r2_drop: float | None = None
     max_size_mb: float | None = None
     max_latency_p99_ms: float | None = None
 
@@ -143,7 +147,9 @@ class Resolved:
     model_path: Path  # the model file or folder, absolute
     model_file: str  # the same, as the spec names it
     format: str  # keras, savedmodel or onnx (`auto` resolved)
-    task: str
+    task: str  # classification, binary, multilabel or regression
+    prediction: str | None  # the output the gates judge (`model.prediction`); None: the first output
+    threshold: float  # binary and multilabel: the probability from which a row (a label) is positive
     allow_python_code: bool
     inputs: tuple[Tensor, ...]  # as the spec or the model file names them; empty when only the build finds them
     outputs: tuple[Tensor, ...]  # from an ONNX file; empty for Keras and SavedModel models (found by convert)
@@ -181,7 +187,9 @@ def resolve(spec: DeploySpec, spec_dir: Path) -> Resolved:
     m = spec.measure
     return Resolved(
         name=spec.name, version=spec.version, spec_dir=spec_dir, model_path=model_path, model_file=spec.model.path,
-        format=fmt, task=spec.model.task, allow_python_code=spec.model.allow_python_code, inputs=inputs,
+        format=fmt, task=spec.model.task, prediction=spec.model.prediction,
+        threshold=spec.model.threshold if spec.model.threshold is not None else 0.5,
+        allow_python_code=spec.model.allow_python_code, inputs=inputs,
         outputs=outputs, declared_inputs=declared,
         labels=spec_dir / spec.model.labels if spec.model.labels else None,
         data=MappingProxyType(_data(spec, spec_dir, inputs)),
@@ -269,7 +277,10 @@ def _data(spec: DeploySpec, spec_dir: Path, inputs: tuple[Tensor, ...]) -> dict[
             continue
         file = spec_dir / ds.path
         labels = ArrayRef(file, ds.y, ds.limit) if ds.y is not None else None
-        found[which] = DataSet(which, ds.path, MappingProxyType({name: ArrayRef(file, ds.x, ds.limit)}), labels)
+        keys = ds.x if isinstance(ds.x, dict) else {name: ds.x}
+        found[which] = DataSet(which, ds.path, MappingProxyType({n: ArrayRef(file, k, ds.limit)
+                                                                 for n, k in keys.items()}),
+                               labels, mapped=isinstance(ds.x, dict))
     return found
 
 

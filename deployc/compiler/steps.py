@@ -78,25 +78,31 @@ def data_files(spec: DeploySpec, spec_dir: Path, *which: str) -> tuple[Path, ...
 
 
 def load_dataset(ds: ResolvedDataSet) -> tuple[Any, Any]:
-    """(x, y) of a data set, its row limit applied; y is None without labels."""
+    """(x, y) of a data set, its row limit applied; y is None without labels. x is one array, or {input name:
+    array} where the spec maps inputs to keys (deployc.ml.feeds handles both)."""
     import numpy as np
 
-    xk, yk, limit = ds.x.key, ds.labels.key if ds.labels else None, ds.x.limit
+    keys = {name: ref.key for name, ref in ds.inputs.items()}
+    yk, limit = ds.labels.key if ds.labels else None, ds.x.limit
     try:
         with open_regular(ds.x.file) as f, np.load(f, allow_pickle=False) as npz:
-            missing = [k for k in (xk, yk) if k is not None and k not in npz.files]
+            missing = [k for k in (*keys.values(), yk) if k is not None and k not in npz.files]
             if missing:
                 raise InputError(f"{ds.path}: no array named {missing[0]!r} (it has: {', '.join(npz.files)})")
-            x = npz[xk]
+            arrays = {name: npz[k] for name, k in keys.items()}
             y = npz[yk] if yk is not None else None
     except (OSError, ValueError) as exc:
         raise InputError(f"{ds.path}: not a readable .npz file ({exc})") from None
     if limit is not None:
-        x = x[:limit]
+        arrays = {name: a[:limit] for name, a in arrays.items()}
         y = y[:limit] if y is not None else None
-    if y is not None and len(y) != len(x):
-        raise InputError(f"{ds.path}: {xk} has {len(x)} rows but {yk} has {len(y)}")
-    return x, y
+    counts = {keys[name]: len(a) for name, a in arrays.items()}
+    if yk is not None and y is not None:
+        counts[yk] = len(y)
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{k} has {n}" for k, n in counts.items())
+        raise InputError(f"{ds.path}: the arrays disagree on the number of rows ({shown})")
+    return (arrays if ds.mapped else next(iter(arrays.values()))), y
 
 
 @cache

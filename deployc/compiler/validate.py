@@ -180,21 +180,46 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
         ds = getattr(spec.data, which)
         if ds is not None:
             found += content.data_problems(base, which, ds)
-    return found + _input_count_problems(base, spec)
+    return found + _input_mapping_problems(base, spec) + _prediction_problems(base, spec, fmt)
 
 
-def _input_count_problems(base: Path, spec: DeploySpec) -> list[tuple[tuple[Any, ...], str]]:
-    """A data set holds one array for the model's one input; a model with several inputs cannot read it (the
-    build failed in the reference step with a Keras error)."""
+def _input_mapping_problems(base: Path, spec: DeploySpec) -> list[tuple[tuple[Any, ...], str]]:
+    """Each data set must give every model input its array: one key for a model of one input, else a mapping
+    of each input's name (as the spec's `model.inputs` or the model file names them) to a key."""
     from deployc.compiler.resolved import model_inputs
 
-    sets = [w for w in ("eval", "calibration", "train") if getattr(spec.data, w) is not None]
+    sets = [(w, ds) for w in ("eval", "calibration", "train") if (ds := getattr(spec.data, w)) is not None]
     inputs = model_inputs(spec, base) if sets else ()
-    if len(inputs) < 2:
+    names = [t.name for t in inputs]
+    found: list[tuple[tuple[Any, ...], str]] = []
+    for w, ds in sets:
+        if not isinstance(ds.x, dict):
+            if len(names) > 1:
+                found.append((("data", w, "x"), f"the model has {len(names)} inputs ({', '.join(names)}), and "
+                              f"data.{w}.x names one array: map each input to its array's key, "
+                              f"x: {{{', '.join(f'{n}: ...' for n in names)}}}"))
+            continue
+        if not names:  # the model file does not say before the build (a SavedModel, a Sequential model)
+            continue
+        found += [(("data", w, "x", n), f"the model has no input named {n!r} (its inputs: {', '.join(names)})")
+                  for n in ds.x if n not in names]
+        unmapped = [n for n in names if n not in ds.x]
+        if unmapped:
+            found.append((("data", w, "x"), f"no array for the model's input(s) {', '.join(unmapped)}"))
+    return found
+
+
+def _prediction_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tuple[Any, ...], str]]:
+    """`model.prediction` must name one of the model's outputs, where the model file names them."""
+    from deployc.compiler import content
+
+    if spec.model.prediction is None:
         return []
-    names = ", ".join(t.name for t in inputs)
-    return [(("data", w, "x"), f"the model has {len(inputs)} inputs ({names}), and data.{w}.x names one array: "
-             "data sets hold one array, for a model of one input") for w in sets]
+    outputs = content.output_names(base, spec, fmt)
+    if not outputs or spec.model.prediction in outputs or (len(outputs) == 1 and spec.model.prediction == "output"):
+        return []
+    return [(("model", "prediction"), f"the model has no output named {spec.model.prediction!r} (its outputs: "
+             f"{', '.join(outputs)})")]
 
 
 def dotted(loc: tuple[Any, ...]) -> str:

@@ -1,6 +1,7 @@
 """Model loading and conversion to ONNX. tensorflow / tf2onnx / onnx are imported inside the functions."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +58,41 @@ def keras_to_onnx(src: Path, dst: Path, inputs: list[Any] | None = None) -> dict
 
     keras.backend.clear_session()  # layer names (and so ONNX node names) must not depend on earlier loads
     model = load_keras(src)
-    if len(model.inputs) != 1 and inputs is None:
-        raise InputError(f"{src.name}: models with {len(model.inputs)} inputs need model.inputs in the spec")
     signature = _signature(tf, model, inputs)
-    single = len(signature) == 1
-
-    def call(*args: Any) -> Any:
-        return model(args[0] if single else list(args), training=False)
-
+    call = _caller(model, signature)
     fn = tf.function(call, input_signature=signature)
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=OPSET)
     except Exception as exc:
         raise InputError(f"{src.name}: conversion to ONNX failed ({type(exc).__name__}: {exc})") from None
-    return _finish(proto, dst)
+    return _finish(proto, dst, names=output_names(model))
+
+
+def _caller(model: Any, signature: list[Any]) -> Any:
+    """model(...) on the signature's tensors: one tensor, or the inputs by name where the signature names the
+    model's inputs (the order of `model.inputs` in the spec need not be the model's), else in order."""
+    names = [s.name for s in signature]
+    own = [str(getattr(t, "name", "")).split(":")[0] for t in model.inputs]
+    by_name = len(names) > 1 and sorted(names) == sorted(own)
+
+    def call(*args: Any) -> Any:
+        if len(args) == 1:
+            return model(args[0], training=False)
+        return model(dict(zip(names, args, strict=True)) if by_name else list(args), training=False)
+
+    return call
+
+
+def output_names(model: Any) -> list[str]:
+    """The artifact's output names: `output` for one output; the model's own output names for several (so
+    model.prediction can name one), output_0, output_1, ... where those are not unique valid names."""
+    n = len(model.outputs)
+    if n == 1:
+        return ["output"]
+    own = [str(x) for x in (getattr(model, "output_names", None) or [])]
+    if len(own) == n and len(set(own)) == n and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}", x) for x in own):
+        return own
+    return [f"output_{i}" for i in range(n)]
 
 
 SIGNATURE = "serving_default"
@@ -89,12 +111,14 @@ def export_saved_model(src: Path, dst: Path, inputs: list[Any] | None = None) ->
     keras.backend.clear_session()
     model = load_keras(src)
     signature = _signature(tf, model, inputs)
-    single = len(signature) == 1
+    call, names = _caller(model, signature), output_names(model)
 
     def serve(*args: Any) -> dict[str, Any]:
-        out = model(args[0] if single else list(args), training=False)
+        out = call(*args)
+        if isinstance(out, dict):
+            out = [out[k] for k in model.output_names]
         if isinstance(out, (list, tuple)):
-            return {f"output_{i}": o for i, o in enumerate(out)}
+            return dict(zip(names, out, strict=True))
         return {"output": out}
 
     archive = keras.export.ExportArchive()
@@ -168,12 +192,13 @@ def _signature(tf: Any, model: Any, inputs: list[Any] | None) -> list[Any]:
     return out
 
 
-def _finish(proto: Any, dst: Path, rename: bool = True) -> dict[str, Any]:
+def _finish(proto: Any, dst: Path, rename: bool = True, names: list[str] | None = None) -> dict[str, Any]:
     import onnx
 
     if rename:
         outs = list(proto.graph.output)
-        names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+        if names is None or len(names) != len(outs):
+            names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
         for out, new in zip(outs, names, strict=True):
             _rename_value(proto.graph, out.name, new)
     proto.producer_name = "deployc"

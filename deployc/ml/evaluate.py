@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from deployc.errors import InputError
-from deployc.ml import measure
+from deployc.ml import feeds, measure
 
 
 def onnx_session(path: Path, threads: int = 1) -> Any:
@@ -25,66 +25,153 @@ def onnx_session(path: Path, threads: int = 1) -> Any:
         raise InputError(f"{path.name}: onnxruntime cannot load it ({exc})") from None
 
 
-def _feed_dtype(session: Any) -> Any:
-    kind = session.get_inputs()[0].type  # e.g. "tensor(float)"
-    return {"tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-            "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(kind, np.float32)
+_ORT_DTYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(bool)": np.bool_,
+               "tensor(int16)": np.int16, "tensor(uint16)": np.uint16}
 
 
-def predict_onnx(path: Path, x: np.ndarray, batch_size: int = 256, threads: int = 1) -> np.ndarray:
+def session_feed(session: Any, x: feeds.Inputs, what: str = "the model") -> dict[str, np.ndarray]:
+    """The feed of an onnxruntime session: each input by name, cast to the dtype the model declares."""
+    ins = session.get_inputs()
+    return feeds.feed(x, [i.name for i in ins], [_ORT_DTYPES.get(i.type, np.float32) for i in ins], what)
+
+
+def output_index(names: list[str], output: str | None, what: str = "the model") -> int:
+    """The position of the prediction output `output` (model.prediction; None: the first) among `names`. A
+    model of one output has no other: the artifact names it `output` whatever the original called it."""
+    if output is None or len(names) == 1:
+        return 0
+    if output not in names:
+        raise InputError(f"model.prediction: {what} has no output named {output!r} (it has: {', '.join(names)})")
+    return names.index(output)
+
+
+def predict_onnx(path: Path, x: feeds.Inputs, batch_size: int = 256, threads: int = 1,
+                 output: str | None = None) -> np.ndarray:
+    """The prediction output of an ONNX model on every row of `x`, in batches."""
     sess = onnx_session(path, threads)
-    inp = sess.get_inputs()[0]
-    if len(sess.get_inputs()) != 1:
-        raise InputError(f"{path.name}: evaluation supports single-input models only")
-    x = np.asarray(x, dtype=_feed_dtype(sess))
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    step = fixed or batch_size
-    outs = [sess.run(None, {inp.name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+    feed = session_feed(sess, x, path.name)
+    names = [o.name for o in sess.get_outputs()]
+    chosen = [names[output_index(names, output, path.name)]]
+    first = sess.get_inputs()[0].shape[0]
+    step = first if isinstance(first, int) and first > 0 else batch_size
+    n = feeds.rows(feed)
+    outs = [sess.run(chosen, feeds.take(feed, slice(i, i + step)))[0] for i in range(0, n, step)]  # type: ignore[arg-type]
     return np.concatenate(outs).astype(np.float32)
 
 
-def predict_keras(path: Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    from deployc.ml.convert import load_keras
+def keras_feed(model: Any, x: feeds.Inputs) -> Any:
+    """What `model.predict` takes: the one array, or the arrays by input name (cast to each input's dtype)."""
+    names = [str(getattr(t, "name", "")).split(":")[0] for t in model.inputs]
+    dtypes = [getattr(t, "dtype", "float32") for t in model.inputs]
+    if not isinstance(x, dict) and len(names) == 1:
+        return feeds.cast(np.asarray(x), dtypes[0], names[0])
+    return feeds.feed(x, names, dtypes, "the Keras model")
 
-    model = load_keras(path)
-    return np.asarray(model.predict(np.asarray(x, dtype=np.float32), batch_size=batch_size, verbose=0),
+
+def keras_output(model: Any, out: Any, output: str | None) -> np.ndarray:
+    """The prediction output among what a Keras model returned (one array, a list in output order, a dict)."""
+    names = list(getattr(model, "output_names", None) or [])
+    if isinstance(out, dict):
+        names = list(out)
+        out = [out[n] for n in names]
+    if not isinstance(out, (list, tuple)):
+        if output is not None and names and output not in names:
+            output_index(names, output, "the Keras model")
+        return np.asarray(out, dtype=np.float32)
+    return np.asarray(out[output_index(names or [str(i) for i in range(len(out))], output, "the Keras model")],
                       dtype=np.float32)
 
 
-def predict(path: Path, fmt: str, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_keras(path: Path, x: feeds.Inputs, batch_size: int = 256, output: str | None = None) -> np.ndarray:
+    from deployc.ml.convert import load_keras
+
+    model = load_keras(path)
+    return keras_output(model, model.predict(keras_feed(model, x), batch_size=batch_size, verbose=0), output)
+
+
+def predict(path: Path, fmt: str, x: feeds.Inputs, batch_size: int = 256, output: str | None = None) -> np.ndarray:
     if fmt == "onnx":
-        return predict_onnx(path, x, batch_size)
+        return predict_onnx(path, x, batch_size, output=output)
     if fmt == "keras":
-        return predict_keras(path, x, batch_size)
+        return predict_keras(path, x, batch_size, output=output)
     if fmt == "tflite":
         from deployc.ml.tflite import predict_tflite  # provided by the tflite target
 
-        return np.asarray(predict_tflite(path, x), dtype=np.float32)
+        return np.asarray(predict_tflite(path, x), dtype=np.float32)  # type: ignore[arg-type]
     raise InputError(f"cannot run a {fmt} model for evaluation")
 
 
-def compare(reference: np.ndarray, pred: np.ndarray, y: np.ndarray | None, task: str) -> dict[str, Any]:
-    """Figures of `pred` against the reference model's outputs (and labels, when given)."""
+def compare(reference: np.ndarray, pred: np.ndarray, y: np.ndarray | None, task: str,
+            threshold: float = 0.5) -> dict[str, Any]:
+    """Figures of `pred` against the reference model's outputs (and labels, when given), per the task."""
     if reference.shape != pred.shape:
         raise InputError(f"output shape {pred.shape} differs from the reference model's {reference.shape}")
     bad = int(pred.size - np.count_nonzero(np.isfinite(pred)))
     out: dict[str, Any] = {"rows": int(len(pred))}
     if bad:  # no figure stands for such outputs: the gates that need one fail as "not measured"
         out["non_finite_outputs"] = bad
-        out["max_abs_error"] = None
+        out["max_abs_error"] = out["relative_error"] = None
     else:
-        out["max_abs_error"] = round(float(np.max(np.abs(reference - pred))), 8) if len(pred) else 0.0
-    if task == "classification" and pred.ndim == 2 and pred.shape[1] > 1:
-        top = pred.argmax(axis=1)
-        out["agreement"] = None if bad else round(float(np.mean(top == reference.argmax(axis=1))), 6)
+        diff = (reference - pred).astype(np.float64)
+        out["max_abs_error"] = round(float(np.max(np.abs(diff))), 8) if len(pred) else 0.0
+        norm = float(np.linalg.norm(reference.astype(np.float64)))
+        out["relative_error"] = round(float(np.linalg.norm(diff)) / norm, 8) if norm > 0 else 0.0
+    classes = predicted_classes(pred, task, threshold)
+    if classes is not None:
+        ref_classes = predicted_classes(reference, task, threshold)
+        out["agreement"] = None if bad else round(float(np.mean(classes == ref_classes)), 6)
         if y is not None:
-            out["accuracy"] = None if bad else round(float(np.mean(top == np.asarray(y).reshape(-1))), 6)
+            truth = np.asarray(y).reshape(classes.shape) if task == "multilabel" else np.asarray(y).reshape(-1)
+            out["accuracy"] = None if bad else round(float(np.mean(classes == truth)), 6)
+    if y is not None and task == "binary":
+        out["auc"] = None if bad else roc_auc(np.asarray(y).reshape(-1), pred.reshape(len(pred), -1)[:, 0])
+    if y is not None and task == "regression":
+        out["r2"] = None if bad else r2_score(np.asarray(y, dtype=np.float64).reshape(pred.shape), pred)
     return out
 
 
-def class_distribution(pred: np.ndarray) -> list[float]:
+def predicted_classes(pred: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray | None:
+    """The predicted class of each row (a 0/1 decision per label for multilabel); None where the task or the
+    output's shape has no classes."""
+    if task == "classification" and pred.ndim == 2 and pred.shape[1] > 1:
+        return pred.argmax(axis=1)
+    if task == "binary" and pred.ndim in (1, 2) and (pred.ndim == 1 or pred.shape[1] == 1):
+        return (pred.reshape(-1) >= threshold).astype(np.int64)
+    if task == "multilabel" and pred.ndim == 2:
+        return (pred >= threshold).astype(np.int64)
+    return None
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC of `score` for the 0/1 labels `y` (Mann-Whitney, ties counted half); None with one class only."""
+    pos = y.astype(bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return round(float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)), 6)
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float | None:
+    """Coefficient of determination of `pred` for the targets `y` (None when y is constant)."""
+    total = float(np.sum((y - y.mean(axis=0)) ** 2))
+    if total == 0:
+        return None
+    return round(1.0 - float(np.sum((y - pred) ** 2)) / total, 6)
+
+
+def class_distribution(pred: np.ndarray, task: str = "classification", threshold: float = 0.5) -> list[float]:
     """Share of rows predicted as each class (the stability SLO's reference)."""
-    counts = np.bincount(pred.argmax(axis=1), minlength=pred.shape[1]).astype(np.float64)
+    classes = predicted_classes(pred, task, threshold)
+    n = pred.shape[1] if task == "classification" else 2
+    counts = np.bincount(np.asarray(classes).reshape(-1), minlength=n).astype(np.float64)
     return [float(c) for c in counts / max(1.0, counts.sum())]
 
 
@@ -94,20 +181,18 @@ def sizes(path: Path) -> dict[str, int]:
     return {"size_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}
 
 
-def measure_onnx(path: Path, x: np.ndarray, threads: int = 1, batch_size: int = 64,
+def measure_onnx(path: Path, x: feeds.Inputs, threads: int = 1, batch_size: int = 64,
                  min_seconds: float = 0.5) -> dict[str, Any]:
     """Batch-1 latency p50/p99 (deployc.ml.measure's definition) and throughput at `batch_size` over half of
     `min_seconds`, on this machine."""
     sess = onnx_session(path, threads)
-    name = sess.get_inputs()[0].name
-    x = np.asarray(x, dtype=_feed_dtype(sess))
-    one = x[:1]
-    lat = measure.measure_latency(lambda: sess.run(None, {name: one}), min_seconds=min_seconds)
-    batch = np.resize(x, (batch_size,) + x.shape[1:]).astype(x.dtype)
+    feed = session_feed(sess, x, path.name)
+    one = feeds.take(feed, slice(0, 1))
+    lat = measure.measure_latency(lambda: sess.run(None, one), min_seconds=min_seconds)  # type: ignore[arg-type]
     fixed = sess.get_inputs()[0].shape[0]
-    if isinstance(fixed, int) and fixed > 0:
-        batch = batch[:fixed]
-    rows_s = measure.measure_throughput(lambda: sess.run(None, {name: batch}), len(batch),
+    n = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+    batch = feeds.resize(feed, min(n, batch_size))
+    rows_s = measure.measure_throughput(lambda: sess.run(None, batch), feeds.rows(batch),  # type: ignore[arg-type]
                                         min_seconds=min_seconds / 2)
     return {**lat.figures(), "throughput_rows_s": round(rows_s, 1), "threads": threads,
-            "batch_size": int(len(batch))}
+            "batch_size": int(feeds.rows(batch))}

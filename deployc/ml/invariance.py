@@ -52,10 +52,10 @@ def unmeasured(model: Path, why: str) -> dict[str, Any]:
             "changed_predictions": None, "relative_tolerance": RELATIVE_TOLERANCE}
 
 
-def _run(sess: Any, name: str, x: Any) -> list[Any]:
+def _run(sess: Any, feed: dict[str, Any]) -> list[Any]:
     import numpy as np
 
-    return [np.asarray(o, dtype=np.float64) for o in sess.run(None, {name: x})]
+    return [np.asarray(o, dtype=np.float64) for o in sess.run(None, feed)]
 
 
 def _hostile(x: Any) -> Any:
@@ -66,22 +66,31 @@ def _hostile(x: Any) -> Any:
     return np.clip(np.concatenate([x, -x]).astype(np.float64) * HOSTILE_SCALE, -lim, lim).astype(x.dtype)
 
 
-def _batches(x: Any) -> list[tuple[str, Any, Any]]:
+def _companions(a: Any) -> Any:
+    """Hostile companion rows of one input: float inputs scaled by +-HOSTILE_SCALE; integer inputs (ids) cannot
+    be scaled, so their rows come forward and reversed (as many rows either way)."""
+    import numpy as np
+
+    return _hostile(a) if np.issubdtype(a.dtype, np.floating) else np.concatenate([a, a[::-1]])
+
+
+def _batches(x: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
     """(companions, row indices, batch): the indexed eval rows come first in each batch, companions after."""
     import numpy as np
 
-    n = len(x)
+    from deployc.ml import feeds
+
+    n = feeds.rows(x)
     perm = np.random.default_rng(SEED).permutation(n)
     out = [("eval", np.arange(i, min(i + MIX_BATCH, n)), None) for i in range(0, n, MIX_BATCH)]
     out += [("eval", perm[i:i + MIX_BATCH], None) for i in range(0, n, MIX_BATCH)]
     half = MIX_BATCH // 2
-    floating = np.issubdtype(x.dtype, np.floating)  # integer inputs (ids) cannot be scaled: reversed rows
     hostile: list[tuple[str, Any, Any]] = []
     for i in range(0, n, half):
         idx = np.arange(i, min(i + half, n))
         others = np.roll(np.arange(n), -(i + half))[: max(1, half // 2)]
-        hostile.append(("hostile", idx, _hostile(x[others]) if floating else x[others][::-1]))
-    return [(kind, idx, x[idx] if extra is None else np.concatenate([x[idx], extra]))
+        hostile.append(("hostile", idx, {k: _companions(a[others]) for k, a in x.items()}))
+    return [(kind, idx, {k: a[idx] if extra is None else np.concatenate([a[idx], extra[k]]) for k, a in x.items()})
             for kind, idx, extra in out + hostile]
 
 
@@ -107,33 +116,33 @@ def _figures(acc: dict[str, Any], scale: float, classify: bool) -> dict[str, Any
 
 
 def measure(model: Path, x: Any, task: str) -> dict[str, Any]:
-    """Figures of the model's batch (in)variance on eval rows `x` (single-input models).
+    """Figures of the model's batch (in)variance on eval rows `x` (one array, or {input name: array}).
 
     `changed_predictions` counts the eval rows whose top-1 class changed in at least one mixed batch (None when
     the task is not classification); `by_companions` splits the figures by what the rows were batched with.
     """
     import numpy as np
 
-    from deployc.ml.evaluate import _feed_dtype, onnx_session
+    from deployc.ml import feeds
+    from deployc.ml.evaluate import onnx_session, session_feed
 
     sess = onnx_session(model)
-    inp = sess.get_inputs()[0]
     result: dict[str, Any] = {"measured": True, "batchable": True, "batch_dependent_ops": scan(model),
                               "relative_tolerance": RELATIVE_TOLERANCE, "hostile_scale": HOSTILE_SCALE}
-    if len(sess.get_inputs()) != 1:
-        return unmeasured(model, "the model has several inputs")
-    if isinstance(inp.shape[0], int) and inp.shape[0] > 0:
+    if any(not (isinstance(i.shape[0], str) or i.shape[0] in (None, -1)) for i in sess.get_inputs()):
         return {**result, "measured": False, "batchable": False}
-    x = np.asarray(x, dtype=_feed_dtype(sess))[:MAX_ROWS]
-    singles = [_run(sess, inp.name, x[i:i + 1]) for i in range(len(x))]
+    feed = feeds.take(session_feed(sess, x, model.name), slice(0, MAX_ROWS))
+    assert isinstance(feed, dict)
+    n = feeds.rows(feed)
+    singles = [_run(sess, {k: a[i:i + 1] for k, a in feed.items()}) for i in range(n)]
     alone = [np.concatenate([s[k] for s in singles]) for k in range(len(singles[0]))]
     classify = task == "classification" and alone[0].ndim == 2 and alone[0].shape[1] > 1
     accs: dict[str, dict[str, Any]] = {kind: {"max_abs_diff": 0.0, "non_finite": 0, "changed": set()}
                                        for kind in ("eval", "hostile")}
-    batches = _batches(x)
+    batches = _batches(feed)
     for kind, idx, batch in batches:
-        outs = _run(sess, inp.name, batch)
-        if any(o.shape[:1] != (len(batch),) for o in outs):  # an output that does not follow the batch axis
+        outs = _run(sess, batch)
+        if any(o.shape[:1] != (feeds.rows(batch),) for o in outs):  # an output that does not follow the batch axis
             return {**result, "measured": False, "batchable": False}
         _compare(alone, idx, outs, classify, accs[kind])
     scale = max((float(np.max(np.abs(a))) for a in alone if a.size), default=0.0) or 1.0
@@ -143,6 +152,6 @@ def measure(model: Path, x: Any, task: str) -> dict[str, Any]:
     figures = _figures(total, scale, classify)
     invariant = (total["max_abs_diff"] / scale <= RELATIVE_TOLERANCE and not total["changed"]
                  and not total["non_finite"])
-    return {**result, "invariant": invariant, "rows": int(len(x)), "mixed_batches": len(batches),
+    return {**result, "invariant": invariant, "rows": int(n), "mixed_batches": len(batches),
             "output_scale": float(f"{scale:.6g}"), **figures,
             "by_companions": {kind: _figures(a, scale, classify) for kind, a in accs.items()}}

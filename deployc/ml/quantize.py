@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.ml import feeds
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 32
@@ -83,15 +84,18 @@ def preprocess(src: Path, dst: Path, log: Callable[[str], None] = print,
 
 
 class ArrayReader:
-    """A CalibrationDataReader over a numpy array, in fixed-size batches, in order (deterministic)."""
+    """A CalibrationDataReader over {input name: array}, in fixed-size batches, in order (deterministic). Every
+    input is fed; integer inputs (token and item ids) pass through as they are, since only float tensors are
+    calibrated."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int):
-        self.input_name, self.x, self.batch = input_name, x, batch
+    def __init__(self, feed: dict[str, np.ndarray], batch: int):
+        self.feed, self.batch = feed, batch
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
-            self._it = iter([{self.input_name: self.x[i:i + self.batch]} for i in range(0, len(self.x), self.batch)])
+            n = feeds.rows(self.feed)
+            self._it = iter([{k: v[i:i + self.batch] for k, v in self.feed.items()} for i in range(0, n, self.batch)])
         return next(self._it, None)
 
     def rewind(self) -> None:
@@ -104,17 +108,16 @@ def calibration_batch(rows: int) -> int:
     return next(b for b in range(min(rows, CALIBRATION_BATCH), 0, -1) if rows % b == 0)
 
 
-def _input_spec(model: Any) -> tuple[str, Any, int | None]:
+def _input_spec(model: Any) -> tuple[list[str], list[Any], int | None]:
+    """The graph's input names and numpy dtypes, and the batch size when the first input fixes it."""
     from onnx import helper
 
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise InputError(f"int8-static calibration supports single-input models (this one has {len(inputs)})")
-    tt = inputs[0].type.tensor_type
-    dims = tt.shape.dim
+    dims = inputs[0].type.tensor_type.shape.dim
     fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-    return inputs[0].name, helper.tensor_dtype_to_np_dtype(tt.elem_type), fixed
+    return ([i.name for i in inputs], [helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in inputs],
+            fixed)
 
 
 @contextlib.contextmanager
@@ -145,7 +148,7 @@ def quantize_dynamic_onnx(src: Path, dst: Path, *, per_channel: bool = False, re
             "excluded_nodes": excluded, **graph_summary(dst)}
 
 
-def quantize_static_onnx(src: Path, dst: Path, calibration: np.ndarray, *, method: str = "percentile",
+def quantize_static_onnx(src: Path, dst: Path, calibration: feeds.Inputs, *, method: str = "percentile",
                          per_channel: bool = True, reduce_range: bool = False, exclude_ops: Iterable[str] = (),
                          exclude_nodes: Iterable[str] = (), keep_edges_float: bool = False,
                          percentile: float = 99.999,
@@ -156,17 +159,18 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: np.ndarray, *, metho
 
     if method not in CALIBRATION_METHODS:
         raise InputError(f"calibration_method {method!r}: use one of {', '.join(CALIBRATION_METHODS)}")
-    if len(calibration) == 0:
+    rows = feeds.rows(calibration)
+    if rows == 0:
         raise InputError("int8-static needs calibration rows (data.calibration is empty)")
     with tempfile.TemporaryDirectory(prefix="deployc-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         details = preprocess(src, pre, log, preprocess_runner)
         model = name_nodes(_load(pre))
-        name, dtype, fixed = _input_spec(model)
+        names, dtypes, fixed = _input_spec(model)
         excluded = sorted(set(nodes_of_types(model, exclude_ops)) | set(exclude_nodes)
                           | set(edge_nodes(model) if keep_edges_float else ()))
-        batch = fixed or calibration_batch(len(calibration))
-        reader = ArrayReader(name, np.asarray(calibration, dtype=dtype), batch)
+        batch = fixed or calibration_batch(rows)
+        reader = ArrayReader(feeds.feed(calibration, names, dtypes, "the model"), batch)
         extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
         calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                      "percentile": CalibrationMethod.Percentile}[method]
@@ -181,7 +185,7 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: np.ndarray, *, metho
                             extra_options=extra)
     details.update({"format": "QDQ", "activation_type": "int8", "weight_type": "int8", "per_channel": per_channel,
                     "reduce_range": reduce_range, "calibration_method": method,
-                    "calibration_rows": int(len(calibration)), "calibration_batch": batch,
+                    "calibration_rows": int(rows), "calibration_batch": batch,
                     "keep_edges_float": keep_edges_float,
                     "excluded_nodes": excluded})
     if method == "percentile":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
@@ -36,7 +36,13 @@ class ModelSpec(SpecModel):
     format: Literal["auto", "keras", "savedmodel", "onnx"] = Field("auto", description="auto: from the path.")
     inputs: list[TensorSpec] | None = Field(None, min_length=1, description="Needed where the model does not say.")
     labels: RelPath | None = Field(None, description="Text file, one class name per line, in output order.")
-    task: Literal["classification", "regression"] = Field("classification")
+    task: Literal["classification", "binary", "multilabel", "regression"] = Field(
+        "classification", description="What the prediction output holds: classification (one class of several, "
+        "argmax), binary (a sigmoid probability of class 1), multilabel (a sigmoid per label), regression.")
+    prediction: str | None = Field(None, min_length=1, max_length=128, description="The output the gates, the "
+                                   "report and the stability SLO judge, by name (default: the first output).")
+    threshold: float | None = Field(None, gt=0, lt=1, description="binary and multilabel: the probability from "
+                                    "which a row (a label) counts as positive (default 0.5).")
     allow_python_code: bool = Field(False, description="Load the Keras model with safe mode off, so Lambda layers "
                                     "(Python code stored in the file) run. Loading then executes that code: only "
                                     "for files whose source you trust.")
@@ -53,9 +59,14 @@ class ModelSpec(SpecModel):
         return "savedmodel"
 
 
+ArrayKey = Annotated[str, Field(min_length=1, max_length=128)]
+
+
 class DataSet(SpecModel):
     path: RelPath = Field(..., description="A .npz file.")
-    x: str = Field("x", description="Key of the inputs array.")
+    x: ArrayKey | dict[ArrayKey, ArrayKey] = Field(
+        "x", description="Key of the inputs array; for a model of several inputs, a mapping of each input's name "
+        "to its array's key (`{input_ids: ids, attention_mask: mask}`).")
     y: str | None = Field(None, description="Key of the labels array (class indices).")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
 
@@ -72,6 +83,12 @@ class Gates(SpecModel):
     min_agreement: float | None = Field(None, ge=0, le=1, description="Share of eval rows whose top-1 class "
                                         "matches the reference model.")
     max_abs_error: float | None = Field(None, ge=0, description="Largest absolute output difference.")
+    max_relative_error: float | None = Field(None, ge=0, description="Relative L2 error of the prediction "
+                                             "output: ||artifact - reference|| / ||reference||.")
+    max_auc_drop: float | None = Field(None, ge=0, le=1, description="binary: reference ROC AUC minus artifact "
+                                       "ROC AUC on data.eval's labels.")
+    max_r2_drop: float | None = Field(None, ge=0, description="regression: reference R² minus artifact R² on "
+                                      "data.eval's labels.")
     max_size_mb: float | None = Field(None, gt=0, description="Artifact size on disk.")
     max_latency_p99_ms: float | None = Field(None, gt=0, description="Batch-1 p99 latency on this machine.")
 
@@ -132,11 +149,12 @@ class DeploySpec(SpecModel):
         problems.extend(optimize_problems(self, fmt))  # each pass's rules (deployc.schema.passes)
         gates = self.gates
         if self.data.eval is None:
-            for g in ("max_accuracy_drop", "min_agreement", "max_abs_error"):
+            for g in EVAL_GATES:
                 if getattr(gates, g) is not None:
                     problems.append((("gates", g), f"{g} is measured on data.eval, which is not set"))
-        if gates.max_accuracy_drop is not None and self.data.eval is not None and self.data.eval.y is None:
-            problems.append((("gates", "max_accuracy_drop"), "accuracy needs labels: set data.eval.y"))
+        elif self.data.eval.y is None:
+            problems += [(("gates", g), f"{g} needs labels: set data.eval.y") for g in LABEL_GATES
+                         if getattr(gates, g) is not None]
         problems.extend(_task_problems(self))
         targets = configured(self)
         for target in targets:  # each target's own rules (names derived from `name`, inputs it needs)
@@ -157,15 +175,32 @@ class DeploySpec(SpecModel):
         return self
 
 
+# the gates measured on data.eval, those of them that need its labels, and the tasks each one judges
+EVAL_GATES = ("max_accuracy_drop", "min_agreement", "max_abs_error", "max_relative_error", "max_auc_drop",
+              "max_r2_drop")
+LABEL_GATES = ("max_accuracy_drop", "max_auc_drop", "max_r2_drop")
+CLASS_TASKS = ("classification", "binary", "multilabel")
+GATE_TASKS = {"max_accuracy_drop": CLASS_TASKS, "min_agreement": CLASS_TASKS, "max_auc_drop": ("binary",),
+              "max_r2_drop": ("regression",)}
+_INSTEAD = {"classification": "min_agreement or max_accuracy_drop", "binary": "max_auc_drop, max_accuracy_drop or "
+            "min_agreement", "multilabel": "min_agreement or max_accuracy_drop",
+            "regression": "max_abs_error, max_relative_error or max_r2_drop"}
+
+
 def _task_problems(spec: DeploySpec) -> list[tuple[tuple[str | int, ...], str]]:
-    """Gates and SLOs that judge predicted classes cannot apply to a regression model."""
-    if spec.model.task != "regression":
-        return []
+    """Gates and SLOs must judge what the model's task predicts: classes for the class tasks, numbers for
+    regression; one predicted class a row for the stability SLO; a threshold only for sigmoid outputs."""
+    task = spec.model.task
     found: list[tuple[tuple[str | int, ...], str]] = [
-        (("gates", g), f"{g} compares predicted classes, and model.task is regression: use max_abs_error")
-        for g in ("max_accuracy_drop", "min_agreement") if getattr(spec.gates, g) is not None]
-    found += [(("slos", i, "kind"), "a stability SLO watches the share of each predicted class, and model.task is "
-               "regression (no classes)") for i, s in enumerate(spec.slos) if s.kind == "stability"]
+        (("gates", g), f"{g} does not apply to model.task {task}: use {_INSTEAD[task]}")
+        for g, tasks in GATE_TASKS.items() if getattr(spec.gates, g) is not None and task not in tasks]
+    if task in ("regression", "multilabel"):
+        why = "no classes" if task == "regression" else "a row has several labels, not one class"
+        found += [(("slos", i, "kind"), f"a stability SLO watches the share of each predicted class, and model.task "
+                   f"is {task} ({why})") for i, s in enumerate(spec.slos) if s.kind == "stability"]
+    if spec.model.threshold is not None and task not in ("binary", "multilabel"):
+        found.append((("model", "threshold"), f"a threshold applies to binary and multilabel models, and model.task "
+                      f"is {task}"))
     return found
 
 

@@ -65,6 +65,7 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
         "name": ctx.spec.name,
         "version": ctx.spec.version,
         "task": ctx.spec.model.task,
+        **prediction_fields(ctx),
         "model": {
             "path": "model.onnx",
             "sha256": ctx.onnx_sha256,
@@ -85,6 +86,19 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
         "metrics": {"latency_buckets": list(ctx.latency_buckets)},
         "limits": cfg.limits.model_dump(),  # timeouts, connections, in-flight body bytes (docs/serving.md)
     }
+
+
+def prediction_fields(ctx: EmitContext) -> dict[str, Any]:
+    """serving.json's `prediction` (the output the predicted-class counter watches: model.prediction, by the
+    artifact's name of it) and, for sigmoid tasks, `threshold`; absent where they say nothing new."""
+    m = ctx.spec.model
+    found: dict[str, Any] = {}
+    names = [t.name for t in ctx.outputs]
+    if m.prediction is not None and len(names) > 1:
+        found["prediction"] = m.prediction
+    if m.task in ("binary", "multilabel"):
+        found["threshold"] = m.threshold if m.threshold is not None else 0.5
+    return found
 
 
 def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str | None = None,

@@ -1,0 +1,68 @@
+"""Model inputs as the steps hold them: one array for a model of one input, or {input name: array} for a model
+of several (`data.<set>.x: {name: key}`). These helpers treat both alike: rows, slices, and the feed of one
+runtime (onnxruntime, LiteRT, Keras) by input name, each array cast to the dtype that input declares.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from deployc.errors import InputError
+
+Inputs = np.ndarray | Mapping[str, np.ndarray]
+ANY_INPUT = "*"  # the key of the one array when the model's single input is not named (deployc.compiler.resolved)
+
+
+def as_mapping(x: Inputs) -> Mapping[str, np.ndarray]:
+    return x if isinstance(x, Mapping) else {ANY_INPUT: x}
+
+
+def rows(x: Inputs) -> int:
+    """Rows on the batch axis (all arrays of a mapping have as many: the data loader checks it)."""
+    return len(next(iter(as_mapping(x).values())))
+
+
+def take(x: Inputs, index: Any) -> Inputs:
+    """The rows `index` (a slice, or an integer array) of every array."""
+    if isinstance(x, Mapping):
+        return {k: v[index] for k, v in x.items()}
+    return x[index]
+
+
+def resize(x: Inputs, n: int) -> Inputs:
+    """`n` rows, the data repeated as needed (for a throughput batch)."""
+    def one(a: np.ndarray) -> np.ndarray:
+        return np.resize(a, (n,) + a.shape[1:]).astype(a.dtype)
+
+    return {k: one(v) for k, v in x.items()} if isinstance(x, Mapping) else one(x)
+
+
+def feed(x: Inputs, names: Sequence[str], dtypes: Sequence[Any], what: str = "the model") -> dict[str, np.ndarray]:
+    """{input name: array} for a runtime whose inputs are `names` (with `dtypes`): one unnamed array feeds a
+    single input whatever its name; a mapping must name each input. Integer inputs must get whole numbers."""
+    m = as_mapping(x)
+    if set(m) == {ANY_INPUT} or (not isinstance(x, Mapping) and len(names) == 1):
+        if len(names) != 1:
+            raise InputError(f"{what} has {len(names)} inputs ({', '.join(names)}); map each to its array in "
+                             "data.<set>.x: {input: key}")
+        m = {names[0]: next(iter(m.values()))}
+    missing = [n for n in names if n not in m]
+    if missing:
+        raise InputError(f"{what} needs inputs {', '.join(missing)}, which data.<set>.x does not map (it maps: "
+                         f"{', '.join(m)})")
+    return {n: cast(m[n], dt, n) for n, dt in zip(names, dtypes, strict=True)}
+
+
+def cast(a: np.ndarray, dtype: Any, name: str) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    if dtype.kind in "iub" and a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        raise InputError(f"input {name!r} is {dtype} in the model, and its data holds fractions ({a.dtype})")
+    return a.astype(dtype)
+
+
+def row_shapes(x: Inputs) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape[1:]) for k, v in as_mapping(x).items()}
