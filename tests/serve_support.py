@@ -122,6 +122,40 @@ def write_bundle(build: Path, model: str = "classifier", name: str = "iris", ver
     return build
 
 
+def write_model_bundle(local: Path, name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
+                       labels: list[str] | None = None, **top: Any) -> Path:
+    """serving.json (and labels.txt) for the model.onnx already in `local`; `top` adds or replaces top-level keys
+    (task, prediction, threshold, server, ...). Returns `local`."""
+    if labels:
+        (local / "labels.txt").write_text("\n".join(labels) + "\n")
+    cfg: dict[str, Any] = {
+        "format_version": 1, "name": name, "version": "1",
+        "model": {"path": "model.onnx", "sha256": hashlib.sha256((local / "model.onnx").read_bytes()).hexdigest(),
+                  "inputs": inputs, "outputs": outputs},
+        "labels": "labels.txt" if labels else None,
+        "server": {"host": "127.0.0.1", "port": 8080, "workers": 1, "max_body_bytes": 65536, "auth_token_env": None},
+        "batching": {"enabled": True, "max_batch_size": 32, "max_delay_ms": 2.0},
+        **top,
+    }
+    (local / "serving.json").write_text(json.dumps(cfg, indent=2))
+    return local
+
+
+def metric_samples(srv: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the server's /metrics, keyed by (name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, body = srv.request("GET", "/metrics")
+    assert status == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+
+
+def metric_value(snap: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    return sum(v for (n, ls), v in snap.items() if n == name and set(labels.items()) <= set(ls))
+
+
 class Server:
     """`python -m deployc.serve BUNDLE --port 0` as a real process; the bound port is read from its log."""
 

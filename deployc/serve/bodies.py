@@ -13,6 +13,7 @@ from deployc.serve.state import ServerState
 
 JSON = "application/json"
 NPY = "application/x-npy"
+NPZ = "application/x-npz"
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

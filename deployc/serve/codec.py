@@ -5,7 +5,6 @@ the app turns it into `{"error": ...}`. numpy parses `data` lists; orjson (when 
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from typing import Any
@@ -81,11 +80,11 @@ def to_array(data: Any, spec: TensorSpec, what: str, shape: list[Any] | None = N
         raise ClientError(400, f"{what}: data is not a rectangular array of numbers") from None
     want = np.dtype(DATATYPES[spec.datatype])
     kind = arr.dtype.kind
-    if arr.size and (kind not in "biuf" or (kind == "b") != (want.kind == "b")):
-        expected = "booleans" if want.kind == "b" else "numbers"
+    if want.kind == "b":
+        _check_bools(arr, spec, what)
+    elif arr.size and (kind not in "iuf" or (kind == "f" and want.kind in "iu" and not _integral(arr, spec, what))):
+        expected = "integers" if want.kind in "iu" and kind in "iuf" else "numbers"
         raise ClientError(400, f"{what}: data must be {expected} for datatype {spec.datatype}")
-    if want.kind in "iu" and kind == "f":
-        raise ClientError(400, f"{what}: data must be integers for datatype {spec.datatype}")
     if want.kind in "iu" and arr.size:
         info = np.iinfo(want)
         if arr.min() < info.min or arr.max() > info.max:
@@ -101,6 +100,28 @@ def to_array(data: Any, spec: TensorSpec, what: str, shape: list[Any] | None = N
         arr = arr.reshape(shape)
     check_shape(arr, spec, what)
     return arr
+
+
+# The largest integer a JSON number with a fraction or an exponent (a float64) carries exactly: past it, `2e18`
+# may not be the id the client meant.
+EXACT_FLOAT_INT = 2 ** 53
+
+
+def _integral(arr: np.ndarray, spec: TensorSpec, what: str) -> bool:
+    """Whether floats given for an integer input are whole numbers (`3.0` is 3), exactly representable."""
+    if not np.isfinite(arr).all():
+        raise ClientError(400, f"{what}: data contains a non-finite number; datatype {spec.datatype} takes integers")
+    if np.abs(arr).max() > EXACT_FLOAT_INT:
+        raise ClientError(400, f"{what}: a number written with a fraction or exponent is past 2**53, where it is not "
+                               f"exact; write the integers of datatype {spec.datatype} as JSON integers")
+    return bool((arr == np.trunc(arr)).all())
+
+
+def _check_bools(arr: np.ndarray, spec: TensorSpec, what: str) -> None:
+    """BOOL takes true/false or the integers 0 and 1."""
+    kind = arr.dtype.kind
+    if arr.size and (kind not in "biu" or (kind in "iu" and (arr.min() < 0 or arr.max() > 1))):
+        raise ClientError(400, f"{what}: data must be booleans (true/false or 0/1) for datatype {spec.datatype}")
 
 
 def check_shape_list(shape: Any, what: str) -> list[int]:
@@ -190,45 +211,42 @@ def _wanted_outputs(req: dict[str, Any], outputs: tuple[TensorSpec, ...]) -> lis
 
 
 def decode_instances(req: dict[str, Any], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    """SageMaker's `{"instances": [...]}`: one row per instance; a dict per instance for multi-input models."""
+    """SageMaker's (TF Serving's row format) `{"instances": [...]}`: one row per instance; an object keyed by
+    input name per instance for models with several inputs."""
     inst = req["instances"]
     if not isinstance(inst, list) or not inst:
         raise ClientError(400, '"instances" must be a non-empty list')
     if all(isinstance(x, dict) for x in inst):
-        return {s.name: to_array([_field(x, s.name, i) for i, x in enumerate(inst)], s, f"instances.{s.name}")
-                for s in inputs}
+        names = {s.name for s in inputs}
+        for i, x in enumerate(inst):
+            unknown = [k for k in x if k not in names]
+            if unknown:
+                raise ClientError(400, f"instances[{i}]: unknown input(s) {sorted(unknown)}; the model takes "
+                                       f"{sorted(names)}")
+        return {s.name: to_array([_field(x, s.name, i) for i, x in enumerate(inst)], s,
+                                 f"instances: input {s.name!r}") for s in inputs}
     if len(inputs) != 1:
         raise ClientError(400, f"this model takes several inputs {[s.name for s in inputs]}: send each instance "
-                               "as an object keyed by input name")
+                               'as an object keyed by input name, or {"inputs": {name: rows, ...}}')
     return {inputs[0].name: to_array(inst, inputs[0], "instances")}
+
+
+def decode_columns(cols: dict[str, Any], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """TF Serving's columnar format `{"inputs": {name: rows, ...}}`: each input's whole batch under its name."""
+    names = sorted(s.name for s in inputs)
+    unknown = sorted(k for k in cols if k not in names)
+    missing = sorted(n for n in names if n not in cols)
+    if unknown or missing:
+        parts = ([f"unknown input(s) {unknown}"] if unknown else []) + ([f"missing input(s) {missing}"]
+                                                                        if missing else [])
+        raise ClientError(400, f'"inputs": {", ".join(parts)}; the model takes {names}')
+    return {s.name: to_array(cols[s.name], s, f"inputs: input {s.name!r}") for s in inputs}
 
 
 def _field(x: dict[str, Any], name: str, i: int) -> Any:
     if name not in x:
         raise ClientError(400, f"instances[{i}]: input {name!r} is missing")
     return x[name]
-
-
-def decode_npy(body: bytes, inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    if len(inputs) != 1:
-        raise ClientError(400, "application/x-npy bodies are only accepted for single-input models")
-    spec = inputs[0]
-    try:
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
-    except Exception:  # numpy raises ValueError/EOFError/OSError for bad files
-        raise ClientError(400, "the body is not a valid .npy array") from None
-    if not isinstance(arr, np.ndarray):
-        raise ClientError(400, "the body is not a single .npy array")
-    want = np.dtype(DATATYPES[spec.datatype])
-    if arr.dtype.kind not in "biuf" or not np.can_cast(arr.dtype, want, casting="same_kind"):
-        raise ClientError(400, f"npy dtype {arr.dtype} cannot be used for datatype {spec.datatype}")
-    return {spec.name: to_array(arr, spec, "npy body")}
-
-
-def encode_npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
 
 
 # --- the binary tensor extension (HTTP): raw little-endian tensors after a JSON header ---

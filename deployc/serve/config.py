@@ -16,6 +16,10 @@ from deployc import conventions as C
 from deployc.errors import InputError
 from deployc.serve.limits import Limits
 
+# serving.json's `task`: what the prediction output holds. "other" is what bundles without a task said.
+TASKS = ("classification", "binary", "multilabel", "regression", "other")
+DEFAULT_THRESHOLD = 0.5
+
 # Open Inference Protocol datatype -> numpy dtype name (BYTES is not served: models here take numbers).
 DATATYPES: dict[str, str] = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -64,10 +68,18 @@ class ServingConfig:
     batch_invariant: bool | None = None  # the build's measurement (batching.batch_invariant.invariant); None: unknown
     grpc_port: int | None = None  # the Open Inference Protocol gRPC port; None: off, 0: a free one
     limits: Limits = Limits()  # timeouts, connections, in-flight body bytes (deployc/serve/limits.py)
+    prediction: str = ""  # the output the predicted-class counter watches and labels.txt names; "": the first
+    threshold: float = DEFAULT_THRESHOLD  # binary: a row is class 1 when its probability is at least this
 
     @property
     def config_path(self) -> Path:
         return self.root / "serving.json"
+
+    @property
+    def prediction_index(self) -> int:
+        """The prediction output's position in `outputs` (and in every list of outputs the model returns)."""
+        names = [t.name for t in self.outputs]
+        return names.index(self.prediction) if self.prediction in names else 0
 
 
 def find_serving_json(bundle: str | Path) -> Path:
@@ -187,6 +199,31 @@ def _latency_buckets(metrics: dict[str, Any], w: str) -> tuple[float, ...]:
     return tuple(sorted(float(b) for b in buckets))
 
 
+def _task(raw: dict[str, Any], outputs: tuple[TensorSpec, ...], labels: tuple[str, ...] | None, w: str
+          ) -> tuple[str, str, float]:
+    """(task, prediction output name, threshold), checked against the outputs and labels.txt."""
+    task = _get(raw, "task", str, f"{w}:", "other")
+    if task not in TASKS:
+        raise InputError(f"{w}: task: {task!r} is not one of {', '.join(TASKS)}")
+    names = [t.name for t in outputs]
+    prediction = _get(raw, "prediction", str, f"{w}:", names[0])
+    if prediction not in names:
+        raise InputError(f"{w}: prediction: {prediction!r} is not an output of the model (model.outputs: "
+                         f"{', '.join(names)})")
+    threshold = float(_get(raw, "threshold", (int, float), f"{w}:", DEFAULT_THRESHOLD))
+    if not 0.0 < threshold < 1.0:  # also refuses NaN
+        raise InputError(f"{w}: threshold: expected a probability strictly between 0 and 1, got {threshold!r}")
+    if task == "binary":
+        shape = outputs[names.index(prediction)].shape
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] in (1, -1))):
+            raise InputError(f"{w}: prediction: task binary needs one probability a row (shape [-1] or [-1, 1]); "
+                             f"{prediction!r} has shape {list(shape)}")
+        if labels is not None and len(labels) != 2:
+            raise InputError(f"{w}: labels: task binary names 2 classes (class 0, then class 1), the labels file "
+                             f"has {len(labels)}")
+    return task, prediction, threshold
+
+
 def _check_ranges(cfg: ServingConfig, w: str) -> None:
     if cfg.max_batch_size < 1 or cfg.max_delay_ms < 0 or cfg.max_body_bytes < 1 or cfg.workers < 1:
         raise InputError(f"{w}: batching.max_batch_size, server.workers and server.max_body_bytes must be >= 1, "
@@ -213,11 +250,12 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
     metrics = _get(raw, "metrics", dict, f"{w}:", {})
     ws, wr, wb = f"{w}: server", f"{w}: runtime", f"{w}: batching"
     latency_buckets = _latency_buckets(metrics, w)
+    outputs = _tensors(model.get("outputs"), f"{w}: model.outputs")
+    task, prediction, threshold = _task(raw, outputs, labels, w)
     cfg = ServingConfig(
         root=root, name=_get(raw, "name", str, f"{w}:"), version=str(_get(raw, "version", (str, int), f"{w}:")),
-        task=_get(raw, "task", str, f"{w}:", "other"), model_path=model_path, model_sha256=sha,
-        inputs=_tensors(model.get("inputs"), f"{w}: model.inputs"),
-        outputs=_tensors(model.get("outputs"), f"{w}: model.outputs"), labels=labels,
+        task=task, prediction=prediction, threshold=threshold, model_path=model_path, model_sha256=sha,
+        inputs=_tensors(model.get("inputs"), f"{w}: model.inputs"), outputs=outputs, labels=labels,
         host=_get(server, "host", str, ws, "127.0.0.1"), port=_get(server, "port", int, ws, 8080),
         workers=_get(server, "workers", int, ws, 1), max_body_bytes=_get(server, "max_body_bytes", int, ws, 8 << 20),
         auth_token_env=_get(server, "auth_token_env", str, ws, None),

@@ -210,7 +210,7 @@ async def model_infer(state: ServerState, request: Any) -> Any:
         if not submitted:
             batcher.arrived()
         gauge.dec()
-    state.metrics.observe_predictions(outs[0])
+    state.metrics.observe_predictions(outs)
     return encode_response(cfg, request.id, outs, wanted)
 
 

@@ -8,9 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployc import __version__
-from deployc.serve import codec, content
-from deployc.serve.bodies import JSON, NPY, json_response, outputs_json, read_body
+from deployc.serve import codec, content, npfiles
+from deployc.serve.bodies import JSON, NPY, NPZ, json_response, outputs_json, read_body
 from deployc.serve.codec import ClientError
+from deployc.serve.config import ServingConfig
 from deployc.serve.state import ServerState
 
 
@@ -50,7 +51,9 @@ async def model_metadata(state: ServerState, request: Request) -> Response:
     return json_response({
         "name": cfg.name, "versions": [cfg.version], "platform": "onnxruntime_onnx",
         "inputs": [t.as_json() for t in cfg.inputs], "outputs": [t.as_json() for t in cfg.outputs],
-        "parameters": {"task": cfg.task, "sha256": cfg.model_sha256, "labels": list(cfg.labels or [])},
+        "parameters": {"task": cfg.task, "prediction": cfg.prediction or cfg.outputs[0].name,
+                       **({"threshold": cfg.threshold} if cfg.task == "binary" else {}),
+                       "sha256": cfg.model_sha256, "labels": list(cfg.labels or [])},
     })
 
 
@@ -85,7 +88,7 @@ async def _run(state: ServerState, request: Request, decode: Any) -> tuple[Any, 
         if arriving and not submitted:
             batcher.arrived()
         gauge.dec()
-    state.metrics.observe_predictions(outs[0])
+    state.metrics.observe_predictions(outs)
     return feed, outs, extra
 
 
@@ -134,46 +137,65 @@ def _v2_response(state: ServerState, req: dict[str, Any], outs: list[np.ndarray]
     return resp
 
 
+OFFERED = (JSON, NPY, NPZ)  # /invocations answers, in the server's order of preference
+
+
 def _accept(request: Request) -> str:
-    """JSON or npy, whichever `Accept` prefers (q-values, RFC 9110); JSON without a preference; 406 for neither."""
+    """JSON, npy or npz, whichever `Accept` prefers (q-values, RFC 9110); JSON without a preference; 406 for none."""
     header = request.headers.get("accept")
-    chosen = content.choose_media(header, (JSON, NPY))
+    chosen = content.choose_media(header, OFFERED)
     if chosen is None:
-        raise ClientError(406, f"cannot answer in {header!r}; accepted: {JSON}, {NPY}")
+        raise ClientError(406, f"cannot answer in {header!r}; accepted: {', '.join(OFFERED)}")
     return chosen
 
 
+def _decode_json(body: bytes, cfg: ServingConfig) -> tuple[dict[str, np.ndarray], str, Any]:
+    """(feed, kind, extra) of an /invocations JSON body: TF Serving's row (`instances`) or columnar (`inputs` as an
+    object) format, a bare list of rows, or a KServe v2 body (`inputs` as a list; extra: the request, wanted)."""
+    req = codec.parse_json(body)
+    if isinstance(req, list):
+        req = {"instances": req}
+    if isinstance(req, dict) and "instances" in req:
+        return codec.decode_instances(req, cfg.inputs), "instances", None
+    if isinstance(req, dict) and isinstance(req.get("inputs"), dict):
+        return codec.decode_columns(req["inputs"], cfg.inputs), "columns", None
+    if isinstance(req, dict) and "inputs" in req:
+        feed, wanted = codec.decode_v2(req, cfg.inputs, cfg.outputs)
+        return feed, "v2", (req, wanted)
+    raise ClientError(400, 'expected {"instances": [...]}, {"inputs": {name: rows, ...}}, a KServe v2 body with an '
+                           '"inputs" list, or a JSON list')
+
+
 async def invocations(state: ServerState, request: Request) -> Response:
-    """SageMaker: JSON (`instances` or a KServe v2 body) or an .npy array in; JSON or .npy out, per Accept."""
+    """SageMaker: JSON (rows, columns or a KServe v2 body), an .npy or an .npz body in; JSON, .npy or .npz out,
+    per Accept."""
     cfg = state.cfg
     accept = _accept(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower() or JSON  # empty: as missing
-    if ctype not in (JSON, NPY):
-        raise ClientError(415, f"unsupported Content-Type {ctype!r}; send {JSON} or {NPY}")
+    if ctype not in OFFERED:
+        raise ClientError(415, f"unsupported Content-Type {ctype!r}; send {JSON}, {NPY} or {NPZ}")
 
     def decode(body: bytes) -> tuple[dict[str, np.ndarray], Any]:
         if ctype == NPY:
-            return codec.decode_npy(body, cfg.inputs), ("npy", None)
-        req = codec.parse_json(body)
-        if isinstance(req, list):
-            req = {"instances": req}
-        if isinstance(req, dict) and "instances" in req:
-            return codec.decode_instances(req, cfg.inputs), ("instances", None)
-        if isinstance(req, dict) and "inputs" in req:
-            feed, wanted = codec.decode_v2(req, cfg.inputs, cfg.outputs)
-            return feed, ("v2", (req, wanted))
-        raise ClientError(400, 'expected {"instances": [...]}, a KServe v2 body with "inputs", or a JSON list')
+            return npfiles.decode_npy(body, cfg.inputs), ("npy", None)
+        if ctype == NPZ:
+            return npfiles.decode_npz(body, cfg.inputs, cfg.max_body_bytes), ("npz", None)
+        feed, kind, extra = _decode_json(body, cfg)
+        return feed, (kind, extra)
 
     _, outs, (kind, extra) = await _run(state, request, decode)
-    if accept == NPY:
-        index = 0
-        if kind == "v2" and extra[1]:
-            index = [s.name for s in cfg.outputs].index(extra[1][0])
-        return Response(codec.encode_npy(outs[index]), media_type=NPY)
+    wanted = extra[1] if kind == "v2" else None
+    names = [s.name for s in cfg.outputs]
+    if accept == NPY:  # one array: the first output, or the first one the request names
+        return Response(npfiles.encode_npy(outs[names.index(wanted[0]) if wanted else 0]), media_type=NPY)
+    if accept == NPZ:
+        return Response(npfiles.encode_npz({n: o for n, o in zip(names, outs, strict=True)
+                                            if wanted is None or n in wanted}), media_type=NPZ)
     if kind == "v2":
-        return json_response(_v2_response(state, extra[0], outs, extra[1]))
+        return json_response(_v2_response(state, extra[0], outs, wanted))
+    if kind == "columns":  # TF Serving: the output itself when there is one, else an object by output name
+        return json_response({"outputs": outs[0] if len(outs) == 1 else dict(zip(names, outs, strict=True))})
     if len(outs) == 1:
         return json_response({"predictions": outs[0]})
-    rows = [{s.name: o[i].tolist() for s, o in zip(cfg.outputs, outs, strict=True)} for i in range(outs[0].shape[0])]
+    rows = [{n: o[i].tolist() for n, o in zip(names, outs, strict=True)} for i in range(outs[0].shape[0])]
     return json_response({"predictions": rows})
-

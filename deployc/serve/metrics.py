@@ -63,10 +63,15 @@ class ServerMetrics:
         self._predictions: Counter | None = None
         self._prediction_children: dict[int, Any] = {}  # class index -> its labelled counter
         self._class_names: list[str] = []
-        if cfg.task == "classification":
-            self._predictions = Counter(C.METRIC_PREDICTIONS, "Predicted classes (argmax of the first output).",
+        self._prediction_index = cfg.prediction_index
+        self._binary = cfg.task == "binary"
+        self._threshold = cfg.threshold
+        if cfg.task in ("classification", "binary"):  # one class a row; regression and multilabel have none
+            what = "thresholded" if self._binary else "argmax of"
+            self._predictions = Counter(C.METRIC_PREDICTIONS, f"Predicted classes ({what} the prediction output).",
                                         base + (C.LABEL_CLASS,), registry=r)
-            n = cfg.outputs[0].shape[-1] if cfg.outputs[0].shape and cfg.outputs[0].shape[-1] > 0 else 0
+            shape = cfg.outputs[self._prediction_index].shape
+            n = 2 if self._binary else shape[-1] if shape and shape[-1] > 0 else 0
             self._class_names = list(cfg.labels or [])
             self._class_names += [str(i) for i in range(len(self._class_names), n)]
         self._children: dict[tuple[str, ...], Any] = {}
@@ -85,15 +90,36 @@ class ServerMetrics:
     def observe_batch(self, rows: int) -> None:
         self.batch_child.observe(rows)
 
-    def observe_predictions(self, first_output: np.ndarray) -> None:
-        if self._predictions is None or first_output.ndim != 2 or first_output.shape[1] == 0:
+    def observe_predictions(self, outputs: list[np.ndarray]) -> None:
+        """Count the predicted class of each row of the prediction output (classification: argmax; binary: the
+        probability against the threshold)."""
+        if self._predictions is None:
             return
-        if first_output.shape[0] == 1:  # the common case, without bincount's arrays
-            self._prediction_child(int(first_output[0].argmax())).inc()
+        out = outputs[self._prediction_index]
+        if self._binary:
+            self._observe_binary(out)
             return
-        counts = np.bincount(first_output.argmax(axis=1), minlength=first_output.shape[1])
+        if out.ndim != 2 or out.shape[1] == 0:
+            return
+        if out.shape[0] == 1:  # the common case, without bincount's arrays
+            self._prediction_child(int(out[0].argmax())).inc()
+            return
+        counts = np.bincount(out.argmax(axis=1), minlength=out.shape[1])
         for idx in np.flatnonzero(counts):
             self._prediction_child(int(idx)).inc(int(counts[idx]))
+
+    def _observe_binary(self, out: np.ndarray) -> None:
+        """[N] or [N, 1] probabilities of class 1; NaN counts as class 0 (it is not >= the threshold)."""
+        if out.size == 1:  # one row
+            self._prediction_child(int(out.item() >= self._threshold)).inc()
+            return
+        if out.ndim not in (1, 2) or (out.ndim == 2 and out.shape[1] != 1) or out.size == 0:
+            return
+        ones = int(np.count_nonzero(out >= self._threshold))
+        if ones:
+            self._prediction_child(1).inc(ones)
+        if out.size - ones:
+            self._prediction_child(0).inc(out.size - ones)
 
     def _prediction_child(self, idx: int) -> Any:
         child = self._prediction_children.get(idx)

@@ -20,6 +20,7 @@ OPENAPI_PATH = "/v2/openapi.json"
 OPENAPI_VERSION = "3.0.3"
 _JSON = "application/json"
 _NPY = "application/x-npy"
+_NPZ = "application/x-npz"  # one .npy array per input (request) or output (response), by name
 _OCTET = "application/octet-stream"  # a binary tensor extension body: JSON header, then raw tensors
 _BINARY = {"type": "string", "format": "binary"}
 
@@ -35,7 +36,7 @@ def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     why = {400: "the request is malformed (the message names the tensor and the problem)",
            401: "missing or wrong bearer token", 404: "unknown model, version or path",
-           406: "Accept is neither JSON nor npy", 413: "the body is larger than server.max_body_bytes",
+           406: "Accept is none of JSON, npy, npz", 413: "the body is larger than server.max_body_bytes",
            415: "unsupported Content-Type or Content-Encoding", 503: "not ready (starting or draining)"}
     return {str(c): _json_body(_ref("Error"), why[c]) for c in codes}
 
@@ -69,12 +70,15 @@ def _infer_bodies() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _invocations_bodies() -> tuple[dict[str, Any], dict[str, Any]]:
     body = {"required": True, "content": {
-        _JSON: {"schema": {"oneOf": [_ref("InstancesRequest"), _ref("InferenceRequest"),
+        _JSON: {"schema": {"oneOf": [_ref("InstancesRequest"), _ref("ColumnsRequest"), _ref("InferenceRequest"),
                                      {"type": "array", "items": {}}]}},
-        _NPY: {"schema": _BINARY}}}
-    ok = {"description": "predictions: JSON or .npy, whichever Accept prefers (q-values); JSON by default",
-          "content": {_JSON: {"schema": {"oneOf": [_ref("Predictions"), _ref("InferenceResponse")]}},
-                      _NPY: {"schema": _BINARY}}}
+        _NPY: {"schema": {**_BINARY, "description": "one .npy array (single-input models)"}},
+        _NPZ: {"schema": {**_BINARY, "description": ".npz archive: one .npy array per input, named by input"}}}}
+    ok = {"description": "predictions: JSON, .npy (the first output) or .npz (every output), whichever Accept "
+                         "prefers (q-values); JSON by default",
+          "content": {_JSON: {"schema": {"oneOf": [_ref("Predictions"), _ref("Columns"),
+                                                   _ref("InferenceResponse")]}},
+                      _NPY: {"schema": _BINARY}, _NPZ: {"schema": _BINARY}}}
     return body, ok
 
 
@@ -134,8 +138,16 @@ def _schemas(cfg: ServingConfig) -> dict[str, Any]:
             "instances": {"type": "array", "minItems": 1, "items": {},
                           "description": "One row per instance; an object keyed by input name for models with "
                                          "several inputs."}}},
-        "Predictions": {"type": "object", "required": ["predictions"],
-                        "properties": {"predictions": {"type": "array", "items": {}}}},
+        "ColumnsRequest": {"type": "object", "required": ["inputs"], "properties": {"inputs": {
+            "type": "object", "required": names, "additionalProperties": False,
+            "properties": {n: {"type": "array", "items": {}} for n in names},
+            "description": "Each input's rows under its name (TF Serving's columnar format)."}}},
+        "Predictions": {"type": "object", "required": ["predictions"], "properties": {"predictions": {
+            "type": "array", "items": {}, "description": "One entry per row: the output's row, or with several "
+                                                        "outputs an object of each output's row by name."}}},
+        "Columns": {"type": "object", "required": ["outputs"], "properties": {"outputs": {
+            "description": "The answer to ColumnsRequest: the output's rows, or with several outputs an object "
+                           "of each output's rows by name."}}},
     }
 
 

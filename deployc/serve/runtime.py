@@ -1,12 +1,14 @@
 """The onnxruntime session behind the server: built from serving.json, checked against it, warmed up."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.serve.codec import ClientError
 from deployc.serve.config import DATATYPES, ServingConfig, TensorSpec
 
 # onnxruntime's type strings for the datatypes serving.json may name.
@@ -41,6 +43,9 @@ class ModelRunner:
         # Batching needs every input and output to carry the batch axis first.
         self.batchable = all(t.batched for t in cfg.inputs + cfg.outputs)
         self.batch1_s: float | None = None  # the fastest of the warm-up's batch-1 runs, in seconds
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        self._invalid_argument: type[Exception] = InvalidArgument
 
     def _check(self, kind: str, declared: tuple[TensorSpec, ...], actual: list[Any]) -> None:
         where = f"{self.cfg.config_path}: model.{kind}"
@@ -57,8 +62,13 @@ class ModelRunner:
                                  f"{len(a.shape)} in the model")
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """All outputs, in serving.json order."""
-        return self.session.run(self.output_names, feed)
+        """All outputs, in serving.json order. Inputs of the right datatype and shape can still be values the model
+        refuses (a token id past the vocabulary in a Gather): onnxruntime's INVALID_ARGUMENT is the client's
+        mistake, a 400 with onnxruntime's reason."""
+        try:
+            return self.session.run(self.output_names, feed)
+        except self._invalid_argument as e:
+            raise ClientError(400, f"the model refused the inputs: {_reason(str(e))}") from None
 
     def warm_up(self) -> None:
         """Inferences at batch 1 (timed: `batch1_s`) and at the largest batch when batching, so the first request
@@ -77,3 +87,11 @@ class ModelRunner:
             except Exception as e:
                 first = str(e).splitlines()[0]
                 raise InputError(f"{self.cfg.model_path}: warm-up inference failed ({first})") from None
+
+
+def _reason(message: str) -> str:
+    """onnxruntime's status message without its prefix and log noise: `indices element out of data bounds, ...`."""
+    first = message.splitlines()[0] if message else "invalid argument"
+    m = re.search(r"Status Message: (.*)", first)
+    reason = (m.group(1) if m else first.rpartition(" : ")[2]).strip()
+    return re.sub(r"\x1b\[[0-9;]*m.*", "", reason)[:300] or "invalid argument"
