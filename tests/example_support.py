@@ -87,6 +87,14 @@ def served(build: Path, x: dict[str, np.ndarray], name: str) -> tuple[np.ndarray
                                      {"Content-Type": "application/x-npz", "Accept": "application/json"})
         assert status == 200, raw[:500]
         predictions = json.loads(raw)["predictions"]
+        # the example requests the platform targets ship (data.eval's first rows, every input by name)
+        example = json.loads((build / "sagemaker" / "request.json").read_text())
+        status, answer = srv.json("POST", "/invocations", example)
+        assert status == 200 and len(answer["predictions"]) == 2, answer
+        status, answer = srv.json("POST", f"/v2/models/{name}/infer",
+                                  json.loads((build / "kserve" / "request.json").read_text())
+                                  if (build / "kserve").is_dir() else v2_request({k: v[:2] for k, v in x.items()}))
+        assert status == 200, answer
     cfg = json.loads((build / "local" / "serving.json").read_text())
     output = cfg.get("prediction") or cfg["model"]["outputs"][0]["name"]
     rows = [p[output] if isinstance(p, dict) else p for p in predictions]

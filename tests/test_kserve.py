@@ -100,7 +100,8 @@ def test_prometheus_rule_wraps_exactly_the_monitoring_rules(tmp_path: Path) -> N
 
 def test_onnx_runtime_uses_kserves_model_format(tmp_path: Path) -> None:
     _, _, files = emit_case("onnx-runtime", tmp_path)
-    assert sorted(files) == ["kserve/inferenceservice.yaml", "kserve/kustomization.yaml", "kserve/model/model.onnx"]
+    assert sorted(files) == ["kserve/inferenceservice.yaml", "kserve/kustomization.yaml", "kserve/model/model.onnx",
+                             "kserve/request.json"]
     pred = load_yaml(files["kserve/inferenceservice.yaml"])["spec"]["predictor"]
     assert pred["model"]["modelFormat"] == {"name": "onnx"} and pred["model"]["protocolVersion"] == "v2"
     assert pred["model"]["storageUri"] == "gs://ml-models/digits-onnx/7" and "containers" not in pred

@@ -28,7 +28,7 @@ def test_example_builds_manifests_and_a_servable_model_folder(project: Path, ses
     kserve = out / "kserve"
     assert sorted(p.relative_to(kserve).as_posix() for p in kserve.rglob("*") if p.is_file()) == [
         "inferenceservice.yaml", "kustomization.yaml", "model/labels.txt", "model/model.onnx", "model/serving.json",
-        "podmonitor.yaml", "prometheusrule.yaml"]
+        "podmonitor.yaml", "prometheusrule.yaml", "request.json"]
     yaml = YAML(typ="safe", pure=True)
     isvc = yaml.load((kserve / "inferenceservice.yaml").read_text())
     model = (kserve / "model" / "model.onnx").read_bytes()
@@ -53,5 +53,12 @@ def test_example_builds_manifests_and_a_servable_model_folder(project: Path, ses
 
         expected = ort.InferenceSession(str(kserve / "model" / "model.onnx")).run(None, {"pixels": x})[0]
         np.testing.assert_allclose(probs, expected, atol=1e-6)
+        # the shipped example request: data.eval's first rows, answered as the model answers them
+        example = json.loads((kserve / "request.json").read_text())
+        status, resp = server.json("POST", "/v2/models/digits/infer", example)
+        assert status == 200 and example["inputs"][0]["shape"] == [2, 64]
+        rows = np.load(project / "data" / "eval.npz")["x"][:2]
+        answer = ort.InferenceSession(str(kserve / "model" / "model.onnx")).run(None, {"pixels": rows})[0]
+        np.testing.assert_allclose(np.asarray(resp["outputs"][0]["data"]).reshape(2, 10), answer, atol=1e-5)
         status, _, metrics = server.request("GET", "/metrics")  # what the PodMonitor scrapes
         assert status == 200 and b'deployc_requests_total{' in metrics

@@ -19,6 +19,7 @@ from deployc.render import dump_yaml, render_template
 from deployc.schema.base import Located, SpecModel, choice
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, cloud_model_files, healthcheck
+from deployc.targets.requests import dump, instances_request
 
 # Config: `targets.azureml` in deploy.yaml.
 
@@ -195,6 +196,7 @@ class AzureMLTarget(Target):
         out[f"{d}/endpoint.yml"] = dump_yaml(endpoint_doc(cfg, endpoint, description), header=header)
         out[f"{d}/deployment.yml"] = dump_yaml(deployment_doc(ctx, cfg, endpoint), header=header)
         out[f"{d}/Dockerfile"] = dockerfile(spec.name, spec.version, header=header).encode()
+        out[f"{d}/request.json"] = dump(instances_request(ctx))  # the README's `invoke --request-file`
         a = cfg.autoscaling
         out[f"{d}/README.md"] = render_template(
             "azureml", "README.md.j2", header=header, bundle_name=spec.name, version=spec.version, endpoint=endpoint,

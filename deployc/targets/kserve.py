@@ -24,6 +24,7 @@ from deployc.schema.base import Located, SpecModel, located, name_within, show
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.bundle import local_config, serving_files
 from deployc.targets.common import SERVING_UID
+from deployc.targets.requests import dump, v2_request
 
 # Config: `targets.kserve` in deploy.yaml.
 
@@ -285,6 +286,7 @@ class KServeTarget(Target):
             files[f"{KSERVE_DIR}/{fname}"] = dump_yaml(doc, header)
         for rel, data in model_files(ctx, cfg).items():
             files[f"{KSERVE_DIR}/{MODEL_DIR}/{rel}"] = data
+        files[f"{KSERVE_DIR}/request.json"] = dump(v2_request(ctx))  # for /v2/models/<name>/infer
         return files
 
 

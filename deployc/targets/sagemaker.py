@@ -27,6 +27,7 @@ from deployc.schema.envref import ENV_KEY, EnvRef, credential_ref_problem, is_en
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.bundle import local_config, serving_files
 from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
+from deployc.targets.requests import dump, instances_request
 from deployc.targets.sagemaker_instance_types import INSTANCE_TYPES
 
 # Config: `targets.sagemaker` in deploy.yaml.
@@ -364,6 +365,7 @@ class SageMakerTarget(Target):
         return files | {
             f"{c.SAGEMAKER_DIR}/model.tar.gz": tarball,
             f"{c.SAGEMAKER_DIR}/deploy-plan.json": dump_json(plan),
+            f"{c.SAGEMAKER_DIR}/request.json": dump(instances_request(ctx)),  # an /invocations body
             f"{c.SAGEMAKER_DIR}/cloudformation.yaml": cloudformation(plan, alarms, cfg, header=header,
                                                                       description=_description(spec)),
             f"{c.SAGEMAKER_DIR}/Dockerfile": dockerfile(spec.name, spec.version, header=header).encode(),

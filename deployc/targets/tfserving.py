@@ -161,29 +161,36 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
     from deployc.ml.evaluate import compare, sizes
 
     path = Path(ctx.deps[EXPORT].dir) / SAVED_MODEL
-    fn, inp, out, info = _signature(path)  # imports TensorFlow quietly
+    fn, _, out, info = _signature(path)  # imports TensorFlow quietly
     import tensorflow as tf
-    if len(info["inputs"]) != 1:
-        raise InputError(f"targets.tfserving: verification runs single-input models; the signature has "
-                         f"{len(info['inputs'])} inputs")
-    dtype = tf.as_dtype(info["inputs"][0]["dtype"]).as_numpy_dtype
 
-    def run(x: Any) -> Any:
-        return np.asarray(fn(**{inp: tf.constant(np.asarray(x, dtype=dtype))})[out], dtype=np.float32)
+    from deployc.ml import feeds
+
+    names = [t["name"] for t in info["inputs"]]
+    dtypes = [tf.as_dtype(t["dtype"]).as_numpy_dtype for t in info["inputs"]]
+    outs = [t["name"] for t in info["outputs"]]
+    if ctx.resolved.prediction is not None and ctx.resolved.prediction in outs:
+        out = ctx.resolved.prediction
+
+    def run(feed: dict[str, Any]) -> Any:
+        return np.asarray(fn(**{k: tf.constant(v) for k, v in feed.items()})[out], dtype=np.float32)
 
     figures: dict[str, Any] = dict(sizes(path))
     result: dict[str, Any] = {"artifact": "tfserving", "signature": info, "evaluation": figures}
     if REFERENCE in ctx.deps:
         x, y = ctx.data("eval")
+        feed = feeds.feed(x, names, dtypes, "the exported SavedModel")
         ref_out = ctx.deps[REFERENCE]
         reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
         ctx.log("verifying the SavedModel on data.eval")
-        pred = np.concatenate([run(x[i:i + 256]) for i in range(0, len(x), 256)])
-        figures.update(compare(reference, pred, y, ctx.resolved.task))
+        n = feeds.rows(feed)
+        pred = np.concatenate([run({k: v[i:i + 256] for k, v in feed.items()}) for i in range(0, n, 256)])
+        figures.update(compare(reference, pred, y, ctx.resolved.task, ctx.resolved.threshold))
         result["reference"] = ref_out.result.get("evaluation", {})
-        one = np.asarray(x)[:1]
+        one = {k: v[:1] for k, v in feed.items()}
     else:
-        one = np.zeros([1 if d == -1 else d for d in info["inputs"][0]["shape"]], dtype=dtype)
+        one = {t["name"]: np.zeros([1 if d == -1 else d for d in t["shape"]], dtype=dt)
+               for t, dt in zip(info["inputs"], dtypes, strict=True)}
     from deployc.ml import measure  # one in-process call of the serving signature per timed prediction
 
     figures.update(measure.measure_latency(lambda: run(one), min_seconds=ctx.resolved.measure.min_seconds).figures())

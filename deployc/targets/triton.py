@@ -14,7 +14,6 @@ rule as `targets.local.batching.enabled`: unset means on exactly when the model 
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -35,6 +34,7 @@ from deployc.targets.invariance import (
     batching_decision,
     invariance_step,
 )
+from deployc.targets.requests import dump, v2_request
 
 if TYPE_CHECKING:
     from deployc.compiler.steps import Step
@@ -367,20 +367,11 @@ def config_text(message: Any, header: str) -> str:
 
 # --- the README and its example request ------------------------------------------------------------------------
 
-_ZERO = {"BOOL": False, "BYTES": ""}
-
 
 def example_request(ctx: EmitContext) -> dict[str, Any]:
-    """An Open Inference Protocol request of one row of zeros (free axes as 1), for the README's curl."""
-    inputs = []
-    for t in ctx.inputs:
-        shape = [1 if d == -1 else d for d in t.shape]
-        count = 1
-        for d in shape:
-            count *= d
-        zero = _ZERO.get(t.datatype, 0.0 if t.datatype.startswith(("FP", "BF")) else 0)
-        inputs.append({"name": t.name, "shape": shape, "datatype": t.datatype, "data": [zero] * count})
-    return {"inputs": inputs}
+    """An Open Inference Protocol request of data.eval's first rows (a row of zeros without it), for the
+    README's curl."""
+    return v2_request(ctx)
 
 
 def readme(ctx: EmitContext, cfg: TritonConfig, batching: Batching, header: str) -> str:
@@ -429,7 +420,7 @@ class TritonTarget(Target):
             f"{folder}/config.pbtxt": config_text(build_config(ctx, cfg, batching), header).encode(),
             f"{folder}/{cfg.version}/{MODEL_FILE}": ctx.onnx_model.read_bytes(),
             f"{TRITON_DIR}/README.md": readme(ctx, cfg, batching, header).encode(),
-            f"{TRITON_DIR}/request.json": (json.dumps(example_request(ctx), sort_keys=True) + "\n").encode(),
+            f"{TRITON_DIR}/request.json": dump(example_request(ctx)),
         }
         if ctx.labels:
             files[f"{folder}/{LABELS_FILE}"] = ("\n".join(ctx.labels) + "\n").encode()

@@ -18,6 +18,7 @@ from deployc.render import dump_json, render_template
 from deployc.schema.base import Located, SpecModel, choice, located, show
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.common import cloud_model_files
+from deployc.targets.requests import dump, instances_request
 
 if TYPE_CHECKING:
     from deployc.schema.spec import DeploySpec
@@ -259,6 +260,7 @@ class VertexTarget(Target):
         out[f"{d}/model-upload.json"] = dump_json(upload_body(ctx, cfg, mid, artifact_uri, digest))
         out[f"{d}/endpoint.json"] = dump_json(endpoint_body(cfg, spec.name))
         out[f"{d}/deploy-model.json"] = dump_json(deploy_body(ctx, cfg, f"{parent}/models/{mid}"))
+        out[f"{d}/request.json"] = dump(instances_request(ctx))  # an endpoints.predict body
         out[f"{d}/deploy.sh"] = deploy_script(
             header=c.GENERATED_HEADER.format(spec=ctx.spec_file), project=cfg.project, region=cfg.region,
             model_id=mid, endpoint_id=endpoint_id, artifact_uri=artifact_uri, model_files=sorted(files),
