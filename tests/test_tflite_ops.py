@@ -72,3 +72,39 @@ def test_an_lstm_names_its_tensor_list_ops_and_both_fixes(tmp_path: Path) -> Non
     # the second: an unrolled layer over a fixed length converts to builtins only
     info = convert(_lstm(tmp_path, unroll=True), tmp_path / "u.tflite", TFLiteTarget(quantization="dynamic"), None)
     assert info["select_tf_ops"] == [] and "FULLY_CONNECTED" in info["ops"]
+
+
+def _id_model(folder: Path, name: str, layer: str) -> Path:
+    """int64 ids through an op TFLite has no builtin for: a floor division (FLOOR_DIV takes int32, not int64),
+    or a Hashing layer (ids -> strings -> hash buckets)."""
+    quiet_tensorflow()
+    import keras
+    from keras import ops
+
+    ids = keras.Input((8,), dtype="int64", name="item_ids")
+    if layer == "floordiv":
+        hidden = ops.cast(ops.floor_divide(ids, 7), "float32")
+    else:
+        hidden = keras.layers.Flatten()(keras.layers.Embedding(64, 2)(keras.layers.Hashing(num_bins=64)(ids)))
+    path = folder / f"{name}.keras"
+    keras.Model(ids, keras.layers.Dense(1)(hidden)).save(path)
+    return path
+
+
+def test_int64_and_string_ops_name_the_ops_and_the_fixes(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as err:
+        convert(_id_model(tmp_path, "div", "floordiv"), tmp_path / "m.tflite", TFLiteTarget(quantization="none"),
+                None)
+    text = str(err.value)
+    assert "ops outside the TFLite builtin op set: FloorDiv (on int64)" in text
+    assert "allow_select_tf_ops: true" in text and 'keras.ops.cast(ids, "int32")' in text and "loc(" not in text
+    with pytest.raises(InputError) as err:
+        convert(_id_model(tmp_path, "hash", "hashing"), tmp_path / "h.tflite", TFLiteTarget(quantization="dynamic"),
+                None)
+    text = str(err.value)
+    assert "AsString (on strings)" in text and "StringToHashBucketFast (on strings)" in text
+    assert "allow_select_tf_ops: true" in text and "strings into ids before the model" in text
+    assert "int32" not in text  # a string op's fix is not the int64 one
+    info = convert(tmp_path / "div.keras", tmp_path / "s.tflite",
+                   TFLiteTarget(quantization="none", allow_select_tf_ops=True), None)
+    assert info["select_tf_ops"] == ["FlexFloorDiv"] and info["inputs"][0]["dtype"] == "int64"

@@ -108,7 +108,7 @@ def _model_chain(r: Resolved) -> _Chain:
                             libs=("onnx",) if fmt == "onnx" else ()))
     if "eval" in r.data:
         chain.steps.append(Step(REFERENCE, "run the original model on data.eval", ops.reference,
-                                deps=(SOURCE,), params={"data": r.data_params("eval"), "task": r.task},
+                                deps=(SOURCE,), params={"data": r.data_params("eval"), **r.judged()},
                                 input_files=r.data_files("eval"),
                                 libs=ops.ONNX_LIBS if fmt == "onnx" else ops.TF_LIBS + ops.ONNX_LIBS))
     if fmt == "onnx":
@@ -132,7 +132,7 @@ def _pass_step(r: Resolved, use: PassUse, prev: str) -> Step:
     params: dict[str, Any] = {"config": config.model_dump(mode="json"), "data": r.data_params(*sets)}
     deps: tuple[str, ...] = (prev,)
     if "eval" in needed:
-        params.update(gates=r.gates.to_json(), measure=r.measure.to_json())
+        params.update(gates=r.gates.to_json(), measure=r.measure.to_json(), **r.judged())
         deps = (prev, REFERENCE)
     files = r.data_files(*sets) + tuple(r.spec_dir / rel for rel in p.input_files(config))
     description, libs = p.describe(config), p.libs
@@ -216,5 +216,5 @@ def _model_files(spec_dir: Path, rel: str, fmt: str) -> tuple[Path, ...]:
 def _evaluate_step(sid: str, prev: str, artifact: str, r: Resolved) -> Step:
     return Step(sid, f"verify and measure {artifact} against the original",
                 partial(ops.evaluate, artifact_step=prev, artifact=artifact), deps=(prev, REFERENCE),
-                params={"measure": r.measure.to_json(), "data": r.data_params("eval"), "task": r.task},
+                params={"measure": r.measure.to_json(), "data": r.data_params("eval"), **r.judged()},
                 input_files=r.data_files("eval"), libs=ops.ONNX_LIBS)

@@ -162,6 +162,10 @@ class Resolved:
     targets: tuple[TargetUse, ...]  # the configured targets, in emit order
     local: LocalConfig  # targets.local, or its defaults: the settings of every serving.json
 
+    def judged(self) -> dict[str, Any]:
+        """What decides an artifact's figures: the task, the prediction output, the threshold (step keys)."""
+        return {"task": self.task, "prediction": self.prediction, "threshold": self.threshold}
+
     def data_set(self, which: str) -> DataSet | None:
         return self.data.get(which)
 

@@ -2,7 +2,8 @@
 
 Two cached steps: `tflite:convert` (for `auto`, it converts every candidate, evaluates each on data.eval and
 keeps the smallest that passes the gates) and `tflite:verify` (accuracy, agreement, error, size and latency of
-the kept model.tflite). The emitter reads their outputs; it never runs a model.
+the kept model.tflite). Both judge the prediction output (model.prediction; unset: the model's first output).
+The emitter reads their outputs; it never runs a model.
 """
 from __future__ import annotations
 
@@ -106,6 +107,24 @@ def _calibration(ctx: StepContext) -> Any:
     return ctx.data("calibration")[0] if "calibration" in ctx.resolved.data else None
 
 
+def _prediction(ctx: StepContext, info: dict[str, Any]) -> str:
+    """The output the gates judge: model.prediction, else the converted model's first output in the Keras
+    model's own order (the reference's first output; the .tflite file keeps the converter's order)."""
+    return ctx.resolved.prediction or str(info["outputs"][0]["name"])
+
+
+def _figures(ctx: StepContext, path: Path, info: dict[str, Any], x: Any, y: Any, threads: int) -> dict[str, Any]:
+    """Agreement, error and accuracy of model.tflite's prediction output against the reference's on data.eval."""
+    import numpy as np
+
+    from deployc.ml.evaluate import compare
+    from deployc.ml.tflite import predict_tflite
+
+    reference = np.load(Path(ctx.deps[REFERENCE].dir) / "predictions.npy", allow_pickle=False)
+    pred = predict_tflite(path, x, threads, output=_prediction(ctx, info))
+    return compare(reference, pred, y, ctx.resolved.task, ctx.resolved.threshold)
+
+
 def run_convert(ctx: StepContext, cfg: TFLiteConfig, source_step: str, inputs: list[Any] | None) -> dict[str, Any]:
     """`inputs`: model.inputs as the spec declares them (None: the model's own signature)."""
     from deployc.ml.tflite import candidate_modes, convert
@@ -123,15 +142,11 @@ def run_convert(ctx: StepContext, cfg: TFLiteConfig, source_step: str, inputs: l
 def _auto(ctx: StepContext, cfg: TFLiteConfig, src: Path, calib: Any, inputs: Any, modes: list[str]
           ) -> dict[str, Any]:
     """Convert and evaluate every candidate; keep the smallest that passes the gates and the size budget."""
-    import numpy as np
-
-    from deployc.ml.evaluate import compare, sizes
-    from deployc.ml.tflite import convert, predict_tflite
+    from deployc.ml.evaluate import sizes
+    from deployc.ml.tflite import convert
 
     x, y = ctx.data("eval")
-    ref_out = ctx.deps[REFERENCE]
-    reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
-    ref_eval = ref_out.result.get("evaluation", {})
+    ref_eval = ctx.deps[REFERENCE].result.get("evaluation", {})
     cand_dir = ctx.out_dir / "candidates"
     rows: list[dict[str, Any]] = []
     infos: dict[str, dict[str, Any]] = {}
@@ -142,7 +157,7 @@ def _auto(ctx: StepContext, cfg: TFLiteConfig, src: Path, calib: Any, inputs: An
         path = cand_dir / f"{mode}.tflite"
         ctx.log(f"auto: converting and evaluating {mode}")
         infos[mode] = convert(src, path, cfg, calib, mode=mode, inputs=inputs)
-        figures = compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.resolved.task)
+        figures = _figures(ctx, path, infos[mode], x, y, cfg.threads)
         figures.update(sizes(path))
         failed = _gate_failures(ctx.resolved.gates, cfg, ref_eval, figures)
         rows.append({"mode": mode, **figures, "passed": not failed, "failed": failed})
@@ -157,10 +172,8 @@ def _auto(ctx: StepContext, cfg: TFLiteConfig, src: Path, calib: Any, inputs: An
 
 
 def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
-    import numpy as np
-
-    from deployc.ml.evaluate import compare, sizes
-    from deployc.ml.tflite import measure_tflite, predict_tflite
+    from deployc.ml.evaluate import sizes
+    from deployc.ml.tflite import measure_tflite
 
     conv = ctx.deps[CONVERT]
     path = Path(conv.dir) / MODEL
@@ -175,17 +188,13 @@ def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
         return result
     if REFERENCE in ctx.deps:
         x, y = ctx.data("eval")
-        ref_out = ctx.deps[REFERENCE]
-        reference = np.load(Path(ref_out.dir) / "predictions.npy", allow_pickle=False)
         ctx.log("verifying model.tflite on data.eval")
-        figures.update(compare(reference, predict_tflite(path, x, cfg.threads), y, ctx.resolved.task))
-        result["reference"] = ref_out.result.get("evaluation", {})
+        figures.update(_figures(ctx, path, conv.result, x, y, cfg.threads))
+        result["reference"] = ctx.deps[REFERENCE].result.get("evaluation", {})
     else:
-        x = _calibration(ctx)
-        if x is None:
-            shape = [1 if d == -1 else d for d in conv.result["inputs"][0]["shape"]]
-            x = np.zeros(shape, dtype=np.float32)
-    figures.update(measure_tflite(path, x, cfg.threads, ctx.resolved.measure.min_seconds))
+        x = _calibration(ctx)  # None: zeros of each input's shape and dtype
+    figures.update(measure_tflite(path, x, cfg.threads, ctx.resolved.measure.min_seconds,
+                                  output=_prediction(ctx, conv.result)))
     result["verified"] = REFERENCE in ctx.deps
     _check_budget(cfg, figures["size_bytes"], MODEL)
     return result
@@ -217,6 +226,7 @@ class TFLiteTarget(Target):
         has_eval = spec.data.eval is not None
         declared = list(spec.model.inputs) if spec.model.inputs else None
         base = {"config": cfg.model_dump(mode="json"), "task": spec.model.task,
+                "prediction": spec.model.prediction, "threshold": spec.model.threshold,
                 "inputs": [t.model_dump(mode="json") for t in declared or []],
                 "data": spec.data.model_dump(mode="json")}
         convert_params = dict(base, gates=spec.gates.model_dump(mode="json")) if auto else base
@@ -253,8 +263,12 @@ def _is_auto(cfg: TFLiteConfig) -> bool:
 
 def metadata(ctx: EmitContext, cfg: TFLiteConfig, conv: dict[str, Any], verify: dict[str, Any], sha256: str
              ) -> dict[str, Any]:
-    """What the device team needs: tensors with their quantization, normalisation, hash, measured figures."""
+    """What the device team needs: every input and output with its dtype, shape and quantization (signature
+    names; outputs in the model's order), normalisation, hash, measured figures; `prediction` names the output
+    the gates judged when there are several."""
     norm = cfg.normalization
+    outputs = [_tensor(t) for t in conv["outputs"]]
+    several = {"prediction": ctx.spec.model.prediction or outputs[0]["name"]} if len(outputs) > 1 else {}
     return {
         "format_version": METADATA_VERSION,
         "name": ctx.spec.name,
@@ -266,7 +280,8 @@ def metadata(ctx: EmitContext, cfg: TFLiteConfig, conv: dict[str, Any], verify: 
                   "select_tf_ops": conv["select_tf_ops"], "tensor_types": conv["tensor_types"],
                   "device": cfg.device or "generic"},
         "inputs": [_tensor(t) for t in conv["inputs"]],
-        "outputs": [_tensor(t) for t in conv["outputs"]],
+        "outputs": outputs,
+        **several,
         "normalization": {"mean": list(norm.mean), "std": list(norm.std)} if norm else None,
         "labels": "labels.txt" if ctx.labels else None,
         "evaluation": verify.get("evaluation", {}),
@@ -282,11 +297,39 @@ def _tensor(t: dict[str, Any]) -> dict[str, Any]:
 
 
 def readme(meta: dict[str, Any], spec_file: str) -> str:
-    """The device team's README; every value enters the template through `tojson` (no Markdown injection)."""
-    inp, out = meta["inputs"][0], meta["outputs"][0]
+    """The device team's README; every value enters the template through `tojson` (no Markdown injection). A
+    model of several inputs or outputs gets every one of them, fed and read by signature name
+    (templates/tflite/io-many.md.j2), in place of the one-input sections (io-one.md.j2)."""
+    prediction = meta.get("prediction", meta["outputs"][0]["name"])
+    inp = meta["inputs"][0]
+    out = next((t for t in meta["outputs"] if t["name"] == prediction), meta["outputs"][0])
     figures = {k: v for k, v in meta["evaluation"].items() if isinstance(v, (int, float))}
+    many = len(meta["inputs"]) > 1 or len(meta["outputs"]) > 1
     return render_template(
         "tflite", "README.md.j2", header=c.GENERATED_HEADER.format(spec=spec_file),
         meta=meta, input=inp, output=out, figures=figures, labels=meta["labels"] is not None,
         ref_accuracy=meta["reference"].get("accuracy"),
-        candidates=[r for r in meta["candidates"] if "size_bytes" in r])
+        candidates=[r for r in meta["candidates"] if "size_bytes" in r], many=many,
+        **(_many_values(meta, prediction) if many else {}))
+
+
+def _many_values(meta: dict[str, Any], prediction: str) -> dict[str, Any]:
+    """What io-many.md.j2 shows: every tensor, which inputs are ids and which are quantized, their scales."""
+    ins, outs = meta["inputs"], meta["outputs"]
+
+    def scales(tensors: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """[scale, zero point] of the integer tensors that stand for real values (not ids)."""
+        return {t["name"]: [t["quantization"]["scale"], t["quantization"]["zero_point"]] for t in tensors
+                if t["quantization"] and t["quantization"]["scale"] and not t["dtype"].startswith("float")}
+
+    quantized = [t for t in ins if t["name"] in scales(ins)]
+    real = [t["name"] for t in ins if t["dtype"].startswith("float") or t in quantized]
+
+    def shown(t: dict[str, Any]) -> dict[str, Any]:
+        return {k: t[k] for k in ("name", "dtype", "shape", "quantization")}
+
+    return {"inputs": [shown(t) for t in ins], "outputs": [shown(t) for t in outs], "prediction": prediction,
+            "ids": [t["name"] for t in ins if t["name"] not in real], "quantized": [t["name"] for t in quantized],
+            "real": real, "quantized_outputs": [t["name"] for t in outs if t["name"] in scales(outs)],
+            "dtypes": {t["name"]: t["dtype"] for t in ins}, "input_scales": scales(ins),
+            "output_scales": scales(outs)}
