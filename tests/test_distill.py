@@ -114,16 +114,43 @@ def test_student_file_must_fit_the_teacher(teacher_path: Path, tmp_path: Path) -
         run(teacher_path, tmp_path / "out", spec_dir=tmp_path, student="missing.keras")
 
 
-def test_teacher_that_cannot_be_shrunk_names_the_layer(tmp_path: Path) -> None:
+def test_branching_teacher_shrinks_and_an_unsupported_layer_is_named(tmp_path: Path) -> None:
     import keras
 
     inp = keras.Input((64,))
     a = keras.layers.Dense(16, name="a")(inp)
     b = keras.layers.Dense(16, name="b")(inp)
-    out = keras.layers.Dense(10, activation="softmax")(keras.layers.Concatenate(name="join")([a, b]))
-    path = save(keras.Model(inp, out), tmp_path / "branchy.keras")
-    with pytest.raises(InputError, match="distillation: layer 'join' \\(Concatenate\\) is not supported"):
-        run(path, tmp_path / "out")
+    out = keras.layers.Dense(10, activation="softmax", name="out")(keras.layers.Concatenate(name="join")([a, b]))
+    res = run(save(keras.Model(inp, out), tmp_path / "branchy.keras"), tmp_path / "out", epochs=1)
+    assert res.details["widths_student"] == {"a": 8, "b": 8, "out": 10}
+    assert load(res.model).get_layer("out").kernel.shape == (16, 10)
+
+    seq = keras.layers.Reshape((8, 8), name="rows")(inp)
+    out = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(keras.layers.Dense(4)(seq)))
+    path = save(keras.Model(inp, out), tmp_path / "reshape.keras")
+    with pytest.raises(InputError, match="distillation: layer 'rows' \\(Reshape\\) is not supported"):
+        run(path, tmp_path / "out2")
+
+
+def test_binary_loss_is_the_two_class_softmax_of_the_logit() -> None:
+    """A sigmoid unit z is the softmax of logits (0, z): KL of Bernoulli(sigmoid(t/T)) to Bernoulli(sigmoid(s/T))
+    times T^2, plus the binary cross-entropy, whether the student gives probabilities or logits."""
+    from deployc.ml.distill import distill_loss
+
+    rng = np.random.default_rng(2)
+    t, s = rng.normal(size=6) * 3, rng.normal(size=6)
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    temp, alpha = 2.0, 0.4
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    pt, ps = sig(t / temp), sig(s / temp)
+    kl = (pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps))) * temp ** 2
+    bce = -(labels * np.log(sig(s)) + (1 - labels) * np.log(1 - sig(s)))
+    want = alpha * kl + (1 - alpha) * bce
+    y = np.stack([labels, np.zeros(6), t], axis=1).astype(np.float32)  # what `logits` packs for a binary teacher
+    got_logit = np.asarray(distill_loss(False, temp, alpha, binary=True)(y, s[:, None].astype(np.float32)))
+    got_prob = np.asarray(distill_loss(True, temp, alpha, binary=True)(y, sig(s)[:, None].astype(np.float32)))
+    np.testing.assert_allclose(got_logit, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_prob, want, rtol=1e-4, atol=1e-4)
 
 
 def test_same_input_gives_the_same_student(teacher_path: Path, tmp_path: Path) -> None:

@@ -69,8 +69,8 @@ def test_onnx_pass_steps_hash_only_the_data_their_mode_reads(folder: Path) -> No
     assert set(dyn.params) == {"config", "data"} and dyn.input_files == ()
     assert set(dict(static.params)["data"]) == {"calibration"} and static.input_files == (folder / "calib.npz",)
     assert static.deps == ("optimize[0].quantize",)
-    assert auto.deps == ("optimize[1].quantize", "reference") and set(auto.params) == {"config", "data", "gates",
-                                                                                       "measure"}
+    assert auto.deps == ("optimize[1].quantize", "reference") and set(auto.params) == {
+        "config", "data", "gates", "measure", "task", "prediction", "threshold"}
     assert set(dict(auto.params)["data"]) == {"eval"} and auto.input_files == (folder / "eval.npz",)
     assert all(s.libs == ("onnx", "onnxruntime") for s in (dyn, static, auto))
     assert [s.description for s in (dyn, static, auto)] == [
@@ -78,6 +78,18 @@ def test_onnx_pass_steps_hash_only_the_data_their_mode_reads(folder: Path) -> No
         "quantize the ONNX model (auto)"]
     assert plan.evaluations[:4] == ("evaluate:onnx-fp32", "evaluate:optimize[0]", "evaluate:optimize[1]",
                                     "evaluate:optimize[2]")
+
+
+def test_what_the_figures_judge_enters_the_keys_of_the_steps_that_judge(folder: Path) -> None:
+    """model.prediction and model.threshold change the reference run and every evaluation, not the rest."""
+    text = ONNX_HEAD + "optimize:\n  - quantize: {mode: int8-dynamic}\n"
+    binary = text.replace("model: {", "model: {task: binary, ")
+    assert binary != text
+    first, second = plan_of(folder, binary).keys, plan_of(folder, binary.replace("task: binary", "task: binary, "
+                                                                                   "threshold: 0.7")).keys
+    changed = {sid for sid in first if first[sid] != second[sid]}
+    assert {"reference", "evaluate:onnx-fp32", "evaluate:optimize[0]"} <= changed
+    assert "source" not in changed and "optimize[0].quantize" not in changed
 
 
 def test_a_data_set_a_step_does_not_read_leaves_its_key(folder: Path) -> None:

@@ -108,12 +108,13 @@ def test_structured_mlp_has_fewer_units_and_still_predicts(mlp_path: Path, tmp_p
 def test_structured_cnn_rebuild_equals_the_original_with_those_channels_silenced(cnn_path: Path) -> None:
     """Before fine-tuning, the rebuilt model computes exactly what the original computes when the removed
     filters' outgoing weights are zero: slicing through BatchNormalization, pooling and Flatten is right."""
-    from deployc.ml.prune import layer_chain, rebuild, structured_keep
+    from deployc.ml.channels import channel_graph
+    from deployc.ml.prune import rebuild, structured_keep
 
     model = load(cnn_path)
-    chain = layer_chain(model, "test")
-    keep = structured_keep(chain, 0.5)
-    small = rebuild(model, chain, keep)
+    graph = channel_graph(model, "test")
+    keep = structured_keep(graph, 0.5)
+    small = rebuild(graph, keep)
     assert [small.get_layer(n).kernel.shape[-1] for n in ("conv1", "conv2", "fc", "out")] == [8, 8, 16, 10]
     assert small.get_layer("conv2").kernel.shape == (3, 3, 8, 8)
     assert small.get_layer("fc").kernel.shape == (4 * 4 * 8, 16)
@@ -138,6 +139,8 @@ def test_structured_cnn_pass_fine_tunes_to_a_stated_accuracy(cnn_path: Path, tmp
     res = run(cnn_path, tmp_path, image=True, sparsity=0.5, structured=True, epochs=3)
     assert res.details["widths_after"] == {"conv1": 8, "conv2": 8, "fc": 16, "out": 10}
     assert res.details["eval_accuracy"] >= 0.93
+    assert res.details["batchnorm_folded"] == ["bn1"]  # into conv1, after fine-tuning
+    assert "bn1" not in [layer.name for layer in load(res.model).layers]
 
 
 def residual(tmp: Path) -> Path:
@@ -149,9 +152,37 @@ def residual(tmp: Path) -> Path:
     return save(keras.Model(inp, keras.layers.Dense(10, activation="softmax")(s)), tmp / "residual.keras")
 
 
-def test_structured_refuses_branches_naming_the_layer(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="'skip_add' \\(Add\\)"):
-        run(residual(tmp_path), tmp_path / "out", structured=True, epochs=0)
+def test_structured_keeps_a_layer_added_to_the_input_whole(tmp_path: Path) -> None:
+    """`h` is added to the model's input, whose channels are the data: its units are tied to them and stay."""
+    res = run(residual(tmp_path), tmp_path / "out", structured=True, epochs=0)
+    assert res.details["widths_after"]["h"] == 64
+    assert "h" in res.details["channel_groups"]["unpruned"]
+
+
+def test_structured_prunes_layers_joined_by_add_jointly(tmp_path: Path) -> None:
+    import keras
+
+    from deployc.ml.channels import channel_graph
+    from deployc.ml.prune import group_scores, structured_keep
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64,))
+    a = keras.layers.Dense(32, activation="relu", name="a")(inp)
+    b = keras.layers.Dense(32, name="b")(a)
+    c = keras.layers.Dense(32, name="c")(inp)
+    s = keras.layers.Add(name="join")([b, c])
+    model = keras.Model(inp, keras.layers.Dense(10, name="out")(keras.layers.ReLU()(s)))
+    graph = channel_graph(model, "test")
+    keep = structured_keep(graph, 0.75)
+    assert len(keep["a"]) == len(keep["b"]) == 8
+    np.testing.assert_array_equal(keep["b"], keep["c"])
+    kb, kc = (np.linalg.norm(model.get_layer(n).kernel.numpy(), axis=0) for n in "bc")
+    want = kb / kb.mean() + kc / kc.mean()  # summed importance, each member normalized to mean 1
+    np.testing.assert_allclose(group_scores(graph)["b"], want, rtol=1e-5)
+    np.testing.assert_array_equal(keep["b"], np.sort(np.argsort(-want)[:8]))
+    res = run(save(model, tmp_path / "m.keras"), tmp_path / "out", sparsity=0.75, structured=True, epochs=1)
+    assert res.details["widths_after"] == {"a": 8, "b": 8, "c": 8, "out": 10}
+    assert res.details["channel_groups"]["tied"] == [["b", "c"]]
 
 
 def test_unstructured_accepts_branches(tmp_path: Path) -> None:
@@ -166,9 +197,9 @@ def test_unsupported_layer_is_named(tmp_path: Path) -> None:
                               keras.layers.Dense(10, name="out")])
     path = save(model, tmp_path / "rnn.keras")
     with pytest.raises(InputError, match="'rnn' \\(LSTM\\) is not supported"):
-        from deployc.ml.prune import layer_chain
+        from deployc.ml.channels import channel_graph
 
-        layer_chain(load(path), "structured pruning")
+        channel_graph(load(path), "structured pruning")
 
 
 def test_a_model_without_dense_or_conv_is_refused(tmp_path: Path) -> None:
@@ -191,14 +222,26 @@ def test_training_data_needs_labels(mlp_path: Path, tmp_path: Path) -> None:
         PrunePass().apply(unlabelled)
 
 
-def test_shared_layer_breaks_the_chain_and_is_named(tmp_path: Path) -> None:
+def test_one_input_may_come_as_a_mapping(mlp_path: Path, tmp_path: Path) -> None:
+    from deployc.ml.feeds import ANY_INPUT
+    from deployc.passes.base import PassInput
+    from deployc.passes.prune import PrunePass
+
+    inp = pass_input(mlp_path, tmp_path, PruneConfig(structured=True, epochs=0))
+    for i, x in enumerate(({"pixels": digits()[0]}, {ANY_INPUT: digits()[0]})):
+        mapped = PassInput(**{**inp.__dict__, "out_dir": tmp_path / str(i),
+                              "data": lambda which, x=x: (x, digits()[1])})
+        assert PrunePass().apply(mapped).details["widths_after"]["hidden0"] == 32
+
+
+def test_shared_layer_is_refused_and_named(tmp_path: Path) -> None:
     import keras
 
-    from deployc.ml.prune import layer_chain
+    from deployc.ml.channels import channel_graph
 
     inp = keras.Input((64,))
     shared = keras.layers.Dense(64, activation="relu", name="twice")
     out = keras.layers.Dense(10, name="out")(shared(shared(inp)))
     path = save(keras.Model(inp, out), tmp_path / "shared.keras")
-    with pytest.raises(InputError, match="'twice' \\(Dense\\) is not part of a single chain"):
-        layer_chain(load(path), "structured pruning")
+    with pytest.raises(InputError, match="'twice' \\(Dense\\) is called 2 times \\(shared layers"):
+        channel_graph(load(path), "structured pruning")

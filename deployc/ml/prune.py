@@ -5,8 +5,11 @@ Two kinds:
   polynomial schedule (TF-MOT's PolynomialDecay) while the model fine-tunes; masks are re-applied after every
   optimizer step. The file compresses better; inference is not faster.
 - structured: the lowest-norm Dense units / Conv filters are removed and a smaller model is rebuilt from the
-  chain of layers (`layer_chain`, `rebuild`, also used to shrink a distillation student). Inference is faster.
-keras / tensorflow are imported inside the functions.
+  model's channel graph (`deployc.ml.channels`; `rebuild` also shrinks a distillation student); channels tied
+  by a residual Add are chosen jointly; BatchNormalization is folded into the convolution before it once the
+  model is fine-tuned (`deployc.ml.fold`). Inference is faster.
+keras / tensorflow are imported inside the functions. Inputs (`x`) are one array, or {input name: array} for a
+model of several inputs (`deployc.ml.feeds`).
 """
 from __future__ import annotations
 
@@ -15,17 +18,11 @@ from typing import Any
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.ml import feeds
+from deployc.ml.channels import CHANNELWISE, DEPTHWISE, WIDTH_LAYERS, Graph, Op, Plan, channel_graph, clone
+from deployc.ml.fold import fold_batchnorm
 
 KERNEL_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")  # layers whose `kernel` unstructured pruning zeroes
-WIDTH_LAYERS = ("Dense", "Conv1D", "Conv2D")  # layers whose units/filters structured pruning removes
-CHANNELWISE = ("BatchNormalization",)  # one weight per channel: sliced with the channels kept
-PASSTHROUGH = (
-    "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "GaussianNoise", "GaussianDropout", "AlphaDropout", "MaxPooling1D", "MaxPooling2D", "AveragePooling1D",
-    "AveragePooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "Rescaling", "ZeroPadding1D", "ZeroPadding2D", "Identity", "ActivityRegularization",
-)
-SUPPORTED = WIDTH_LAYERS + CHANNELWISE + PASSTHROUGH + ("Flatten",)
 
 
 # ---------------------------------------------------------------- unstructured (magnitude) pruning
@@ -104,143 +101,115 @@ def sparsity_report(layers: list[Any]) -> dict[str, Any]:
             "kernel_weights": total}
 
 
-# ---------------------------------------------------------------- chains of layers and rebuilding
+# ---------------------------------------------------------------- structured: channels kept, narrower rebuild
 
-def layer_chain(model: Any, purpose: str) -> list[Any]:
-    """The model's layers as a single chain input -> output, or InputError naming the first layer that is not."""
-    import keras
-
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise InputError(f"{purpose} supports single-input, single-output models; {model.name!r} has "
-                         f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
-    chain = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    sequential = isinstance(model, keras.Sequential)  # a chain by construction (it records several nodes)
-    for layer in chain:  # first the layer kinds, so that a merge (Add, Concatenate) is the layer named
-        where = f"layer {layer.name!r} ({type(layer).__name__})"
-        if isinstance(layer, keras.Model):
-            raise InputError(f"{purpose}: {where} is a nested model; flatten it into one Sequential or "
-                             "functional chain")
-        if type(layer).__name__ not in SUPPORTED:
-            raise InputError(f"{purpose}: {where} is not supported; supported layers: {', '.join(SUPPORTED)}")
-    prev = model.inputs[0]
-    for layer in chain:
-        kind = type(layer).__name__
-        where = f"layer {layer.name!r} ({kind})"
-        nodes = layer._inbound_nodes
-        ins = nodes[0].input_tensors if nodes else []
-        if not sequential and (len(nodes) != 1 or len(ins) != 1 or ins[0] is not prev):
-            raise InputError(f"{purpose}: {where} is not part of a single chain of layers (branches, shared "
-                             "layers and merges are not supported)")
-        cfg = layer.get_config()
-        rank = len(layer.input.shape)
-        if cfg.get("data_format") == "channels_first" or (
-                kind in CHANNELWISE and cfg.get("axis", -1) not in (-1, [-1], rank - 1, [rank - 1])):
-            raise InputError(f"{purpose}: {where} works on channels_first data; only channels_last is supported")
-        if kind in WIDTH_LAYERS and cfg.get("groups", 1) != 1:
-            raise InputError(f"{purpose}: {where} is a grouped convolution, which is not supported")
-        if kind == "Rescaling" and (np.ndim(cfg.get("scale", 1.0)) or np.ndim(cfg.get("offset", 0.0))):
-            raise InputError(f"{purpose}: {where} rescales per channel, which is not supported")
-        prev = layer.output
-    if not sequential and prev is not model.outputs[0]:
-        raise InputError(f"{purpose}: model {model.name!r} is not a single chain of layers")
-    if not any(type(layer).__name__ in WIDTH_LAYERS for layer in chain):
-        raise InputError(f"{purpose}: model {model.name!r} has no Dense or Conv layer")
-    return chain
+def _take(w: np.ndarray, index: np.ndarray | None, axis: int) -> np.ndarray:
+    return w if index is None else np.take(w, index, axis=axis)
 
 
-def output_width_layer(chain: list[Any]) -> Any:
-    """The last Dense/Conv layer: its width is the model's output and is never changed."""
-    return [layer for layer in chain if type(layer).__name__ in WIDTH_LAYERS][-1]
+def layer_plan(graph: Graph, op: Op, keep: dict[str, np.ndarray], copy_weights: bool) -> Plan:
+    """`op`'s layer with the channels kept: the config with its new width, and (with copy_weights) its weights
+    sliced on the output side (a Dense/Conv layer of a pruned group) and on the input side (what the layers
+    before it kept). A depthwise kernel follows its input; a SeparableConv's depthwise part follows its input
+    and its pointwise part is sliced on both sides."""
+    cfg = op.layer.get_config()
+    weights = [np.asarray(w) for w in op.layer.get_weights()] if copy_weights else []
+    inp = graph.kept(graph.maps[op.inputs[0]], keep) if op.inputs else None
+    out = graph.kept(graph.maps[op.output], keep)
+    if op.kind in WIDTH_LAYERS:
+        if out is not None:
+            cfg["units" if op.kind == "Dense" else "filters"] = int(len(out))
+        if weights and op.kind.startswith("Separable"):  # depthwise (..., in, m), pointwise (..., in*m, out)
+            times = int(cfg.get("depth_multiplier", 1))
+            rows = None if inp is None else (inp[:, None] * times + np.arange(times)[None, :]).ravel()
+            weights = [_take(weights[0], inp, -2), _take(_take(weights[1], rows, -2), out, -1)] + [
+                _take(w, out, -1) for w in weights[2:]]
+        elif weights:
+            weights = [_take(_take(weights[0], inp, -2), out, -1)] + [_take(w, out, -1) for w in weights[1:]]
+    elif op.kind in DEPTHWISE and weights:  # kernel (..., in, multiplier), bias (in * multiplier)
+        weights = [_take(weights[0], inp, -2)] + [_take(w, out, -1) for w in weights[1:]]
+    elif op.kind in CHANNELWISE and weights:
+        weights = [_take(w, inp, -1) for w in weights]
+    return cfg, weights
 
 
-def rebuild(model: Any, chain: list[Any], keep: dict[str, np.ndarray], copy_weights: bool = True) -> Any:
-    """A new model of the same chain where each layer named in `keep` retains only those output channels.
+def rebuild(graph: Graph, keep: dict[str, np.ndarray], copy_weights: bool = True) -> Any:
+    """A new model of the same graph where each group of tied channels keeps `keep[any of its owners]`.
 
-    With copy_weights, kept weights are copied and every following layer's input weights are sliced to match
-    (through BatchNormalization, pooling and Flatten); without, the new layers keep their fresh initialization.
-    """
-    import keras
-
-    kept: np.ndarray | None = None  # channels of the current tensor that survive (None: all of them)
-    plans: list[tuple[Any, list[np.ndarray]]] = []
-    for layer in chain:
-        kind, cfg = type(layer).__name__, layer.get_config()
-        weights = [np.asarray(w) for w in layer.get_weights()] if copy_weights else []
-        if kind in WIDTH_LAYERS:
-            out = keep.get(layer.name)
-            if out is not None:
-                cfg["units" if kind == "Dense" else "filters"] = int(len(out))
-            if weights:
-                if kept is not None:
-                    weights[0] = np.take(weights[0], kept, axis=-2)
-                if out is not None:
-                    weights = [np.take(w, out, axis=-1) for w in weights]
-            kept = out
-        elif kind in CHANNELWISE:
-            if weights and kept is not None:
-                weights = [np.take(w, kept, axis=-1) for w in weights]
-        elif kind == "Flatten" and kept is not None:
-            shape = layer.input.shape
-            spatial, channels = int(np.prod(shape[1:-1])), int(shape[-1])
-            kept = (np.arange(spatial)[:, None] * channels + kept[None, :]).ravel()
-        plans.append((type(layer).from_config(cfg), weights))
-    src = model.inputs[0]
-    inp = keras.Input(shape=tuple(src.shape[1:]), dtype=src.dtype, name=src.name)
-    if isinstance(model, keras.Sequential):
-        new = keras.Sequential([inp] + [p[0] for p in plans], name=model.name)
-    else:
-        x = inp
-        for layer, _ in plans:
-            x = layer(x)
-        new = keras.Model(inp, x, name=model.name)
-    for layer, weights in plans:
-        if weights:
-            layer.set_weights(weights)
-    return new
+    With copy_weights, kept weights are copied and every later layer's input weights are sliced to match
+    (through BatchNormalization, activations, depthwise convolutions, merges, pooling and Flatten); without,
+    the new layers keep their fresh initialization (a distillation student)."""
+    return clone(graph, {op.name: layer_plan(graph, op, keep, copy_weights)
+                         for op in graph.ops if op.kind != "InputLayer"})
 
 
-def channel_scores(chain: list[Any]) -> dict[str, np.ndarray]:
-    """L2 norm of each unit's/filter's weights, scaled by the following BatchNormalization's gain if any."""
+def channel_scores(graph: Graph) -> dict[str, np.ndarray]:
+    """L2 norm of each unit's/filter's weights (a SeparableConv's pointwise ones), scaled by
+    |gamma| / sqrt(moving_variance + eps) of a BatchNormalization that alone reads the layer's output."""
     scores = {}
-    for i, layer in enumerate(chain):
-        if type(layer).__name__ not in WIDTH_LAYERS:
+    for op in graph.ops:
+        if op.kind not in WIDTH_LAYERS:
             continue
-        k = np.asarray(layer.kernel.numpy())
-        s = np.sqrt(np.sum(k.reshape(-1, k.shape[-1]) ** 2, axis=0))
-        nxt = chain[i + 1] if i + 1 < len(chain) else None
-        if nxt is not None and type(nxt).__name__ == "BatchNormalization" and nxt.scale:
-            var = np.asarray(nxt.moving_variance.numpy())
-            s = s * np.abs(np.asarray(nxt.gamma.numpy())) / np.sqrt(var + nxt.epsilon)
-        scores[layer.name] = s
+        kernel = op.layer.pointwise_kernel if op.kind.startswith("Separable") else op.layer.kernel
+        k = np.asarray(kernel.numpy())
+        s = np.sqrt(np.sum(k.reshape(-1, k.shape[-1]).astype(np.float64) ** 2, axis=0))
+        nxt = graph.only_consumer(op.output)
+        if nxt is not None and nxt.kind == "BatchNormalization" and nxt.layer.scale:
+            var = np.asarray(nxt.layer.moving_variance.numpy(), dtype=np.float64)
+            s = s * np.abs(np.asarray(nxt.layer.gamma.numpy(), dtype=np.float64)) / np.sqrt(var + nxt.layer.epsilon)
+        scores[op.name] = s
     return scores
 
 
-def structured_keep(chain: list[Any], fraction: float) -> dict[str, np.ndarray]:
-    """Indices of the channels to keep per layer (highest scores, in original order); the output layer is kept."""
-    last = output_width_layer(chain).name
+def group_scores(graph: Graph) -> dict[str, np.ndarray]:
+    """One score per channel of each prunable group: the sum over its owners of their scores, each divided by
+    its mean (so that a layer with larger weights does not decide for the others)."""
+    scores = channel_scores(graph)
+    return {g.name: np.sum([scores[o] / max(float(np.mean(scores[o])), 1e-12) for o in g.owners], axis=0)
+            for g in graph.groups() if not g.fixed}
+
+
+def structured_keep(graph: Graph, fraction: float) -> dict[str, np.ndarray]:
+    """Indices of the channels to keep, per Dense/Conv layer of a prunable group (highest group scores, in
+    original order; the owners of one group get the same array). Fixed groups are absent: they keep all."""
+    owners = {g.name: g.owners for g in graph.groups()}
     keep = {}
-    for name, s in channel_scores(chain).items():
-        if name == last:
-            continue
+    for name, s in group_scores(graph).items():
         n = max(1, int(round(len(s) * (1.0 - fraction))))
-        keep[name] = np.sort(np.argsort(-s, kind="stable")[:n])
+        kept = np.sort(np.argsort(-s, kind="stable")[:n])
+        keep.update({owner: kept for owner in owners[name]})
     return keep
 
 
+def groups_report(graph: Graph) -> dict[str, Any]:
+    """For the report: the groups of layers whose channels are tied (by Add and the like) and pruned as one,
+    and the layers that keep all their channels (their channels reach a model input, an Embedding or the
+    output)."""
+    groups = graph.groups()
+    return {"tied": [g.owners for g in groups if len(g.owners) > 1 and not g.fixed],
+            "unpruned": [o for g in groups if g.fixed for o in g.owners]}
+
+
 def widths(model: Any) -> dict[str, int]:
-    """Units / filters of each Dense/Conv layer, for reports."""
-    return {layer.name: int(layer.kernel.shape[-1]) for layer in model._flatten_layers(include_self=False)
-            if type(layer).__name__ in WIDTH_LAYERS and getattr(layer, "kernel", None) is not None}
+    """Output channels of each Dense/Conv/SeparableConv/DepthwiseConv layer, for reports."""
+    out = {}
+    for layer in model._flatten_layers(include_self=False):
+        kind = type(layer).__name__
+        kernel = getattr(layer, "pointwise_kernel" if kind.startswith("Separable") else "kernel", None)
+        if kernel is None or (kind not in WIDTH_LAYERS and kind not in DEPTHWISE):
+            continue
+        out[layer.name] = int(kernel.shape[-2] * kernel.shape[-1]) if kind in DEPTHWISE else int(kernel.shape[-1])
+    return out
 
 
 # ---------------------------------------------------------------- the two prunings, end to end
 
-def prune_unstructured(model: Any, x: np.ndarray, y: np.ndarray, sparsity: float, epochs: int, batch_size: int,
+def prune_unstructured(model: Any, x: feeds.Inputs, y: np.ndarray, sparsity: float, epochs: int, batch_size: int,
                        learning_rate: float, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Fine-tune while sparsity ramps to `sparsity` over the first 3/4 of the steps; the last quarter recovers
     with the masks fixed. With epochs=0 the kernels are pruned at once. Returns the training figures."""
     layers = kernel_layers(model)
-    steps = epochs * -(-len(x) // batch_size)
+    steps = epochs * -(-feeds.rows(x) // batch_size)
     if steps == 0:
         apply_masks(layers, sparsity)
         return {}
@@ -249,12 +218,16 @@ def prune_unstructured(model: Any, x: np.ndarray, y: np.ndarray, sparsity: float
     return fit(model, x, y, epochs, batch_size, learning_rate, [cb] + list(callbacks or []))
 
 
-def prune_structured(model: Any, x: np.ndarray, y: np.ndarray, fraction: float, epochs: int, batch_size: int,
+def prune_structured(model: Any, x: feeds.Inputs, y: np.ndarray, fraction: float, epochs: int, batch_size: int,
                      learning_rate: float) -> tuple[Any, dict[str, Any]]:
-    """Remove `fraction` of the units/filters of every Dense/Conv layer but the output one, then fine-tune."""
-    chain = layer_chain(model, "structured pruning")
-    small = rebuild(model, chain, structured_keep(chain, fraction))
-    return small, fit(small, x, y, epochs, batch_size, learning_rate) if epochs else {}
+    """Remove `fraction` of the channels of every prunable group (the output's and those tied to an input or
+    an Embedding keep theirs), fine-tune with BatchNormalization in place, then fold it. Returns the model and
+    what was done: training figures, the tied groups, the layers left whole, the BatchNormalizations folded."""
+    graph = channel_graph(model, "structured pruning")
+    small = rebuild(graph, structured_keep(graph, fraction))
+    training = fit(small, x, y, epochs, batch_size, learning_rate) if epochs else {}
+    small, folded = fold_batchnorm(small)
+    return small, {"training": training, "channel_groups": groups_report(graph), "batchnorm_folded": folded}
 
 
 # ---------------------------------------------------------------- training helpers shared with distillation
@@ -282,7 +255,7 @@ def label_loss(model: Any) -> Any:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=not probs)
 
 
-def fit(model: Any, x: np.ndarray, y: Any, epochs: int, batch_size: int, learning_rate: float,
+def fit(model: Any, x: feeds.Inputs, y: Any, epochs: int, batch_size: int, learning_rate: float,
         callbacks: list[Any] | None = None, loss: Any = None) -> dict[str, Any]:
     """Adam on (x, y) with seeded shuffling; returns the last epoch's loss."""
     import keras
@@ -291,16 +264,16 @@ def fit(model: Any, x: np.ndarray, y: Any, epochs: int, batch_size: int, learnin
     hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
                      callbacks=callbacks or [])
     losses = hist.history.get("loss", [])
-    return {"epochs": epochs, "steps": epochs * -(-len(x) // batch_size),
+    return {"epochs": epochs, "steps": epochs * -(-feeds.rows(x) // batch_size),
             "final_train_loss": round(float(losses[-1]), 6) if losses else None}
 
 
-def predict_classes(model: Any, x: np.ndarray) -> np.ndarray:
+def predict_classes(model: Any, x: feeds.Inputs) -> np.ndarray:
     out = np.asarray(model.predict(x, batch_size=256, verbose=0))
     return (out.reshape(-1) > (0.5 if outputs_probabilities(model) else 0.0)).astype(np.int64) \
         if out.shape[-1] == 1 else out.argmax(axis=-1)
 
 
-def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(model: Any, x: feeds.Inputs, y: np.ndarray) -> float:
     return round(float(np.mean(predict_classes(model, x) == y.reshape(-1))), 6)
 

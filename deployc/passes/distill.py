@@ -52,6 +52,7 @@ class DistillPass(KerasPass):
     def _apply(self, inp: PassInput) -> PassResult:
         from deployc.ml import distill, prune
         from deployc.ml.convert import load_keras
+        from deployc.ml.fold import fold_batchnorm
 
         cfg: DistillConfig = inp.config
         teacher = load_keras(inp.model)
@@ -68,8 +69,13 @@ class DistillPass(KerasPass):
                 f"{cfg.epochs} epochs at T={cfg.temperature}, alpha={cfg.alpha}")
         training = distill.distill(teacher, student, x, y, cfg.temperature, cfg.alpha, cfg.epochs, cfg.batch_size,
                                    cfg.learning_rate)
+        try:
+            student, folded = fold_batchnorm(student)
+        except InputError:  # a student file this graph reader cannot rebuild (nested, shared layers): kept as is
+            folded = []
         details: dict[str, Any] = {
             **origin, "seed": SEED, "temperature": cfg.temperature, "alpha": cfg.alpha, "training": training,
+            "batchnorm_folded": folded,
             "params_teacher": int(teacher.count_params()), "params_student": int(student.count_params()),
             "widths_teacher": prune.widths(teacher), "widths_student": prune.widths(student),
         }

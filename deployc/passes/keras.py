@@ -1,5 +1,6 @@
 """What the Keras passes (prune, distill) share: the `KerasPass` base (fine-tuning on data.train, seeded), reading
-the training data, a byte-stable .keras writer and the size and accuracy figures for the report.
+the training data (one array, or {input name: array} for a model of several inputs), a byte-stable .keras writer
+and the size and accuracy figures for the report.
 
 NumPy, Keras and TensorFlow are imported inside the functions, so the module stays light for validation.
 """
@@ -9,7 +10,7 @@ import gzip
 import io
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +22,7 @@ from deployc.schema.base import Located
 if TYPE_CHECKING:
     import numpy as np
 
+    from deployc.ml.feeds import Inputs
     from deployc.schema.spec import DeploySpec
 
 SEED = 1234
@@ -38,29 +40,42 @@ def deterministic(seed: int = SEED) -> Iterator[None]:
     yield
 
 
-def train_data(inp: PassInput, model: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """data.train as float32 inputs and integer labels, checked against the model's input shape."""
+def model_inputs(model: Any, x: Any, name: str, which: str) -> Inputs:
+    """`x` as the model takes it: one array for a model of one input (cast to its dtype), {input name: array}
+    for a model of several (each cast to its input's dtype), its rows' shapes checked against the inputs."""
+    import numpy as np
+
+    from deployc.ml import feeds
+
+    names = [str(t.name) for t in model.inputs]
+    raw = {k: np.asarray(v) for k, v in x.items()} if isinstance(x, Mapping) else np.asarray(x)
+    fed = feeds.feed(raw, names, [t.dtype for t in model.inputs], what=f"{name}: the model")
+    for n, tensor in zip(names, model.inputs, strict=True):
+        want, got = tuple(tensor.shape[1:]), tuple(fed[n].shape[1:])
+        if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=True)):
+            which_input = f" for input {n!r}" if len(names) > 1 else ""
+            raise InputError(f"{name}: data.{which} rows{which_input} have shape {got}, the model expects {want}")
+    return fed[names[0]] if len(names) == 1 else fed
+
+
+def train_data(inp: PassInput, model: Any, name: str) -> tuple[Inputs, np.ndarray]:
+    """data.train as the model's inputs (`model_inputs`) and integer labels."""
     import numpy as np
 
     x, y = inp.data("train")
     if y is None:
         raise InputError(f"{name} fine-tunes on labelled data: set data.train.y")
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    want = tuple(model.inputs[0].shape[1:])
-    if len(want) != x.ndim - 1 or any(w is not None and w != g for w, g in zip(want, x.shape[1:], strict=True)):
-        raise InputError(f"{name}: data.train rows have shape {tuple(x.shape[1:])}, the model expects {want}")
-    return x, y
+    return model_inputs(model, x, name, "train"), np.asarray(y).reshape(-1).astype(np.int64)
 
 
-def eval_data(inp: PassInput) -> tuple[np.ndarray, np.ndarray] | None:
+def eval_data(inp: PassInput, model: Any, name: str) -> tuple[Inputs, np.ndarray] | None:
     import numpy as np
 
     try:
         x, y = inp.data("eval")
     except ValueError:
         return None
-    return None if y is None else (np.asarray(x, dtype=np.float32), np.asarray(y).reshape(-1).astype(np.int64))
+    return None if y is None else (model_inputs(model, x, name, "eval"), np.asarray(y).reshape(-1).astype(np.int64))
 
 
 def save_keras(model: Any, path: Path) -> None:
@@ -97,18 +112,18 @@ def file_sizes(path: Path) -> dict[str, int]:
     return {"file_bytes": len(raw), "file_gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}
 
 
-def accuracies(inp: PassInput, before: Any, after: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def accuracies(inp: PassInput, before: Any, after: Any, x: Inputs, y: np.ndarray) -> dict[str, Any]:
     from deployc.ml.prune import accuracy
 
     out: dict[str, Any] = {"train_accuracy_before": accuracy(before, x, y), "train_accuracy": accuracy(after, x, y)}
-    ev = eval_data(inp)
+    ev = eval_data(inp, before, "evaluation")
     if ev is not None:
         out["eval_accuracy_before"] = accuracy(before, *ev)
         out["eval_accuracy"] = accuracy(after, *ev)
     return out
 
 
-def finish(inp: PassInput, before: Any, after: Any, x: np.ndarray, y: np.ndarray, details: dict[str, Any]
+def finish(inp: PassInput, before: Any, after: Any, x: Inputs, y: np.ndarray, details: dict[str, Any]
            ) -> PassResult:
     """Save the new model as the pass's output and complete its details: the sizes before (unless already
     recorded) and after, and the accuracies of both models on data.train (and data.eval when set)."""

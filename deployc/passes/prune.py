@@ -45,8 +45,9 @@ class PrunePass(KerasPass):
                                    "seed": SEED, "before": {**weight_sizes(original), **file_sizes(inp.model)}}
         if cfg.structured:
             inp.log(f"prune: removing {cfg.sparsity:.0%} of the units/filters, fine-tuning {cfg.epochs} epochs")
-            model, details["training"] = prune.prune_structured(model, x, y, cfg.sparsity, cfg.epochs,
-                                                                cfg.batch_size, cfg.learning_rate)
+            model, done = prune.prune_structured(model, x, y, cfg.sparsity, cfg.epochs, cfg.batch_size,
+                                                 cfg.learning_rate)
+            details.update(done)
             details["widths_before"] = prune.widths(original)
             details["widths_after"] = prune.widths(model)
             details["params_before"] = int(original.count_params())
