@@ -113,7 +113,8 @@ def recsys(tmp_path: Path) -> Path:
         z.writestr("config.json", json.dumps(RECSYS))
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "eval.npz", u=rng.integers(0, 9, 20), i=rng.integers(0, 9, 20),
-             d=rng.random((20, 4)).astype(np.float32), y=rng.integers(0, 2, 20), short=np.zeros(19))
+             d=rng.random((20, 4)).astype(np.float32), y=rng.integers(0, 2, 20), short=np.zeros(19),
+             ufloat=rng.integers(0, 9, 20) + 0.5)
     (tmp_path / "labels.txt").write_text("no-click\nclick\n")
     (tmp_path / "deploy.yaml").write_text(GOOD)
     return tmp_path
@@ -141,7 +142,10 @@ def test_a_multi_input_binary_spec_validates(recsys: Path) -> None:
      "deploy.yaml:5:64: data.eval.x.features: the model has no input named 'features' (its inputs: user_id, "
      "item_id, dense)"),
     (("dense: d}", "dense: nope}"),
-     "deploy.yaml:5:61: data.eval.x.dense: eval.npz has no array named 'nope' (it has: u, i, d, y, short)"),
+     "deploy.yaml:5:61: data.eval.x.dense: eval.npz has no array named 'nope' (it has: u, i, d, y, short, ufloat)"),
+    (("user_id: u,", "user_id: ufloat,"),
+     "deploy.yaml:5:39: data.eval.x.user_id: eval.npz: array 'ufloat' holds fractions, and the model's input "
+     "'user_id' is int64: ids and masks must be whole numbers"),
     (("dense: d}", "dense: short}"),
      "deploy.yaml:5:61: data.eval.x.dense: eval.npz: u has 20 rows but short has 19"),
     (("prediction: click", "prediction: probs"),

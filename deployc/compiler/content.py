@@ -17,8 +17,9 @@ from deployc.errors import InputError
 Loc = tuple[Any, ...]
 
 
-def data_problems(base: Path, which: str, ds: Any) -> list[tuple[Loc, str]]:
-    """Problems with `data.<which>`: (location in the spec, message)."""
+def data_problems(base: Path, which: str, ds: Any, dtypes: dict[str, str] | None = None) -> list[tuple[Loc, str]]:
+    """Problems with `data.<which>`: (location in the spec, message). `dtypes` are the model's input dtypes by
+    name, where known: an integer input's array must hold whole numbers."""
     import numpy as np
 
     loc: Loc = ("data", which)
@@ -49,12 +50,30 @@ def data_problems(base: Path, which: str, ds: Any) -> list[tuple[Loc, str]]:
     keys = dict(wanted)
     problems += [(loc + where, msg) for where, arr in arrays.items()
                  if (msg := array_problem(arr, f"{ds.path}: array {keys[where]!r}"))]
+    problems += _integer_problems(loc, ds, arrays, keys, dtypes or {})
     if not problems:
         counts = {where: len(arr) for where, arr in arrays.items()}
         first, n = next(iter(counts.items()))
         problems += [(loc + where, f"{ds.path}: {keys[first]} has {n} rows but {keys[where]} has {m}")
                      for where, m in counts.items() if m != n]
     return problems
+
+
+def _integer_problems(loc: Loc, ds: Any, arrays: dict[Loc, Any], keys: dict[Loc, str], dtypes: dict[str, str]
+                      ) -> list[tuple[Loc, str]]:
+    """An integer or boolean model input (ids, masks) fed an array of fractions."""
+    import numpy as np
+
+    found = []
+    for where, arr in arrays.items():
+        if where[0] != "x" or arr.dtype.kind != "f":
+            continue
+        name = where[1] if len(where) > 1 else (next(iter(dtypes)) if len(dtypes) == 1 else None)
+        dtype = dtypes.get(name) if name is not None else None
+        if dtype in ("int8", "uint8", "int16", "int32", "int64", "bool") and not np.array_equal(arr, np.round(arr)):
+            found.append((loc + where, f"{ds.path}: array {keys[where]!r} holds fractions, and the model's input "
+                          f"{name!r} is {dtype}: ids and masks must be whole numbers"))
+    return found
 
 
 def array_problem(arr: Any, what: str) -> str | None:

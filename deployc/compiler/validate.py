@@ -176,10 +176,12 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
         msg = content.labels_problem(base, spec.model.labels) or content.labels_count_problem(base, spec, fmt)
         if msg:
             found.append((("model", "labels"), msg))
-    for which in ("eval", "calibration", "train"):
-        ds = getattr(spec.data, which)
-        if ds is not None:
-            found += content.data_problems(base, which, ds)
+    from deployc.compiler.resolved import model_inputs
+
+    sets = [(w, ds) for w in ("eval", "calibration", "train") if (ds := getattr(spec.data, w)) is not None]
+    dtypes = {t.name: t.dtype for t in model_inputs(spec, base)} if sets else {}
+    for which, ds in sets:
+        found += content.data_problems(base, which, ds, dtypes)
     return found + _input_mapping_problems(base, spec) + _prediction_problems(base, spec, fmt)
 
 
