@@ -49,6 +49,13 @@ demo: install system-deps
 	@echo "Files in build/digits (manifest.json lists each with its sha256):"
 	@cd build/digits && find . -type f | sort | sed 's|^\./|  |'
 	@echo
+	@for ex in nlp cv recsys; do \
+	  echo; echo "== examples/$$ex: train, validate, build"; \
+	  $(BIN)/python examples/$$ex/train.py && $(BIN)/deployc validate examples/$$ex/deploy.yaml \
+	    && $(BIN)/deployc build -q examples/$$ex/deploy.yaml && sed -n '/^## Verification/,/^## Gates/p' build/$$ex/report.md \
+	    | grep '^|' || exit 1; \
+	done
+	@echo
 	@echo "Serve it:   $(BIN)/deployc serve build/digits"
 	@echo "Query it:   curl -s localhost:8080/v2/models/digits/infer -H 'content-type: application/json' \\"
 	@echo "              -d '{\"inputs\":[{\"name\":\"pixels\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[$$(python3 -c 'print(",".join(["0.5"]*64))')]}]}'"

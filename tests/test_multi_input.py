@@ -168,3 +168,61 @@ def test_what_validate_says_about_a_multi_input_spec(recsys: Path, change: tuple
     old, new = change
     assert old in GOOD
     assert expected in _validate(recsys, GOOD.replace(old, new))
+
+
+# --- a build of an ONNX model of two int64 inputs and two outputs, judged on its second output --------------
+
+RANKER_SPEC = """apiVersion: deployc/v1
+name: ranker
+model: {path: ranker.onnx, labels: labels.txt, prediction: logits}
+data:
+  eval: {path: eval.npz, x: {input_ids: ids, attention_mask: mask}, y: y}
+  calibration: {path: eval.npz, x: {input_ids: ids, attention_mask: mask}}
+optimize:
+  - quantize: {mode: auto, candidates: [float16, int8-static]}
+gates: {min_agreement: 0.9, max_accuracy_drop: 0.05}
+measure: {min_seconds: 0.05}
+targets:
+  local: {}
+  triton: {}
+slos:
+  - {kind: stability, metric: psi, max_drift: 0.2, window: 1h}
+"""
+
+
+def test_an_onnx_model_of_two_inputs_is_judged_on_its_named_output(tmp_path: Path, session_cache: Path) -> None:
+    import onnxruntime as ort
+    import yaml
+    from test_serve_multi import SEQ, VOCAB, make_ranker
+
+    make_ranker(tmp_path / "ranker.onnx")
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, VOCAB, (256, SEQ))
+    mask = (np.arange(SEQ)[None, :] < rng.integers(2, SEQ + 1, (256, 1))).astype(np.int64)
+    sess = ort.InferenceSession(str(tmp_path / "ranker.onnx"))
+    probs, logits = sess.run(["probs", "logits"], {"input_ids": ids, "attention_mask": mask})
+    assert np.mean(probs.argmax(1) == logits.argmax(1)) < 0.5  # the outputs disagree: which one is judged shows
+    y = logits.argmax(1)
+    np.savez(tmp_path / "eval.npz", ids=ids, mask=mask, y=y)
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
+    (tmp_path / "deploy.yaml").write_text(RANKER_SPEC)
+    r = run_deployc("build", "deploy.yaml", "-q", cwd=tmp_path, cache_dir=session_cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    build = tmp_path / "build" / "ranker"
+    report = json.loads((build / "report.json").read_text())
+    assert report["reference"]["accuracy"] == 1.0  # y is the argmax of logits, not of probs
+    assert all(g["passed"] for g in report["gates"]) and report["passes"][0]["details"]["chosen"]
+    cfg = json.loads((build / "local" / "serving.json").read_text())
+    assert cfg["prediction"] == "logits" and [t["name"] for t in cfg["model"]["inputs"]] == ["input_ids",
+                                                                                               "attention_mask"]
+    assert {t["datatype"] for t in cfg["model"]["inputs"]} == {"INT64"}
+    # the stability SLO's reference shares are those of the judged output's classes
+    rules = yaml.safe_load((build / "monitoring" / "prometheus-rules.yaml").read_text())
+    shares = {r["labels"]["class"]: float(r["expr"][len("vector("):-1]) for g in rules["groups"]
+              for r in g["rules"] if r.get("record") == "deployc:slo_reference_class_share:ratio"}
+    want = np.bincount(y, minlength=4) / len(y)
+    assert shares == pytest.approx(dict(zip("abcd", want, strict=True)), abs=1e-3)
+    request = json.loads((build / "triton" / "request.json").read_text())
+    assert [(i["name"], i["datatype"], i["shape"]) for i in request["inputs"]] == [
+        ("input_ids", "INT64", [2, SEQ]), ("attention_mask", "INT64", [2, SEQ])]
+    assert request["inputs"][0]["data"] == ids[:2].ravel().tolist()

@@ -71,14 +71,16 @@ def keras_to_onnx(src: Path, dst: Path, inputs: list[Any] | None = None) -> dict
 def _caller(model: Any, signature: list[Any]) -> Any:
     """model(...) on the signature's tensors: one tensor, or the inputs by name where the signature names the
     model's inputs (the order of `model.inputs` in the spec need not be the model's), else in order."""
+    from deployc.ml import feeds
+
     names = [s.name for s in signature]
     own = [str(getattr(t, "name", "")).split(":")[0] for t in model.inputs]
-    by_name = len(names) > 1 and sorted(names) == sorted(own)
+    by_name = sorted(names) == sorted(own)
 
     def call(*args: Any) -> Any:
-        if len(args) == 1:
-            return model(args[0], training=False)
-        return model(dict(zip(names, args, strict=True)) if by_name else list(args), training=False)
+        if by_name:
+            return model(feeds.for_keras(model, dict(zip(names, args, strict=True))), training=False)
+        return model(args[0] if len(args) == 1 else list(args), training=False)
 
     return call
 

@@ -64,9 +64,7 @@ def keras_feed(model: Any, x: feeds.Inputs) -> Any:
     """What `model.predict` takes: the one array, or the arrays by input name (cast to each input's dtype)."""
     names = [str(getattr(t, "name", "")).split(":")[0] for t in model.inputs]
     dtypes = [getattr(t, "dtype", "float32") for t in model.inputs]
-    if not isinstance(x, dict) and len(names) == 1:
-        return feeds.cast(np.asarray(x), dtypes[0], names[0])
-    return feeds.feed(x, names, dtypes, "the Keras model")
+    return feeds.for_keras(model, feeds.feed(x, names, dtypes, "the Keras model"))
 
 
 def keras_output(model: Any, out: Any, output: str | None) -> np.ndarray:

@@ -66,3 +66,21 @@ def cast(a: np.ndarray, dtype: Any, name: str) -> np.ndarray:
 
 def row_shapes(x: Inputs) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in as_mapping(x).items()}
+
+
+def for_keras(model: Any, fed: Mapping[str, Any]) -> Any:
+    """{input name: array or tensor} in the structure the Keras model was built with (one tensor, a list, or a
+    dict), so Keras does not warn that the structure of its inputs does not match."""
+    struct = getattr(model, "_inputs_struct", None)
+    name = _keras_name
+    if isinstance(struct, dict):
+        return {k: fed[name(t)] for k, t in struct.items()}
+    if isinstance(struct, (list, tuple)):
+        return [fed[name(t)] for t in struct]
+    if struct is not None and len(fed) == 1:
+        return next(iter(fed.values()))
+    return dict(fed) if len(fed) > 1 else next(iter(fed.values()))
+
+
+def _keras_name(tensor: Any) -> str:
+    return str(getattr(tensor, "name", "")).split(":")[0]

@@ -55,7 +55,9 @@ def model_inputs(model: Any, x: Any, name: str, which: str) -> Inputs:
         if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=True)):
             which_input = f" for input {n!r}" if len(names) > 1 else ""
             raise InputError(f"{name}: data.{which} rows{which_input} have shape {got}, the model expects {want}")
-    return fed[names[0]] if len(names) == 1 else fed
+    # one array for a model built on one tensor; else by name (Keras takes a dict for list- and dict-built models)
+    return fed if len(names) > 1 or isinstance(getattr(model, "_inputs_struct", None), (dict, list, tuple)) \
+        else fed[names[0]]
 
 
 def train_data(inp: PassInput, model: Any, name: str) -> tuple[Inputs, np.ndarray]:
