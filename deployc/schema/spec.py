@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import BeforeValidator, Field, create_model, field_validator, model_validator
 
 from deployc.conventions import DEFAULT_LATENCY_BUCKETS
 from deployc.schema.base import CrossFieldErrors, Name, RelPath, SpecModel
@@ -62,9 +62,27 @@ class ModelSpec(SpecModel):
 ArrayKey = Annotated[str, Field(min_length=1, max_length=128)]
 
 
+def _array_keys(value: Any) -> Any:
+    """`x`: one array key, or {input name: array key}; checked whole here, so a mistake reads as one message
+    rather than one per branch of the union."""
+    def key(v: Any) -> bool:
+        return isinstance(v, str) and 0 < len(v) <= 128
+
+    if isinstance(value, dict):
+        if not value or len(value) > 64:
+            raise ValueError("map 1 to 64 model inputs to array keys")
+        bad = [k for k, v in value.items() if not (key(k) and key(v))]
+        if bad:
+            raise ValueError(f"input {bad[0]!r}: input names and array keys are strings of 1 to 128 characters")
+    elif not key(value):
+        raise ValueError("x is an array key (a string), or a mapping of each model input's name to its array key")
+    return value
+
+
 class DataSet(SpecModel):
     path: RelPath = Field(..., description="A .npz file.")
-    x: ArrayKey | dict[ArrayKey, ArrayKey] = Field(
+    x: Annotated[ArrayKey | Annotated[dict[ArrayKey, ArrayKey], Field(min_length=1, max_length=64)],
+                 BeforeValidator(_array_keys)] = Field(
         "x", description="Key of the inputs array; for a model of several inputs, a mapping of each input's name "
         "to its array's key (`{input_ids: ids, attention_mask: mask}`).")
     y: str | None = Field(None, description="Key of the labels array (class indices).")
