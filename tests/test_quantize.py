@@ -237,6 +237,31 @@ def test_preprocess_falls_back(mlp: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert agreement(mlp, res.model, X_EVAL) >= 0.97
 
 
+def test_failed_shape_inference_leaves_nothing_in_the_working_directory(mlp: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's symbolic shape inference saves sym_shape_infer_temp.onnx (and its external data) into the
+    working directory when it gives up (tools/symbolic_shape_infer.py); a build must not litter the user's."""
+    import onnxruntime.quantization.shape_inference as si
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    real = si.quant_pre_process
+
+    def gives_up(src: str, dst: str, skip_symbolic_shape: bool = False, **kw: Any) -> None:
+        if not skip_symbolic_shape:  # what infer_shapes does on an incomplete graph, then raises
+            onnx.save_model(onnx.load(src), "sym_shape_infer_temp.onnx", save_as_external_data=True)
+            raise RuntimeError("Incomplete symbolic shape inference")
+        real(src, dst, skip_symbolic_shape=True, **kw)
+
+    assert SymbolicShapeInference.infer_shapes.__code__.co_consts.count("sym_shape_infer_temp.onnx") == 1
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(si, "quant_pre_process", gives_up)
+    res = run(mlp, tmp_path / "out", mode="int8-static")
+    assert res.details["preprocess"] == "skip_symbolic_shape"
+    assert list(work.iterdir()) == []
+
+
 def test_auto_drops_candidate_the_evaluator_rejects(mlp: Path, tmp_path: Path) -> None:
     real = make_evaluate(mlp, X_EVAL, None, {})
 

@@ -75,7 +75,10 @@ def preprocess(src: Path, dst: Path, log: Callable[[str], None] = print,
             shutil.copyfile(src, dst)
             break
         try:
-            runner(str(src), str(dst), skip_symbolic_shape=(step == "skip_symbolic_shape"))
+            # onnxruntime's symbolic shape inference, when it fails, leaves sym_shape_infer_temp.onnx and its
+            # external data in the working directory: run it in the output's folder (a temporary one)
+            with contextlib.chdir(dst.resolve().parent):
+                runner(str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=(step == "skip_symbolic_shape"))
             break
         except Exception as exc:  # the shape-inference code raises many types
             errors.append(f"{step}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
