@@ -163,6 +163,9 @@ def test_a_multi_input_binary_spec_validates(recsys: Path) -> None:
      "deploy.yaml:3:32: model.labels: 'labels.txt' names 2 classes, but the model's output 'score' has 3 (model.task "
      "binary: one sigmoid column, two classes)"),
     ((", y: y}", "}"), "deploy.yaml:6:9: gates.max_auc_drop: max_auc_drop needs labels: set data.eval.y"),
+    (("task: binary, prediction: click", "task: binary, prediction: score"),
+     "deploy.yaml:3:50: model.task: model.task binary takes one sigmoid column, and the output 'score' has 3: a "
+     "softmax over classes is model.task classification"),
 ])
 def test_what_validate_says_about_a_multi_input_spec(recsys: Path, change: tuple[str, str], expected: str) -> None:
     old, new = change
@@ -226,3 +229,10 @@ def test_an_onnx_model_of_two_inputs_is_judged_on_its_named_output(tmp_path: Pat
     assert [(i["name"], i["datatype"], i["shape"]) for i in request["inputs"]] == [
         ("input_ids", "INT64", [2, SEQ]), ("attention_mask", "INT64", [2, SEQ])]
     assert request["inputs"][0]["data"] == ids[:2].ravel().tolist()
+
+
+def test_a_sigmoid_output_judged_as_classes_is_a_validate_error(recsys: Path) -> None:
+    text = GOOD.replace("task: binary, prediction: click}", "prediction: click}").replace("max_auc_drop: 0.01, ", "")
+    assert _validate(recsys, text) == [
+        "deploy.yaml:3:8: model.task: the output 'click' has one column, which has no argmax class for min_agreement or "
+        "max_accuracy_drop: a sigmoid output is model.task binary"]

@@ -122,6 +122,26 @@ def labels_count_problem(base: Path, spec: Any, fmt: str) -> str | None:
                ": one name per output column, in order"))
 
 
+def task_shape_problem(base: Path, spec: Any, fmt: str) -> str | None:
+    """The prediction output's columns against model.task, where the model file's header says them: binary
+    is one sigmoid column, classification several."""
+    task = spec.model.task
+    if task not in ("binary", "classification"):
+        return None
+    found = model_classes(base / spec.model.path, fmt, spec.model.prediction)
+    if found is None:
+        return None
+    output, columns = found
+    if task == "binary" and columns > 1:
+        return (f"model.task binary takes one sigmoid column, and the output {output!r} has {columns}: a softmax "
+                "over classes is model.task classification")
+    if task == "classification" and columns == 1 and (spec.gates.min_agreement is not None
+                                                      or spec.gates.max_accuracy_drop is not None):
+        return (f"the output {output!r} has one column, which has no argmax class for min_agreement or "
+                "max_accuracy_drop: a sigmoid output is model.task binary")
+    return None
+
+
 def output_names(base: Path, spec: Any, fmt: str) -> list[str]:
     """The model's output names as its file says before the build (ONNX graph outputs; a .keras functional
     model's output layers); empty when it does not say."""

@@ -61,6 +61,7 @@ def reference(ctx: StepContext) -> dict[str, Any]:
     # SavedModels run through their serving signature itself (the source of their ONNX conversion)
     pred = (_predict_savedmodel(model_path(out), x, r.prediction) if fmt == "savedmodel"
             else predict(model_path(out), fmt, x, output=r.prediction))
+    _check_task_shape(r, pred)
     np.save(ctx.out_dir / "predictions.npy", pred, allow_pickle=False)
     task = r.task
     figures = compare(pred, pred, y, task, r.threshold)
@@ -75,6 +76,23 @@ def reference(ctx: StepContext) -> dict[str, Any]:
     if task in ("classification", "binary") and "agreement" in compare(pred, pred, None, task, r.threshold):
         result["distribution"] = class_distribution(pred, task, r.threshold)
     return result
+
+
+def _check_task_shape(r: Any, pred: Any) -> None:
+    """A class gate on an output whose shape has no classes for the task would fail as "not measured" after
+    the whole build: say why at the reference step."""
+    from deployc.errors import InputError
+    from deployc.ml.evaluate import predicted_classes
+
+    class_gates = [g for g in ("min_agreement", "max_accuracy_drop") if getattr(r.gates, g) is not None]
+    if not class_gates or predicted_classes(pred, r.task, r.threshold) is not None:
+        return
+    shape = "x".join(str(d) for d in pred.shape[1:]) or "one value"
+    hint = {"classification": "a single sigmoid column is model.task binary",
+            "binary": "a softmax over two columns is model.task classification",
+            "multilabel": "a multilabel output holds rows x labels"}.get(r.task, "")
+    raise InputError(f"model.task is {r.task}, and the prediction output holds {shape} per row, which has no "
+                     f"predicted class for {', '.join(class_gates)}: {hint}")
 
 
 def _predict_savedmodel(path: Path, x: Any, output: str | None) -> Any:

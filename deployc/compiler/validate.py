@@ -176,6 +176,9 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
         msg = content.labels_problem(base, spec.model.labels) or content.labels_count_problem(base, spec, fmt)
         if msg:
             found.append((("model", "labels"), msg))
+    msg = content.task_shape_problem(base, spec, fmt)
+    if msg:
+        found.append((("model", "task"), msg))
     from deployc.compiler.resolved import model_inputs
 
     sets = [(w, ds) for w in ("eval", "calibration", "train") if (ds := getattr(spec.data, w)) is not None]
