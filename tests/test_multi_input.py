@@ -236,3 +236,20 @@ def test_a_sigmoid_output_judged_as_classes_is_a_validate_error(recsys: Path) ->
     assert _validate(recsys, text) == [
         "deploy.yaml:3:8: model.task: the output 'click' has one column, which has no argmax class for min_agreement or "
         "max_accuracy_drop: a sigmoid output is model.task binary"]
+
+
+def test_the_reference_step_names_a_task_the_output_cannot_serve() -> None:
+    """Where the model file's header does not say (a SavedModel), the reference step refuses class gates on an
+    output without classes, rather than the gates failing as not measured after the build."""
+    from types import SimpleNamespace
+
+    from deployc.compiler.ops import _check_task_shape
+    from deployc.compiler.resolved import GateLimits
+
+    sigmoid = np.full((4, 1), 0.7, dtype=np.float32)
+    r = SimpleNamespace(task="classification", threshold=0.5, gates=GateLimits(min_agreement=0.9))
+    with pytest.raises(InputError, match="holds 1 per row, which has no predicted class for min_agreement: a "
+                                         "single sigmoid column is model.task binary"):
+        _check_task_shape(r, sigmoid)
+    _check_task_shape(SimpleNamespace(task="binary", threshold=0.5, gates=r.gates), sigmoid)
+    _check_task_shape(SimpleNamespace(task="classification", threshold=0.5, gates=GateLimits()), sigmoid)
