@@ -234,8 +234,8 @@ def test_an_onnx_model_of_two_inputs_is_judged_on_its_named_output(tmp_path: Pat
 def test_a_sigmoid_output_judged_as_classes_is_a_validate_error(recsys: Path) -> None:
     text = GOOD.replace("task: binary, prediction: click}", "prediction: click}").replace("max_auc_drop: 0.01, ", "")
     assert _validate(recsys, text) == [
-        "deploy.yaml:3:8: model.task: the output 'click' has one column, which has no argmax class for min_agreement or "
-        "max_accuracy_drop: a sigmoid output is model.task binary"]
+        "deploy.yaml:3:8: model.task: the output 'click' has one column, which has no argmax class for "
+        "min_agreement or max_accuracy_drop: a sigmoid output is model.task binary"]
 
 
 def test_the_reference_step_names_a_task_the_output_cannot_serve() -> None:

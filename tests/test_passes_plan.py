@@ -81,12 +81,12 @@ def test_onnx_pass_steps_hash_only_the_data_their_mode_reads(folder: Path) -> No
 
 
 def test_what_the_figures_judge_enters_the_keys_of_the_steps_that_judge(folder: Path) -> None:
-    """model.prediction and model.threshold change the reference run and every evaluation, not the rest."""
+    """model.prediction (and the task and threshold with it) change the reference run and every evaluation,
+    not the rest."""
     text = ONNX_HEAD + "optimize:\n  - quantize: {mode: int8-dynamic}\n"
-    binary = text.replace("model: {", "model: {task: binary, ")
-    assert binary != text
-    first, second = plan_of(folder, binary).keys, plan_of(folder, binary.replace("task: binary", "task: binary, "
-                                                                                   "threshold: 0.7")).keys
+    named = text.replace("model: {", "model: {prediction: probs, ")
+    assert named != text
+    first, second = plan_of(folder, text).keys, plan_of(folder, named).keys
     changed = {sid for sid in first if first[sid] != second[sid]}
     assert {"reference", "evaluate:onnx-fp32", "evaluate:optimize[0]"} <= changed
     assert "source" not in changed and "optimize[0].quantize" not in changed

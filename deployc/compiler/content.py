@@ -181,9 +181,12 @@ def model_classes(path: Path, fmt: str, prediction: str | None = None) -> tuple[
             prediction = outs[0][0]
         for name, layer in outs:
             if (prediction is None or name == prediction) and layer is not None:
-                if layer["class_name"] != "Dense":
+                try:
+                    if layer["class_name"] != "Dense":
+                        return None
+                    return str(layer["config"]["name"]), int(layer["config"]["units"])
+                except (KeyError, TypeError, ValueError):  # a config this reader does not know: the build will say
                     return None
-                return str(layer["config"]["name"]), int(layer["config"]["units"])
     return None
 
 
