@@ -10,7 +10,7 @@ from deployc.manifest import read_manifest
 from deployc.render import md_code, md_text
 
 FIGURES = (("accuracy", "{:.4f}"), ("auc", "{:.4f}"), ("r2", "{:.4f}"), ("agreement", "{:.4f}"),
-           ("max_abs_error", "{:.2e}"), ("size_bytes", "{:,}"),
+           ("max_abs_error", "{:.2e}"), ("relative_error", "{:.2e}"), ("size_bytes", "{:,}"),
            ("gzip_bytes", "{:,}"), ("latency_p50_ms", "{:.3f}"), ("latency_p99_ms", "{:.3f}"))
 
 

@@ -68,6 +68,11 @@ def test_feeds_map_names_cast_and_refuse() -> None:
         feeds.feed({"a": one}, ["a", "b"], [np.float32, np.float32])
     with pytest.raises(InputError, match="'ids' is int64 in the model, and its data holds fractions"):
         feeds.feed({"ids": np.array([[1.5]])}, ["ids"], [np.int64])
+    with pytest.raises(InputError, match="'ids' is int32 in the model, and its data holds values from 0 to "
+                                         "2.14748e"):  # would wrap around to a negative id
+        feeds.feed({"ids": np.array([[0, 2**31 + 5]])}, ["ids"], [np.int32])
+    with pytest.raises(InputError, match="outside 0..1"):
+        feeds.feed({"mask": np.array([[0, 2]])}, ["mask"], [np.bool_])
     assert feeds.rows(feeds.resize(mapped, 5)) == 5
     assert feeds.take(mapped, slice(0, 1))["mask"].tolist() == [[1, 0]]  # type: ignore[index]
 
@@ -114,7 +119,7 @@ def recsys(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "eval.npz", u=rng.integers(0, 9, 20), i=rng.integers(0, 9, 20),
              d=rng.random((20, 4)).astype(np.float32), y=rng.integers(0, 2, 20), short=np.zeros(19),
-             ufloat=rng.integers(0, 9, 20) + 0.5)
+             ufloat=rng.integers(0, 9, 20) + 0.5, y12=rng.integers(1, 3, 20))
     (tmp_path / "labels.txt").write_text("no-click\nclick\n")
     (tmp_path / "deploy.yaml").write_text(GOOD)
     return tmp_path
@@ -142,7 +147,8 @@ def test_a_multi_input_binary_spec_validates(recsys: Path) -> None:
      "deploy.yaml:5:64: data.eval.x.features: the model has no input named 'features' (its inputs: user_id, "
      "item_id, dense)"),
     (("dense: d}", "dense: nope}"),
-     "deploy.yaml:5:61: data.eval.x.dense: eval.npz has no array named 'nope' (it has: u, i, d, y, short, ufloat)"),
+     "deploy.yaml:5:61: data.eval.x.dense: eval.npz has no array named 'nope' (it has: u, i, d, y, short, ufloat, "
+     "y12)"),
     (("user_id: u,", "user_id: ufloat,"),
      "deploy.yaml:5:39: data.eval.x.user_id: eval.npz: array 'ufloat' holds fractions, and the model's input "
      "'user_id' is int64: ids and masks must be whole numbers"),
@@ -163,6 +169,11 @@ def test_a_multi_input_binary_spec_validates(recsys: Path) -> None:
      "deploy.yaml:3:32: model.labels: 'labels.txt' names 2 classes, but the model's output 'score' has 3 (model.task "
      "binary: one sigmoid column, two classes)"),
     ((", y: y}", "}"), "deploy.yaml:6:9: gates.max_auc_drop: max_auc_drop needs labels: set data.eval.y"),
+    ((", y: y}", ", y: y12}"),
+     "deploy.yaml:5:68: data.eval.y: eval.npz: array 'y12' holds 2: model.task binary takes labels 0 and 1"),
+    (("prediction: click}", "prediction: click, inputs: [{name: uid, dtype: int64, shape: [-1]}]}"),
+     "deploy.yaml:3:85: model.inputs: the model's inputs are named user_id, item_id, dense, and model.inputs "
+     "names uid: use the model's names"),
     (("task: binary, prediction: click", "task: binary, prediction: score"),
      "deploy.yaml:3:50: model.task: model.task binary takes one sigmoid column, and the output 'score' has 3: a "
      "softmax over classes is model.task classification"),
@@ -253,3 +264,50 @@ def test_the_reference_step_names_a_task_the_output_cannot_serve() -> None:
         _check_task_shape(r, sigmoid)
     _check_task_shape(SimpleNamespace(task="binary", threshold=0.5, gates=r.gates), sigmoid)
     _check_task_shape(SimpleNamespace(task="classification", threshold=0.5, gates=GateLimits()), sigmoid)
+
+
+def test_a_binary_task_on_two_columns_gets_no_auc_and_is_refused() -> None:
+    """Column 0 of a two-column softmax is P(class 0): its AUC would read inverted, so none is computed, and the
+    reference step refuses the spec whatever gates it sets."""
+    from types import SimpleNamespace
+
+    from deployc.compiler.ops import _check_task_shape
+    from deployc.compiler.resolved import GateLimits
+
+    two = np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)
+    assert "auc" not in compare(two, two, np.array([0, 1]), "binary")
+    with pytest.raises(InputError, match="model.task is binary, and the prediction output holds 2 per row"):
+        _check_task_shape(SimpleNamespace(task="binary", threshold=0.5, gates=GateLimits()), two)
+
+
+def test_dict_outputs_are_read_in_the_models_output_order() -> None:
+    from types import SimpleNamespace
+
+    from deployc.ml.evaluate import keras_output
+
+    model = SimpleNamespace(output_names=["alpha", "zeta"])  # Keras sorts a dict's outputs by name
+    out = {"zeta": np.zeros((2, 3)), "alpha": np.ones((2, 3))}
+    assert keras_output(model, out, None).tolist() == np.ones((2, 3)).tolist()
+    assert keras_output(model, out, "zeta").tolist() == np.zeros((2, 3)).tolist()
+
+
+def test_labels_are_matched_against_the_prediction_output() -> None:
+    from deployc.compiler.plan import _labels_match
+    from deployc.errors import SpecFieldError
+
+    result = {"outputs": [{"name": "emb", "shape": [-1, 16]}, {"name": "click", "shape": [-1, 1]}]}
+    _labels_match("labels.txt", 2, "click", "binary", "convert", result)
+    with pytest.raises(SpecFieldError, match="lists 2 class names, but the model has 16"):
+        _labels_match("labels.txt", 2, None, "classification", "convert", result)
+
+
+def test_prune_refuses_a_regression_model(recsys: Path) -> None:
+    np.savez(recsys / "train.npz", u=np.arange(8), i=np.arange(8), d=np.zeros((8, 4), np.float32), y=np.ones(8))
+    text = (GOOD.replace("task: binary", "task: regression").replace("max_auc_drop: 0.01, min_agreement: 0.9",
+                                                                     "max_abs_error: 0.1")
+            .replace("slos:\n  - {kind: stability, metric: psi, max_drift: 0.2, window: 1h}\n", "")
+            .replace("  eval:", "  train: {path: train.npz, x: {user_id: u, item_id: i, dense: d}, y: y}\n  eval:")
+            + "optimize:\n  - prune: {sparsity: 0.5}\n")
+    assert _validate(recsys, text) == [
+        "deploy.yaml:10:5: optimize[0].prune: prune fine-tunes a classifier (cross-entropy on class labels), and "
+        "model.task is regression"]

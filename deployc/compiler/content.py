@@ -17,9 +17,10 @@ from deployc.errors import InputError
 Loc = tuple[Any, ...]
 
 
-def data_problems(base: Path, which: str, ds: Any, dtypes: dict[str, str] | None = None) -> list[tuple[Loc, str]]:
+def data_problems(base: Path, which: str, ds: Any, dtypes: dict[str, str] | None = None,
+                  task: str = "classification") -> list[tuple[Loc, str]]:
     """Problems with `data.<which>`: (location in the spec, message). `dtypes` are the model's input dtypes by
-    name, where known: an integer input's array must hold whole numbers."""
+    name, where known: an integer input's array must hold whole numbers; `y` must hold labels of `task`."""
     import numpy as np
 
     loc: Loc = ("data", which)
@@ -51,6 +52,8 @@ def data_problems(base: Path, which: str, ds: Any, dtypes: dict[str, str] | None
     problems += [(loc + where, msg) for where, arr in arrays.items()
                  if (msg := array_problem(arr, f"{ds.path}: array {keys[where]!r}"))]
     problems += _integer_problems(loc, ds, arrays, keys, dtypes or {})
+    if ("y",) in arrays and not problems and (msg := label_problem(arrays[("y",)], task)):
+        problems.append((loc + ("y",), f"{ds.path}: array {ds.y!r} {msg}"))
     if not problems:
         counts = {where: len(arr) for where, arr in arrays.items()}
         first, n = next(iter(counts.items()))
@@ -61,19 +64,46 @@ def data_problems(base: Path, which: str, ds: Any, dtypes: dict[str, str] | None
 
 def _integer_problems(loc: Loc, ds: Any, arrays: dict[Loc, Any], keys: dict[Loc, str], dtypes: dict[str, str]
                       ) -> list[tuple[Loc, str]]:
-    """An integer or boolean model input (ids, masks) fed an array of fractions."""
+    """An integer or boolean model input (ids, masks) fed fractions, or values its dtype cannot hold."""
     import numpy as np
+
+    from deployc.ml.feeds import range_problem
 
     found = []
     for where, arr in arrays.items():
-        if where[0] != "x" or arr.dtype.kind != "f":
+        if where[0] != "x" or arr.dtype.kind not in "fiub" or arr.size == 0:
             continue
         name = where[1] if len(where) > 1 else (next(iter(dtypes)) if len(dtypes) == 1 else None)
         dtype = dtypes.get(name) if name is not None else None
-        if dtype in ("int8", "uint8", "int16", "int32", "int64", "bool") and not np.array_equal(arr, np.round(arr)):
+        if dtype not in ("int8", "uint8", "int16", "int32", "int64", "bool"):
+            continue
+        if not np.array_equal(arr, np.round(arr)):
             found.append((loc + where, f"{ds.path}: array {keys[where]!r} holds fractions, and the model's input "
                           f"{name!r} is {dtype}: ids and masks must be whole numbers"))
+        elif problem := range_problem(arr, dtype):
+            found.append((loc + where, f"{ds.path}: array {keys[where]!r} {problem}, the range of the model's "
+                          f"input {name!r} ({dtype})"))
     return found
+
+
+def label_problem(y: Any, task: str) -> str | None:
+    """Why `y` cannot label a model of `task`, or None: class indices, 0/1 for sigmoid outputs."""
+    import numpy as np
+
+    if task == "regression":
+        return None
+    y = np.asarray(y, dtype=np.float64)
+    if not np.array_equal(y, np.round(y)):
+        return f"holds fractions, and model.task {task} takes class labels"
+    if task in ("binary", "multilabel"):
+        bad = np.setdiff1d(np.unique(y), [0, 1])
+        if bad.size:
+            return f"holds {', '.join(f'{v:g}' for v in bad[:3])}: model.task {task} takes labels 0 and 1"
+        if task == "multilabel" and y.ndim != 2:
+            return f"has shape {y.shape}: model.task multilabel takes rows x labels of 0 and 1"
+    elif y.min() < 0:
+        return "holds negative class indices"
+    return None
 
 
 def array_problem(arr: Any, what: str) -> str | None:
@@ -204,7 +234,7 @@ def _keras_outputs(config: Any) -> list[tuple[str, Any]]:
         refs = [refs] if refs and isinstance(refs[0], str) else list(refs)
         by_name = {layer.get("name", layer["config"].get("name")): layer for layer in layers}
         return [(str(r[0]), by_name.get(r[0])) for r in refs]
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
         return []
 
 

@@ -85,7 +85,9 @@ def _check_task_shape(r: Any, pred: Any) -> None:
     from deployc.ml.evaluate import predicted_classes
 
     class_gates = [g for g in ("min_agreement", "max_accuracy_drop") if getattr(r.gates, g) is not None]
-    if not class_gates or predicted_classes(pred, r.task, r.threshold) is not None:
+    if r.task == "binary" and predicted_classes(pred, r.task, r.threshold) is None:
+        class_gates = class_gates or ["the ROC AUC and the stability SLO"]  # a binary output is one column, always
+    elif not class_gates or predicted_classes(pred, r.task, r.threshold) is not None:
         return
     shape = "x".join(str(d) for d in pred.shape[1:]) or "one value"
     hint = {"classification": "a single sigmoid column is model.task binary",

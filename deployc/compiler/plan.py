@@ -185,17 +185,24 @@ def _checks(spec: DeploySpec, spec_dir: Path) -> tuple[Callable[[str, dict[str, 
         return ()
     from deployc.compiler.content import read_labels
 
-    return (partial(_labels_match, spec.model.labels, len(read_labels(spec_dir / spec.model.labels))),)
+    if spec.model.task == "regression":
+        return ()
+    return (partial(_labels_match, spec.model.labels, len(read_labels(spec_dir / spec.model.labels)),
+                    spec.model.prediction, spec.model.task),)
 
 
-def _labels_match(rel: str, count: int, step_id: str, result: dict[str, Any]) -> None:
-    """The labels file names one class per model output, checked as soon as a step reveals the class count."""
+def _labels_match(rel: str, count: int, prediction: str | None, task: str, step_id: str, result: dict[str, Any]
+                  ) -> None:
+    """The labels file names one class per column of the prediction output (two for a binary sigmoid column),
+    checked as soon as a step reveals the count."""
     from deployc.errors import SpecFieldError
 
+    outputs = [o for o in result.get("outputs") or [] if isinstance(o, dict)]  # a model step's tensors
+    out = next((o for o in outputs if o.get("name") == prediction), outputs[0] if outputs else None)
     if "distribution" in result:
         classes = len(result["distribution"])
-    elif result.get("outputs") and len(result["outputs"][0]["shape"]) == 2:
-        classes = result["outputs"][0]["shape"][-1]
+    elif out is not None and len(out["shape"]) == 2:
+        classes = 2 if task == "binary" and out["shape"][-1] == 1 else out["shape"][-1]
     else:
         return
     if classes > 1 and classes != count:

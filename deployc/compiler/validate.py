@@ -184,8 +184,9 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
     sets = [(w, ds) for w in ("eval", "calibration", "train") if (ds := getattr(spec.data, w)) is not None]
     dtypes = {t.name: t.dtype for t in model_inputs(spec, base)} if sets else {}
     for which, ds in sets:
-        found += content.data_problems(base, which, ds, dtypes)
-    return found + _input_mapping_problems(base, spec) + _prediction_problems(base, spec, fmt)
+        found += content.data_problems(base, which, ds, dtypes, spec.model.task)
+    return (found + _declared_inputs_problems(base, spec) + _input_mapping_problems(base, spec)
+            + _prediction_problems(base, spec, fmt))
 
 
 def _input_mapping_problems(base: Path, spec: DeploySpec) -> list[tuple[tuple[Any, ...], str]]:
@@ -212,6 +213,23 @@ def _input_mapping_problems(base: Path, spec: DeploySpec) -> list[tuple[tuple[An
         if unmapped:
             found.append((("data", w, "x"), f"no array for the model's input(s) {', '.join(unmapped)}"))
     return found
+
+
+def _declared_inputs_problems(base: Path, spec: DeploySpec) -> list[tuple[tuple[Any, ...], str]]:
+    """`model.inputs` must use the names of a `.keras` functional model's own inputs: the build feeds the
+    Keras model by those names."""
+    from deployc.compiler.resolved import keras_file_inputs
+
+    path = base / spec.model.path
+    if not spec.model.inputs or spec.model.resolved_format() != "keras" or path.suffix != ".keras":
+        return []
+    st = path.stat()
+    own = [t.name for t in keras_file_inputs(path.resolve(), st.st_mtime_ns, st.st_size)]
+    declared = [t.name for t in spec.model.inputs]
+    if not own or sorted(own) == sorted(declared):
+        return []
+    return [(("model", "inputs"), f"the model's inputs are named {', '.join(own)}, and model.inputs names "
+             f"{', '.join(declared)}: use the model's names")]
 
 
 def _prediction_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tuple[Any, ...], str]]:

@@ -92,17 +92,24 @@ def output_names(model: Any) -> list[str]:
     if n == 1:
         return ["output"]
     own = [str(x) for x in (getattr(model, "output_names", None) or [])]
-    if len(own) == n and len(set(own)) == n and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}", x) for x in own):
-        return own
-    return [f"output_{i}" for i in range(n)]
+    return _valid_names(own) if len(own) == n else [f"output_{i}" for i in range(n)]
+
+
+def _valid_names(names: list[str]) -> list[str]:
+    """`names` where they are unique tensor names, else output_0, output_1, ..."""
+    if len(set(names)) == len(names) and all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}", x) for x in names):
+        return names
+    return [f"output_{i}" for i in range(len(names))]
 
 
 SIGNATURE = "serving_default"
 
 
-def export_saved_model(src: Path, dst: Path, inputs: list[Any] | None = None) -> Path:
-    """A SavedModel with one signature, serving_default: the model's inputs by name -> {"output": ...} (or
-    output_0, ...), named like the ONNX artifact's outputs. Used by the tflite and tfserving targets."""
+def export_saved_model(src: Path, dst: Path, inputs: list[Any] | None = None,
+                       order: list[str] | None = None) -> Path:
+    """A SavedModel with one signature, serving_default: the model's inputs by name -> {"output": ...} (or the
+    model's output names), named like the ONNX artifact's outputs. Used by the tflite and tfserving targets.
+    `order`, when given, receives the output names in the model's order (a signature's outputs are a dict)."""
     import contextlib
     import io
 
@@ -114,6 +121,8 @@ def export_saved_model(src: Path, dst: Path, inputs: list[Any] | None = None) ->
     model = load_keras(src)
     signature = _signature(tf, model, inputs)
     call, names = _caller(model, signature), output_names(model)
+    if order is not None:
+        order[:] = names
 
     def serve(*args: Any) -> dict[str, Any]:
         out = call(*args)
@@ -154,7 +163,8 @@ def savedmodel_to_onnx(src: Path, dst: Path) -> dict[str, Any]:
 
     proto, _ = tf2onnx.convert.from_function(tf.function(call, input_signature=signature), input_signature=signature,
                                              opset=OPSET)
-    return _finish(proto, dst)
+    keys = sorted(fn.structured_outputs)
+    return _finish(proto, dst, names=["output"] if len(keys) == 1 else _valid_names(keys))
 
 
 def copy_onnx(src: Path, dst: Path) -> dict[str, Any]:

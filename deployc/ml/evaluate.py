@@ -70,8 +70,8 @@ def keras_feed(model: Any, x: feeds.Inputs) -> Any:
 def keras_output(model: Any, out: Any, output: str | None) -> np.ndarray:
     """The prediction output among what a Keras model returned (one array, a list in output order, a dict)."""
     names = list(getattr(model, "output_names", None) or [])
-    if isinstance(out, dict):
-        names = list(out)
+    if isinstance(out, dict):  # in the model's output order, as the ONNX and TFLite artifacts have them
+        names = names if sorted(names) == sorted(out) else list(out)
         out = [out[n] for n in names]
     if not isinstance(out, (list, tuple)):
         if output is not None and names and output not in names:
@@ -120,13 +120,24 @@ def compare(reference: np.ndarray, pred: np.ndarray, y: np.ndarray | None, task:
         ref_classes = predicted_classes(reference, task, threshold)
         out["agreement"] = None if bad else round(float(np.mean(classes == ref_classes)), 6)
         if y is not None:
-            truth = np.asarray(y).reshape(classes.shape) if task == "multilabel" else np.asarray(y).reshape(-1)
+            truth = _labels_shaped(y, classes.shape, task) if task == "multilabel" else np.asarray(y).reshape(-1)
+            if truth.shape != classes.shape:
+                raise InputError(f"data.eval.y: {truth.size} labels for {classes.shape[0]} rows")
             out["accuracy"] = None if bad else round(float(np.mean(classes == truth)), 6)
-    if y is not None and task == "binary":
-        out["auc"] = None if bad else roc_auc(np.asarray(y).reshape(-1), pred.reshape(len(pred), -1)[:, 0])
+    if y is not None and task == "binary" and classes is not None:  # one sigmoid column: P(class 1)
+        out["auc"] = None if bad else roc_auc(np.asarray(y).reshape(-1), pred.reshape(-1))
     if y is not None and task == "regression":
-        out["r2"] = None if bad else r2_score(np.asarray(y, dtype=np.float64).reshape(pred.shape), pred)
+        out["r2"] = None if bad else r2_score(_labels_shaped(y, pred.shape, "regression"), pred)
     return out
+
+
+def _labels_shaped(y: np.ndarray, shape: tuple[int, ...], task: str) -> np.ndarray:
+    """data.eval.y in the prediction output's shape, or an error naming the field."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.size != int(np.prod(shape)):
+        raise InputError(f"data.eval.y: the labels have shape {y.shape}, and the model's prediction output "
+                         f"{shape}: for model.task {task}, one label per output value")
+    return y.reshape(shape)
 
 
 def predicted_classes(pred: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray | None:

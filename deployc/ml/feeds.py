@@ -61,7 +61,19 @@ def cast(a: np.ndarray, dtype: Any, name: str) -> np.ndarray:
         return a
     if dtype.kind in "iub" and a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
         raise InputError(f"input {name!r} is {dtype} in the model, and its data holds fractions ({a.dtype})")
+    if dtype.kind in "iub" and a.size and (problem := range_problem(a, dtype)):
+        raise InputError(f"input {name!r} is {dtype} in the model, and its data {problem}")
     return a.astype(dtype)
+
+
+def range_problem(a: np.ndarray, dtype: Any) -> str | None:
+    """Why the values of `a` do not fit the integer or boolean `dtype` (they would wrap around), or None."""
+    dtype = np.dtype(dtype)
+    lo, hi = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+    amin, amax = a.min(), a.max()
+    if amin < lo or amax > hi:
+        return f"holds values from {amin:g} to {amax:g}, outside {lo}..{hi}"
+    return None
 
 
 def row_shapes(x: Inputs) -> dict[str, tuple[int, ...]]:

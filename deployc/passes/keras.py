@@ -153,6 +153,9 @@ class KerasPass(Pass):
             return [(loc, f"{self.name} fine-tunes on data.train, which is not set")]
         if spec.data.train.y is None:
             return [(loc, f"{self.name} needs labels: set data.train.y")]
+        if spec.model.task not in ("classification", "binary"):
+            return [(loc, f"{self.name} fine-tunes a classifier (cross-entropy on class labels), and model.task is "
+                     f"{spec.model.task}")]
         return []
 
     def apply(self, inp: PassInput) -> PassResult:

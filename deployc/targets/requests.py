@@ -24,9 +24,11 @@ def example_rows(ctx: EmitContext) -> dict[str, Any]:
 
     ds = ctx.resolved.data_set("eval") if ctx.resolved is not None else None
     names, dtypes = [t.name for t in ctx.inputs], [_NUMPY.get(t.datatype, "float32") for t in ctx.inputs]
+    fixed = [t.shape[0] for t in ctx.inputs if t.shape and t.shape[0] != -1]
+    rows = fixed[0] if fixed else ROWS  # a model without a free batch axis takes exactly its batch
     if ds is not None:
         x, _ = load_dataset(ds)
-        return feeds.feed(feeds.take(x, slice(0, ROWS)), names, dtypes, "the model")
+        return feeds.feed(feeds.take(x, slice(0, rows)), names, dtypes, "the model")
     return {t.name: np.zeros([1 if d == -1 else d for d in t.shape], dtype=dt)
             for t, dt in zip(ctx.inputs, dtypes, strict=True)}
 

@@ -111,23 +111,24 @@ def run_export(ctx: StepContext, source_step: str, inputs: list[Any] | None) -> 
     """`inputs`: model.inputs as the spec declares them (None: the model's own signature)."""
     out = ctx.deps[source_step]
     src, dst = Path(out.dir) / out.result["model"], ctx.out_dir / SAVED_MODEL
+    order: list[str] = []  # the outputs in the model's order: its first is the one judged by default
     if out.result["format"] == "savedmodel":
         ctx.log("copying the SavedModel")
         shutil.copytree(src, dst)
     else:
         ctx.log("exporting the Keras model as a SavedModel")
-        export_keras(src, dst, inputs)
+        export_keras(src, dst, inputs, order)
     files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
     if "saved_model.pb" not in files:
         raise InputError(f"{ctx.resolved.model_file}: the SavedModel has no saved_model.pb")
-    return {"model": SAVED_MODEL, "format": "savedmodel", "files": files}
+    return {"model": SAVED_MODEL, "format": "savedmodel", "files": files, "output_order": order}
 
 
-def export_keras(src: Path, dst: Path, inputs: list[Any] | None) -> None:
+def export_keras(src: Path, dst: Path, inputs: list[Any] | None, order: list[str] | None = None) -> None:
     """The serving_default SavedModel TF Serving loads (outputs named like the ONNX model's)."""
     from deployc.ml.convert import export_saved_model
 
-    export_saved_model(src, dst, inputs)
+    export_saved_model(src, dst, inputs, order)
 
 
 def _signature(path: Path) -> tuple[Any, str, str, dict[str, Any]]:
@@ -169,8 +170,11 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
     names = [t["name"] for t in info["inputs"]]
     dtypes = [tf.as_dtype(t["dtype"]).as_numpy_dtype for t in info["inputs"]]
     outs = [t["name"] for t in info["outputs"]]
+    order = ctx.deps[EXPORT].result.get("output_order") or []
     if ctx.resolved.prediction is not None and ctx.resolved.prediction in outs:
         out = ctx.resolved.prediction
+    elif order and order[0] in outs:  # the model's first output, as the reference step judges it
+        out = order[0]
 
     def run(feed: dict[str, Any]) -> Any:
         return np.asarray(fn(**{k: tf.constant(v) for k, v in feed.items()})[out], dtype=np.float32)
