@@ -75,6 +75,7 @@ bench: install system-deps
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/tflite.py
+	$(BIN)/python bench/examples.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/many.py
 

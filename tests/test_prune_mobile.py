@@ -333,3 +333,22 @@ def test_inputs_are_matched_by_name_and_checked(two_path: Path, tmp_path: Path) 
     floats = {**x, "ids": x["ids"].astype(np.float64)}  # whole numbers as floats: cast to the int64 input
     res = prune_pass(two_path, tmp_path / "c", data_of((floats, y), ev), structured=True, epochs=0)
     assert res.details["widths_after"]["d1"] == 16
+
+
+def test_a_model_returning_a_dict_of_one_output_is_pruned(tmp_path: Path) -> None:
+    """Keras models built as `keras.Model(inputs, {"probs": ...})` (the bundled examples) predict a dict."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    x_in = keras.Input((10,), name="features")
+    h = keras.layers.Dense(32, activation="relu", name="d1")(x_in)
+    model = keras.Model({"features": x_in}, {"probs": keras.layers.Dense(3, activation="softmax", name="probs")(h)})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 10)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    train(model, {"features": x}, y, 5)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    res = prune_pass(path, tmp_path / "out", data_of((x, y), (x, y)), sparsity=0.5, structured=True, epochs=2)
+    assert res.details["widths_after"]["d1"] == 16
+    assert res.details["eval_accuracy"] >= res.details["eval_accuracy_before"] - 0.1

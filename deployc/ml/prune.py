@@ -261,6 +261,9 @@ def fit(model: Any, x: feeds.Inputs, y: Any, epochs: int, batch_size: int, learn
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss or label_loss(model))
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, dict) and len(struct) == 1:  # a model returning {"probs": ...} takes its labels so
+        y = {next(iter(struct)): y}
     hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
                      callbacks=callbacks or [])
     losses = hist.history.get("loss", [])
@@ -269,7 +272,9 @@ def fit(model: Any, x: feeds.Inputs, y: Any, epochs: int, batch_size: int, learn
 
 
 def predict_classes(model: Any, x: feeds.Inputs) -> np.ndarray:
-    out = np.asarray(model.predict(x, batch_size=256, verbose=0))
+    from deployc.ml.evaluate import keras_output
+
+    out = keras_output(model, model.predict(x, batch_size=256, verbose=0), None)  # one array, a list or a dict
     return (out.reshape(-1) > (0.5 if outputs_probabilities(model) else 0.0)).astype(np.int64) \
         if out.shape[-1] == 1 else out.argmax(axis=-1)
 

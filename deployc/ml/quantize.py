@@ -58,6 +58,17 @@ def edge_nodes(model: Any) -> list[str]:
     return ([first] if first else []) + [n.name for n in nodes[last:]]
 
 
+def softmax_nodes(model: Any) -> list[str]:
+    """Every Softmax and the node that computes its input: attention scores masked with -1e38 (Keras
+    MultiHeadAttention) span a range in which int8 has no step left for the real scores."""
+    producers = {out: n.name for n in model.graph.node for out in n.output}
+    found: list[str] = []
+    for n in model.graph.node:
+        if n.op_type == "Softmax":
+            found += [n.name] + [producers[i] for i in n.input if i in producers]
+    return found
+
+
 def preprocess(src: Path, dst: Path, log: Callable[[str], None] = print,
                runner: Callable[..., None] | None = None) -> dict[str, Any]:
     """quant_pre_process (shape inference + graph optimization) with fallbacks, recorded in the result.
@@ -154,7 +165,8 @@ def quantize_dynamic_onnx(src: Path, dst: Path, *, per_channel: bool = False, re
 def quantize_static_onnx(src: Path, dst: Path, calibration: feeds.Inputs, *, method: str = "percentile",
                          per_channel: bool = True, reduce_range: bool = False, exclude_ops: Iterable[str] = (),
                          exclude_nodes: Iterable[str] = (), keep_edges_float: bool = False,
-                         percentile: float = 99.999,
+                         percentile: float = 99.999, keep_softmax_float: bool = False,
+                         activation_type: str = "int8",
                          log: Callable[[str], None] = print,
                          preprocess_runner: Callable[..., None] | None = None) -> dict[str, Any]:
     """QDQ, int8 activations and weights (S8S8), ranges calibrated on `calibration` rows."""
@@ -171,7 +183,8 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: feeds.Inputs, *, met
         model = name_nodes(_load(pre))
         names, dtypes, fixed = _input_spec(model)
         excluded = sorted(set(nodes_of_types(model, exclude_ops)) | set(exclude_nodes)
-                          | set(edge_nodes(model) if keep_edges_float else ()))
+                          | set(edge_nodes(model) if keep_edges_float else ())
+                          | set(softmax_nodes(model) if keep_softmax_float else ()))
         batch = fixed or calibration_batch(rows)
         reader = ArrayReader(feeds.feed(calibration, names, dtypes, "the model"), batch)
         extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
@@ -183,13 +196,15 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: feeds.Inputs, *, met
         onnx.save(model, str(named))
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             quantize_static(str(named), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            reduce_range=reduce_range, activation_type=QuantType.QInt8,
+                            reduce_range=reduce_range,
+                            activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=calibrate,
                             extra_options=extra)
-    details.update({"format": "QDQ", "activation_type": "int8", "weight_type": "int8", "per_channel": per_channel,
+    details.update({"format": "QDQ", "activation_type": activation_type, "weight_type": "int8",
+                    "per_channel": per_channel,
                     "reduce_range": reduce_range, "calibration_method": method,
                     "calibration_rows": int(rows), "calibration_batch": batch,
-                    "keep_edges_float": keep_edges_float,
+                    "keep_edges_float": keep_edges_float, "keep_softmax_float": keep_softmax_float,
                     "excluded_nodes": excluded})
     if method == "percentile":
         details["percentile"] = percentile

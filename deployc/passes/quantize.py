@@ -46,6 +46,13 @@ class QuantizeConfig(SpecModel):
                               "share of calibration values (in percent) each activation range covers.")
     keep_edges_float: bool = Field(True, description="int8-static: leave the first Conv and the output head "
                                    "(last MatMul/Gemm and what follows it) in float: the layers int8 hurts most.")
+    keep_softmax_float: bool = Field(True, description="int8-static: leave every Softmax and the node that feeds it "
+                                     "in float: attention scores hold masks of -1e38, whose range leaves no int8 "
+                                     "step for the real scores.")
+    activation_type: Literal["int8", "uint8"] = Field(
+        "int8", description="int8-static activations: int8 (S8S8), or uint8 (U8S8), which onnxruntime's CPU "
+        "kernels run faster on some CNNs (a tensor feeding two nodes, as residual branches do, keeps S8S8 in "
+        "float).")
     exclude_ops: list[str] = Field(default_factory=list, description="ONNX op types left in float (e.g. Softmax).")
     candidates: list[QuantizeCandidate] = Field(
         default_factory=_all_candidates,
@@ -81,7 +88,8 @@ def quantize_once(mode: str, src: Path, dst: Path, config: QuantizeConfig, inp: 
         return q.quantize_static_onnx(src, dst, x, method=config.calibration_method, per_channel=config.per_channel,
                                       reduce_range=config.reduce_range, exclude_ops=config.exclude_ops,
                                       keep_edges_float=config.keep_edges_float, percentile=config.percentile,
-                                      log=inp.log)
+                                      keep_softmax_float=config.keep_softmax_float,
+                                      activation_type=config.activation_type, log=inp.log)
     raise InputError(f"unknown quantize mode {mode!r}")
 
 

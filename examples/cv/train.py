@@ -50,26 +50,28 @@ def depthwise_separable(x, filters: int, strides: int, name: str, relu_out: bool
     return conv_bn(x, filters, 1, 1, f"{name}_pw", relu=relu_out)
 
 
-def main(out: Path = HERE, epochs: int = 20) -> None:
+def main(out: Path = HERE, epochs: int = 20, *, width: int = 1, size: int = SIZE) -> None:
+    """Train and write the example. `width` multiplies every layer's filters and `size` (a multiple of 8) is
+    the image side; the defaults are the shipped example. bench/examples.py also trains larger variants."""
     import keras
     import numpy as np
     from sklearn.datasets import load_digits
 
     keras.utils.set_random_seed(SEED)
     digits = load_digits()
-    scale = SIZE // 8
+    scale = size // 8
     x = (digits.images / 16.0).astype("float32").repeat(scale, axis=1).repeat(scale, axis=2)[..., None]
     y = digits.target.astype("int64")
     order = np.random.default_rng(SEED).permutation(len(x))
     x, y = x[order], y[order]
     x_train, y_train, x_eval, y_eval = x[N_EVAL:], y[N_EVAL:], x[:N_EVAL], y[:N_EVAL]
 
-    image = keras.Input((SIZE, SIZE, 1), dtype="float32", name="image")
-    h = conv_bn(image, 16, 3, 1, "stem")                                   # 16x16x16
-    h = depthwise_separable(h, 32, 2, "block1")                            # 8x8x32
-    r = depthwise_separable(h, 32, 1, "block2", relu_out=False)            # 8x8x32, linear
+    image = keras.Input((size, size, 1), dtype="float32", name="image")
+    h = conv_bn(image, 16 * width, 3, 1, "stem")                           # 16x16x16
+    h = depthwise_separable(h, 32 * width, 2, "block1")                    # 8x8x32
+    r = depthwise_separable(h, 32 * width, 1, "block2", relu_out=False)    # 8x8x32, linear
     h = keras.layers.Add(name="block2_residual")([h, r])
-    h = keras.layers.SeparableConv2D(64, 3, strides=2, padding="same", use_bias=False,
+    h = keras.layers.SeparableConv2D(64 * width, 3, strides=2, padding="same", use_bias=False,
                                      name="block3_sepconv")(h)             # 4x4x64
     h = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="block3_bn")(h)
     h = keras.layers.ReLU(max_value=6.0, name="block3_relu6")(h)

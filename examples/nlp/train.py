@@ -48,20 +48,22 @@ def make_corpus(rng, n: int):
     return {"input_ids": ids, "attention_mask": mask}, y.astype("int64")
 
 
-def encoder_block(x, attn_mask, i: int):
+def encoder_block(x, attn_mask, i: int, dim: int = DIM, ff: int = FF):
     import keras
 
-    a = keras.layers.MultiHeadAttention(HEADS, DIM // HEADS, name=f"block{i}_attention")(
+    a = keras.layers.MultiHeadAttention(HEADS, dim // HEADS, name=f"block{i}_attention")(
         x, x, attention_mask=attn_mask)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_norm1")(
         keras.layers.Add(name=f"block{i}_residual1")([x, a]))
-    f = keras.layers.Dense(FF, activation="relu", name=f"block{i}_ff1")(x)
-    f = keras.layers.Dense(DIM, name=f"block{i}_ff2")(f)
+    f = keras.layers.Dense(ff, activation="relu", name=f"block{i}_ff1")(x)
+    f = keras.layers.Dense(dim, name=f"block{i}_ff2")(f)
     return keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_norm2")(
         keras.layers.Add(name=f"block{i}_residual2")([x, f]))
 
 
-def main(out: Path = HERE, epochs: int = 6) -> None:
+def main(out: Path = HERE, epochs: int = 6, *, dim: int = DIM, ff: int = FF) -> None:
+    """Train and write the example. `dim` (the model width) and `ff` (the feed-forward width) size the model;
+    the defaults are the shipped example. bench/examples.py also trains a larger one."""
     import keras
     import numpy as np
     from keras import ops
@@ -76,12 +78,12 @@ def main(out: Path = HERE, epochs: int = 6) -> None:
     attention_mask = keras.Input(shape=(SEQ_LEN,), dtype="int64", name="attention_mask")
     positions = ops.cumsum(ops.ones_like(input_ids), axis=1) - 1          # 0..31 per row
     x = keras.layers.Add(name="embeddings")([
-        keras.layers.Embedding(VOCAB, DIM, name="token_embedding")(input_ids),
-        keras.layers.Embedding(SEQ_LEN, DIM, name="position_embedding")(positions)])
+        keras.layers.Embedding(VOCAB, dim, name="token_embedding")(input_ids),
+        keras.layers.Embedding(SEQ_LEN, dim, name="position_embedding")(positions)])
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="embedding_norm")(x)
     key_mask = ops.expand_dims(ops.not_equal(attention_mask, 0), 1)       # (batch, 1, 32): keys to attend
     for i in range(BLOCKS):
-        x = encoder_block(x, key_mask, i)
+        x = encoder_block(x, key_mask, i, dim, ff)
     token_weight = ops.expand_dims(ops.cast(attention_mask, "float32"), -1)
     pooled = ops.sum(x * token_weight, axis=1) / ops.maximum(ops.sum(token_weight, axis=1), 1.0)
     probs = keras.layers.Dense(len(TOPICS), activation="softmax", name="probs")(pooled)
