@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 
 from bench.machine import cpu_info  # noqa: E402
 from bench.models import cache_dir  # noqa: E402
+from bench.optimize import check, p50_ms  # noqa: E402  (one timing and one target rule for both benches)
 
 EXAMPLES = ROOT / "examples"
 CACHE_VERSION = 1  # bump when the cached layout changes (train.py sources and knobs are hashed anyway)
@@ -241,12 +242,6 @@ for _model in ("cv", "cv-bench"):
 
 
 # --- measurement ----------------------------------------------------------------------------------------------
-def _p50(path: Path, x: Any, seconds: float) -> float:
-    from deployc.ml.evaluate import measure_onnx
-
-    return float(measure_onnx(path, x, threads=1, min_seconds=seconds)["latency_p50_ms"])
-
-
 def _figures(m: ExampleModel, ref: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     from deployc.ml.evaluate import compare
 
@@ -264,8 +259,8 @@ def measure_row(m: ExampleModel, name: str, fn: RowFn, work: Path, seconds: floa
     pred = predict_onnx(cand, m.x_eval, output=m.prediction)
     base_ms, cand_ms = [], []
     for _ in range(rounds):  # alternate, so load on the shared machine hits both alike
-        base_ms.append(_p50(m.onnx_path, m.x_eval, seconds))
-        cand_ms.append(_p50(cand, m.x_eval, seconds))
+        base_ms.append(p50_ms(m.onnx_path, m.x_eval, seconds))
+        cand_ms.append(p50_ms(cand, m.x_eval, seconds))
     fp32, got = _figures(m, ref, ref), _figures(m, ref, pred)
     out: dict[str, Any] = {
         "model": m.name, "row": name,
@@ -284,14 +279,6 @@ def measure_row(m: ExampleModel, name: str, fn: RowFn, work: Path, seconds: floa
         out["accuracy_drop_pts"] = round(100 * (fp32["accuracy"] - got["accuracy"]), 2)
     out["target"] = check(out, TARGETS.get((m.name, name), {}))
     return out
-
-
-def check(figures: dict[str, Any], target: dict[str, tuple[str, float]]) -> str:
-    if not target:
-        return "-"
-    missed = [f"{k}{op}{bound}" for k, (op, bound) in target.items()
-              if not (figures[k] <= bound if op == "<=" else figures[k] >= bound)]
-    return "ok" if not missed else "MISS " + ",".join(missed)
 
 
 def selected(only: str | None) -> list[tuple[str, str, RowFn]]:

@@ -130,7 +130,8 @@ TARGETS.update({(m, "distill:width-0.5"): {"speedup": (">=", 1.5), "accuracy_dro
                 for m in ("mlp", "cnn")})
 
 
-def _p50(path: Path, x: Any, seconds: float) -> float:
+def p50_ms(path: Path, x: Any, seconds: float) -> float:
+    """Batch-1 p50 of an ONNX model with one intra-op thread, over `seconds`."""
     from deployc.ml.evaluate import measure_onnx
 
     return float(measure_onnx(path, x, threads=1, min_seconds=seconds)["latency_p50_ms"])
@@ -148,8 +149,8 @@ def measure_row(m: BenchModel, name: str, fn: RowFn, work: Path, seconds: float,
     ref, pred = predict_onnx(m.onnx_path, m.x_eval), predict_onnx(cand, m.x_eval)
     base_ms, cand_ms = [], []
     for _ in range(rounds):  # alternate, so load on the shared machine hits both alike
-        base_ms.append(_p50(m.onnx_path, m.x_eval, seconds))
-        cand_ms.append(_p50(cand, m.x_eval, seconds))
+        base_ms.append(p50_ms(m.onnx_path, m.x_eval, seconds))
+        cand_ms.append(p50_ms(cand, m.x_eval, seconds))
     acc_ref = float(np.mean(ref.argmax(1) == m.y_eval))
     acc = float(np.mean(pred.argmax(1) == m.y_eval))
     out = {"model": m.name, "row": name,

@@ -145,8 +145,8 @@ def metric_samples(srv: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     """Every sample of the server's /metrics, keyed by (name, sorted labels)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    status, _, body = srv.request("GET", "/metrics")
-    assert status == 200
+    status, headers, body = srv.request("GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
 

@@ -14,7 +14,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 
 from deployc.errors import InputError
 from deployc.ml import feeds
-from deployc.ml.evaluate import class_distribution, compare, output_index, predicted_classes
+from deployc.ml.evaluate import class_distribution, compare, predicted_classes
 
 
 def test_binary_figures_match_scikit_learn() -> None:
@@ -78,10 +78,10 @@ def test_feeds_map_names_cast_and_refuse() -> None:
 
 
 def test_a_one_output_model_is_its_own_prediction() -> None:
-    assert output_index(["output"], "click") == 0
-    assert output_index(["click", "aux"], "aux") == 1
+    assert feeds.output_index(["output"], "click") == 0
+    assert feeds.output_index(["click", "aux"], "aux") == 1
     with pytest.raises(InputError, match="model.prediction: m has no output named 'probs'"):
-        output_index(["click", "aux"], "probs", "m")
+        feeds.output_index(["click", "aux"], "probs", "m")
 
 
 # --- validate, from a .keras archive's config.json (no TensorFlow) ------------------------------------------

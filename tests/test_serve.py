@@ -11,14 +11,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from deployc import conventions as C
 
 try:  # tests/ may or may not be a package
     from tests.serve_support import LABELS, Server, make_classifier, reference, v2_body, write_bundle
+    from tests.serve_support import metric_samples as samples
+    from tests.serve_support import metric_value as value
 except ImportError:
     from serve_support import LABELS, Server, make_classifier, reference, v2_body, write_bundle
+    from serve_support import metric_samples as samples
+    from serve_support import metric_value as value
 
 X = np.array([[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 2.0, 0.5], [-2.0, 0.0, 1.5, 3.0]], dtype=np.float32)
 
@@ -28,18 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     bundle = write_bundle(tmp_path_factory.mktemp("b") / "iris", batching={"max_delay_ms": 20.0})
     with Server(bundle) as s:
         yield s
-
-
-def samples(srv: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, headers, body = srv.request("GET", "/metrics")
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
-
-
-def value(snap: dict[Any, float], name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    return sum(v for (n, ls), v in snap.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def test_health_and_metadata_routes(server: Server) -> None:

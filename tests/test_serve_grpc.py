@@ -17,14 +17,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from deployc import conventions as C
 
 try:
     from tests.serve_support import ROOT, Server, reference, write_bundle
+    from tests.serve_support import metric_samples as samples
+    from tests.serve_support import metric_value as value
 except ImportError:  # run from inside tests/
     from serve_support import ROOT, Server, reference, write_bundle
+    from serve_support import metric_samples as samples
+    from serve_support import metric_value as value
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 import grpc  # noqa: E402  (tritonclient.grpc needs it)
@@ -71,17 +74,6 @@ def infer_input(x: np.ndarray, name: str = "x", datatype: str = "FP32") -> Any:
     i = grpcclient.InferInput(name, list(x.shape), datatype)
     i.set_data_from_numpy(x)
     return i
-
-
-def samples(srv: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, _, body = srv.request("GET", "/metrics")
-    assert status == 200
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
-
-
-def value(snap: dict[Any, float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in snap.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def status_of(call: Any) -> tuple[grpc.StatusCode, str]:

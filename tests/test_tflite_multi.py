@@ -20,7 +20,7 @@ from deployc.schema.spec import DeploySpec
 from deployc.targets import get_target
 from deployc.targets.base import EmitContext
 from deployc.targets.tflite import CONVERT, VERIFY, TFLiteConfig
-from tests.tflite_support import rec_inputs, rec_model, text_inputs, text_model
+from tests.tflite_support import markdown_headings, rec_inputs, rec_model, text_inputs, text_model
 
 pytestmark = pytest.mark.slow
 
@@ -249,13 +249,7 @@ def test_tensor_names_cannot_change_the_readme_or_its_snippet() -> None:
     from deployc.targets.tflite import readme
 
     def outline(text: str) -> tuple[list[str], list[str]]:
-        headings, in_code = [], False
-        for line in text.splitlines():  # CommonMark: a fence opens/closes only at the start of a line
-            if line.startswith("```"):
-                in_code = not in_code
-            elif not in_code and line.startswith("#"):
-                headings.append(line)
-        assert not in_code
+        headings = markdown_headings(text)
         snippet = text.split("```python\n")[1].split("\n```")[0]  # a fence closes at a line's start only
         return headings, [type(node).__name__ for node in ast.parse(snippet).body]
 

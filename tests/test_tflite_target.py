@@ -15,7 +15,7 @@ from deployc.ml.tflite import predict_tflite
 from deployc.targets import get_target
 from deployc.targets.base import EmitContext
 from deployc.targets.tflite import CONVERT, VERIFY, readme
-from tests.tflite_support import digits_dir, keras_output, reference_output, spec, step_context
+from tests.tflite_support import digits_dir, keras_output, markdown_headings, reference_output, spec, step_context
 
 pytestmark = pytest.mark.slow
 
@@ -116,15 +116,8 @@ def test_values_cannot_change_the_readme_structure(int8_build: Any) -> None:
     meta["inputs"][0]["name"] = "x\n```\n# Injected heading\n"
     text = readme(meta, "deploy.yaml\n-->\n# Also injected")
     assert "\n# Injected" not in text and "\n# Also injected" not in text
-    headings, in_code = [], False
-    for line in text.splitlines():  # CommonMark: a fence opens/closes only at the start of a line
-        if line.startswith("```"):
-            in_code = not in_code
-        elif not in_code and line.startswith("#"):
-            headings.append(line)
-    assert not in_code
-    assert headings == ["# TFLite (LiteRT) bundle", "## Input", "## Output", "## Run it (Python, `pip install "
-                        "ai-edge-litert`)", "## Measured by deployc"]
+    assert markdown_headings(text) == ["# TFLite (LiteRT) bundle", "## Input", "## Output",
+                                       "## Run it (Python, `pip install ai-edge-litert`)", "## Measured by deployc"]
 
 
 def test_size_budget_fails_with_size_and_limit(tmp_path: Path) -> None:

@@ -169,3 +169,16 @@ def text_inputs(npz: Path) -> dict[str, np.ndarray]:
 def rec_inputs(npz: Path) -> dict[str, np.ndarray]:
     d = np.load(npz)
     return {"user_id": d["user"], "item_id": d["item"], "dense": d["dense"]}
+
+
+def markdown_headings(text: str) -> list[str]:
+    """The headings of a Markdown text outside code fences (CommonMark: a fence opens or closes only at the start
+    of a line); every fence must be closed."""
+    headings, in_code = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            headings.append(line)
+    assert not in_code
+    return headings

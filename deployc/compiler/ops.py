@@ -102,7 +102,6 @@ def _predict_savedmodel(path: Path, x: Any, output: str | None) -> Any:
 
     from deployc.ml import feeds
     from deployc.ml.convert import quiet_tensorflow
-    from deployc.ml.evaluate import output_index
 
     quiet_tensorflow()
     import tensorflow as tf
@@ -113,7 +112,7 @@ def _predict_savedmodel(path: Path, x: Any, output: str | None) -> Any:
     feed = feeds.feed(x, names, [kwargs[n].dtype.as_numpy_dtype for n in names], "the SavedModel")
     outs = fn(**{n: tf.constant(a) for n, a in feed.items()})
     keys = sorted(outs)
-    return np.asarray(outs[keys[output_index(keys, output, "the SavedModel")]], dtype=np.float32)
+    return np.asarray(outs[keys[feeds.output_index(keys, output, "the SavedModel")]], dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -182,21 +182,17 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
     from deployc.compiler.resolved import model_inputs
 
     sets = [(w, ds) for w in ("eval", "calibration", "train") if (ds := getattr(spec.data, w)) is not None]
-    dtypes = {t.name: t.dtype for t in model_inputs(spec, base)} if sets else {}
+    inputs = model_inputs(spec, base) if sets else ()
+    dtypes = {t.name: t.dtype for t in inputs}
     for which, ds in sets:
         found += content.data_problems(base, which, ds, dtypes, spec.model.task)
-    return (found + _declared_inputs_problems(base, spec) + _input_mapping_problems(base, spec)
+    return (found + _declared_inputs_problems(base, spec) + _input_mapping_problems(sets, [t.name for t in inputs])
             + _prediction_problems(base, spec, fmt))
 
 
-def _input_mapping_problems(base: Path, spec: DeploySpec) -> list[tuple[tuple[Any, ...], str]]:
-    """Each data set must give every model input its array: one key for a model of one input, else a mapping
-    of each input's name (as the spec's `model.inputs` or the model file names them) to a key."""
-    from deployc.compiler.resolved import model_inputs
-
-    sets = [(w, ds) for w in ("eval", "calibration", "train") if (ds := getattr(spec.data, w)) is not None]
-    inputs = model_inputs(spec, base) if sets else ()
-    names = [t.name for t in inputs]
+def _input_mapping_problems(sets: list[tuple[str, Any]], names: list[str]) -> list[tuple[tuple[Any, ...], str]]:
+    """Each data set (`sets`: (which, data set)) must give every model input its array: one key for a model of
+    one input, else a mapping of each input's name (`names`: as `model.inputs` or the model file says) to a key."""
     found: list[tuple[tuple[Any, ...], str]] = []
     for w, ds in sets:
         if not isinstance(ds.x, dict):

@@ -36,23 +36,13 @@ def session_feed(session: Any, x: feeds.Inputs, what: str = "the model") -> dict
     return feeds.feed(x, [i.name for i in ins], [_ORT_DTYPES.get(i.type, np.float32) for i in ins], what)
 
 
-def output_index(names: list[str], output: str | None, what: str = "the model") -> int:
-    """The position of the prediction output `output` (model.prediction; None: the first) among `names`. A
-    model of one output has no other: the artifact names it `output` whatever the original called it."""
-    if output is None or len(names) == 1:
-        return 0
-    if output not in names:
-        raise InputError(f"model.prediction: {what} has no output named {output!r} (it has: {', '.join(names)})")
-    return names.index(output)
-
-
 def predict_onnx(path: Path, x: feeds.Inputs, batch_size: int = 256, threads: int = 1,
                  output: str | None = None) -> np.ndarray:
     """The prediction output of an ONNX model on every row of `x`, in batches."""
     sess = onnx_session(path, threads)
     feed = session_feed(sess, x, path.name)
     names = [o.name for o in sess.get_outputs()]
-    chosen = [names[output_index(names, output, path.name)]]
+    chosen = [names[feeds.output_index(names, output, path.name)]]
     first = sess.get_inputs()[0].shape[0]
     step = first if isinstance(first, int) and first > 0 else batch_size
     n = feeds.rows(feed)
@@ -75,9 +65,9 @@ def keras_output(model: Any, out: Any, output: str | None) -> np.ndarray:
         out = [out[n] for n in names]
     if not isinstance(out, (list, tuple)):
         if output is not None and names and output not in names:
-            output_index(names, output, "the Keras model")
+            feeds.output_index(names, output, "the Keras model")
         return np.asarray(out, dtype=np.float32)
-    return np.asarray(out[output_index(names or [str(i) for i in range(len(out))], output, "the Keras model")],
+    return np.asarray(out[feeds.output_index(names or [str(i) for i in range(len(out))], output, "the Keras model")],
                       dtype=np.float32)
 
 
@@ -96,7 +86,7 @@ def predict(path: Path, fmt: str, x: feeds.Inputs, batch_size: int = 256, output
     if fmt == "tflite":
         from deployc.ml.tflite import predict_tflite  # provided by the tflite target
 
-        return np.asarray(predict_tflite(path, x), dtype=np.float32)  # type: ignore[arg-type]
+        return np.asarray(predict_tflite(path, x, output=output), dtype=np.float32)
     raise InputError(f"cannot run a {fmt} model for evaluation")
 
 

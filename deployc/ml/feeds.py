@@ -76,6 +76,16 @@ def range_problem(a: np.ndarray, dtype: Any) -> str | None:
     return None
 
 
+def output_index(names: list[str], output: str | None, what: str = "the model") -> int:
+    """The position of the prediction output `output` (model.prediction; None: the first) among `names`. A
+    model of one output has no other: the artifact names it `output` whatever the original called it."""
+    if output is None or len(names) == 1:
+        return 0
+    if output not in names:
+        raise InputError(f"model.prediction: {what} has no output named {output!r} (it has: {', '.join(names)})")
+    return names.index(output)
+
+
 def row_shapes(x: Inputs) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in as_mapping(x).items()}
 
@@ -89,8 +99,6 @@ def for_keras(model: Any, fed: Mapping[str, Any]) -> Any:
         return {k: fed[name(t)] for k, t in struct.items()}
     if isinstance(struct, (list, tuple)):
         return [fed[name(t)] for t in struct]
-    if struct is not None and len(fed) == 1:
-        return next(iter(fed.values()))
     return dict(fed) if len(fed) > 1 else next(iter(fed.values()))
 
 

@@ -318,16 +318,13 @@ def signature_io(it: Any) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str
 
 
 def output_name(it: Any, outputs: dict[str, dict[str, Any]], output: str | None, what: str) -> str:
-    """The prediction output's signature name: `output` (model.prediction), else the file's first output. A
-    file of one output answers any name: model.prediction may name the Keras model's own output, which the
-    artifact calls "output". (deployc.ml.evaluate.output_index's rule; evaluate imports this module.)"""
+    """The prediction output's signature name: `output` (model.prediction, by feeds.output_index's rule: a file
+    of one output answers any name), else the file's first output (a signature lists them by name)."""
     names = list(outputs)
-    if output is None or (len(names) == 1 and output not in names):
+    if output is None:
         first = it.get_output_details()[0]["index"]
         return next((n for n, d in outputs.items() if d["index"] == first), names[0])
-    if output not in names:
-        raise InputError(f"model.prediction: {what} has no output named {output!r} (it has: {', '.join(names)})")
-    return output
+    return names[feeds.output_index(names, output, what)]
 
 
 def _feed(inputs: dict[str, dict[str, Any]], x: feeds.Inputs, what: str) -> dict[str, np.ndarray]:

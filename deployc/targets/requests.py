@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from deployc.compiler.resolved import OIP_DATATYPES
 from deployc.targets.base import EmitContext, TensorInfo
 
 ROWS = 2  # eval rows per example request
-_NUMPY = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT8": "int8", "INT16": "int16",
-          "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
-          "UINT64": "uint64", "BOOL": "bool"}
+_NUMPY = {oip: name for name, oip in OIP_DATATYPES.items() if oip != "BYTES"}  # FP32 -> float32, ...
 
 
 def example_rows(ctx: EmitContext) -> dict[str, Any]:
