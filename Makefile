@@ -30,14 +30,15 @@ $(KSERVE_SDK):
 	.venv-tools/kserve/bin/python -m pip install --quiet 'kserve==0.21.*' \
 	  || echo "note: could not install the kserve SDK; its client test will skip"
 
-# Debian packages some tests use (promtool and the Prometheus server, wrk). Without root or apt the tests
-# that need them skip and say why.
+# Debian packages some tests use (promtool and the Prometheus server, wrk, headless chromium for report.html).
+# Without root or apt the tests that need them skip and say why.
 system-deps:
-	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null; then :; \
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null \
+	  && command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk >/dev/null) \
-	    || echo "note: could not install prometheus/wrk; tests that need them will skip"; \
-	else echo "note: not root or no apt-get: install Debian's prometheus and wrk for the full test suite"; fi
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk chromium >/dev/null) \
+	    || echo "note: could not install prometheus/wrk/chromium; tests that need them will skip"; \
+	else echo "note: not root or no apt-get: install Debian's prometheus, wrk and chromium for the full test suite"; fi
 
 demo: install system-deps
 	$(BIN)/python examples/digits/train.py
@@ -56,9 +57,13 @@ demo: install system-deps
 	    | grep '^|' || exit 1; \
 	done
 	@echo
+	@echo "The visual report (charts, attribution heatmaps, gates; one file, opens from disk):"
+	@echo "  $(CURDIR)/build/digits/report.html"
+	@echo
 	@echo "Serve it:   $(BIN)/deployc serve build/digits"
 	@echo "Query it:   curl -s localhost:8080/v2/models/digits/infer -H 'content-type: application/json' \\"
 	@echo "              -d '{\"inputs\":[{\"name\":\"pixels\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[$$(python3 -c 'print(",".join(["0.5"]*64))')]}]}'"
+	@echo "Explain it: the same body to localhost:8080/v2/models/digits/explain"
 
 # ruff and mypy (configured in pyproject.toml); part of `make test`, so CI runs them
 lint: install

@@ -22,6 +22,7 @@ from deployc.errors import (
     EXIT_OK,
     DeploycError,
     GateError,
+    InputError,
     Problem,
     SpecError,
     SpecFieldError,
@@ -116,7 +117,8 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
 
     p = make_plan(spec, spec_path, loaded.text)
     out = out_dir or default_out_dir(spec)
-    outputs, cached = execute(p, Cache(cache_dir or default_cache_dir()), log)
+    cache = Cache(cache_dir or default_cache_dir())
+    outputs, cached = execute(p, cache, log)
 
     checks: list[GateCheck] = []
     ref = results.reference(outputs)
@@ -132,13 +134,44 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
     label = spec_label(spec_path)
     files = emit.emit_all(p, outputs, spec_file=label)
     files[c.REPORT_JSON] = dump_json(rep)
-    files[c.REPORT_MD] = report.render_markdown(rep, label).encode()
+    visual = _visual_report(rep, label, cache, log)
+    files.update(visual)
+    from deployc.compiler.report_html import chart_links
+
+    files[c.REPORT_MD] = report.render_markdown(rep, label, chart_links(visual)).encode()
     files[c.PLAN_JSON] = dump_json(p.to_json())
     versions = {"deployc": __version__, **{d: lib_version(d) for d in VERSIONED_LIBS}, **_plugin_versions(p)}
     manifest = make_manifest(files, name=p.resolved.name, version=p.resolved.version, spec_sha256=p.spec_sha256,
                              versions=versions)
     files[c.MANIFEST] = dump_json(manifest)
     return CompiledBuild(plan=p, files=files, cached=cached, report=rep, gates=checks)
+
+
+def _visual_report(rep: dict[str, Any], label: str, cache: Cache, log: Callable[[str], None]) -> dict[str, bytes]:
+    """report.html and its SVG charts: a pure function of report.json, kept in the step cache under a hash of it
+    (and of deployc's code and matplotlib's version), so a build from cache does not draw them again."""
+    import hashlib
+    import json
+
+    from deployc.compiler.report_html import visual_report
+    from deployc.compiler.steps import code_fingerprint, lib_version
+
+    key = hashlib.sha256(json.dumps({"visual_report": rep, "spec_file": label, "code": code_fingerprint(),
+                                     "matplotlib": lib_version("matplotlib")}, sort_keys=True).encode()).hexdigest()
+    hit = cache.get(key)
+    if hit is not None:
+        return {rel: (hit[0] / rel).read_bytes() for rel in hit[1]["files"]}
+    log("drawing report.html")
+    files = visual_report(rep, label)
+    try:
+        staged = cache.staging()
+    except InputError:  # a read-only cache only loses this shortcut
+        return files
+    for rel, data in files.items():
+        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staged / rel).write_bytes(data)
+    cache.put(key, staged, {"files": sorted(files)})
+    return files
 
 
 def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,

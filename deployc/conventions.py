@@ -23,11 +23,19 @@ METRIC_BATCH_SIZE = "deployc_batch_size"  # histogram; labels: model, version
 METRIC_IN_FLIGHT = "deployc_requests_in_flight"  # gauge; labels: model, version
 METRIC_MODEL_INFO = "deployc_model_info"  # gauge = 1; labels: model, version, sha256
 METRIC_PREDICTIONS = "deployc_predictions_total"  # counter; labels: model, version, class
+# Input monitoring (serving.json's `input_monitor`; inference routes only, never explain requests)
+METRIC_INPUT_VALUES = "deployc_input_values_total"  # counter; labels: model, version, input (one per element)
+METRIC_INPUT_NONFINITE = "deployc_input_nonfinite_values_total"  # counter; NaN or +-inf elements
+METRIC_INPUT_OUT_OF_RANGE = "deployc_input_out_of_range_values_total"  # counter; finite, outside data.eval's range
+METRIC_FEATURE_BINS = "deployc_feature_bin_total"  # counter; labels: model, version, feature, bin (one per row)
 LABEL_MODEL = "model"
 LABEL_VERSION = "version"
 LABEL_ROUTE = "route"
 LABEL_CODE = "code"
 LABEL_CLASS = "class"
+LABEL_INPUT = "input"
+LABEL_FEATURE = "feature"
+LABEL_BIN = "bin"
 INFER_ROUTES = ("infer", "invocations", "grpc_infer")  # route label values counted as inference traffic by SLOs
 
 # Request-duration buckets (seconds). Every SLO latency threshold must be one of them: the build adds the
@@ -57,6 +65,7 @@ ROUTE_INVOCATIONS = "invocations"  # POST /invocations (SageMaker)
 ROUTE_METADATA = "metadata"  # GET /v2, /v2/models/{m}[/versions/{v}]
 ROUTE_HEALTH = "health"  # GET /v2/health/*, /v2/models/{m}/ready, /ping
 ROUTE_METRICS = "metrics"  # GET /metrics
+ROUTE_EXPLAIN = "explain"  # POST /v2/models/{m}[/versions/{v}]/explain (not an inference route for the SLOs)
 ROUTE_OTHER = "other"  # anything else (404s)
 ROUTE_GRPC_INFER = "grpc_infer"  # gRPC inference.GRPCInferenceService/ModelInfer; `code`: the HTTP equivalent
 ROUTE_GRPC_METADATA = "grpc_metadata"  # gRPC ServerMetadata, ModelMetadata
@@ -76,6 +85,13 @@ SLO_DRIFT = "deployc:slo_prediction_drift:{metric}"  # metric: psi or tv; labels
 ALERT_FAST_BURN = "DeploycSLOFastBurn"  # the page alert
 ALERT_SLOW_BURN = "DeploycSLOSlowBurn"  # the ticket alert
 ALERT_DRIFT = "DeploycPredictionDrift"
+ALERT_INPUT_DRIFT = "DeploycInputDrift"
+ALERT_INPUT_QUALITY = "DeploycInputQuality"
+SLO_FEATURE_REFERENCE_SHARE = "deployc:slo_reference_feature_bin_share:ratio"  # labels: slo, model, feature, bin
+SLO_FEATURE_LIVE_SHARE = "deployc:slo_live_feature_bin_share:ratio"  # labels: slo, model, feature, bin
+SLO_FEATURE_WINDOW_ROWS = "deployc:slo_window_feature_rows:count"  # labels: slo, model, feature
+SLO_FEATURE_DRIFT = "deployc:slo_feature_drift:psi"  # labels: slo, model, feature
+SLO_INPUT_BAD_SHARE = "deployc:slo_input_bad_value_share:ratio"  # labels: slo, model, input
 PSI_EPSILON = 1e-4  # class share floor in PSI, so an empty class gives a large but finite term
 
 # --- Vertex AI and Azure ML (docs/vertex.md, docs/azureml.md) -------------------------------------------------

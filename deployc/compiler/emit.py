@@ -11,7 +11,7 @@ from deployc.compiler import results
 from deployc.compiler.cache import Cache
 from deployc.compiler.ops import model_path
 from deployc.compiler.plan import Plan
-from deployc.compiler.steps import StepOutput, hash_path
+from deployc.compiler.steps import PROFILE, StepOutput, hash_path
 from deployc.errors import DeploycError
 from deployc.targets import EmitContext, get_target
 
@@ -43,8 +43,10 @@ def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict
     if plan.spec.slos:
         from deployc.monitoring import build_monitoring
 
+        prof = outputs.get(PROFILE)
         monitoring = build_monitoring(plan.spec, spec_file=spec_file, reference_distribution=reference,
-                                      class_names=names)
+                                      class_names=names,
+                                      input_profile=prof.result["input_monitor"] if prof is not None else None)
     ctx = EmitContext(
         spec=plan.spec,
         spec_file=spec_file,

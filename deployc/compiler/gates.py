@@ -38,6 +38,8 @@ def _values(reference: dict[str, Any], figures: dict[str, Any]) -> dict[str, tup
         "max_size_mb": (round(size / 1e6, 6) if size is not None else None, True),
         # batch-1 p99 as deployc.ml.measure defines it, the same for ONNX, TFLite and SavedModel artifacts
         "max_latency_p99_ms": (figures.get("latency_p99_ms"), True),
+        # deployc.ml.explain.agreement: the smallest of its three agreement figures
+        "min_attribution_agreement": (figures.get("attribution_agreement"), False),
     }
 
 

@@ -12,6 +12,7 @@ from deployc.compiler.steps import REFERENCE, SOURCE, StepContext, StepOutput
 TF_LIBS = ("tensorflow", "keras", "numpy")  # reading and running a Keras or SavedModel model
 ONNX_LIBS = ("onnx", "onnxruntime", "numpy")  # reading and running an ONNX model
 CONVERT_LIBS = (*TF_LIBS, "tf2onnx", "onnx")
+EXPLAIN_LIBS = ("shap",)  # explanations (deployc.ml.explain); its other methods are numpy
 
 
 def model_path(out: StepOutput) -> Path:
@@ -137,6 +138,13 @@ class Evaluator:
         m = r.measure
         figures.update(measure_onnx(model, x, threads=m.threads, batch_size=m.batch_size,
                                     min_seconds=m.min_seconds))
+        from deployc.compiler import explaining
+
+        if explaining.EXPLAIN in self.ctx.deps:  # `explain:` set: the artifact's reasons against the original's
+            predict, names, dtypes = explaining.onnx_predictor(model, r.prediction)
+            found = explaining.artifact(self.ctx, predict, names, dtypes)
+            figures.update(found["figures"])
+            figures["explanation"] = found["summary"]
         figures["gate_failures"] = [str(f) for f in failures(r.gates, ref_out.result["evaluation"], figures)]
         return figures
 
@@ -144,7 +152,21 @@ class Evaluator:
 def evaluate(ctx: StepContext, artifact_step: str, artifact: str) -> dict[str, Any]:
     figures = Evaluator(ctx)(model_path(ctx.deps[artifact_step]))
     figures.pop("gate_failures")
-    return {"artifact": artifact, "evaluation": figures}
+    explanation = figures.pop("explanation", None)
+    return {"artifact": artifact, "evaluation": figures,
+            **({"explanation": explanation} if explanation is not None else {})}
+
+
+def profile_inputs(ctx: StepContext, **kwargs: Any) -> dict[str, Any]:
+    from deployc.compiler import profile
+
+    return profile.run(ctx, **kwargs)
+
+
+def explain_reference(ctx: StepContext, onnx_step: str) -> dict[str, Any]:
+    from deployc.compiler import explaining
+
+    return explaining.reference(ctx, onnx_step)
 
 
 def run_pass(ctx: StepContext, name: str, index: int, prev: str, data_sets: tuple[str, ...] = ()) -> dict[str, Any]:

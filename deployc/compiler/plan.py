@@ -13,8 +13,9 @@ from typing import Any
 
 from deployc.compiler import ops
 from deployc.compiler.resolved import PassUse, Resolved, resolve
-from deployc.compiler.steps import CONVERT, REFERENCE, SOURCE, Step, code_fingerprint, step_key
+from deployc.compiler.steps import CONVERT, EXPLAIN, PROFILE, REFERENCE, SOURCE, Step, code_fingerprint, step_key
 from deployc.errors import DeploycError
+from deployc.schema.slo import InputDriftSLO
 from deployc.schema.spec import DeploySpec
 from deployc.targets import configured, target_steps
 
@@ -62,10 +63,11 @@ class _Chain:
     prev: str = SOURCE
     keras_step: str | None = None
     in_onnx: bool = False  # past the conversion (or the input is ONNX)
+    explained: bool = False  # the `explain:reference` step is planned: evaluations compare explanations
 
     def evaluate(self, sid: str, artifact: str) -> None:
         if "eval" in self.r.data:
-            self.steps.append(_evaluate_step(sid, self.prev, artifact, self.r))
+            self.steps.append(_evaluate_step(sid, self.prev, artifact, self.r, self.explained))
             self.evaluations.append(sid)
 
     def enter_onnx(self) -> None:
@@ -78,6 +80,9 @@ class _Chain:
                                    params={"inputs": [t.to_json() for t in self.r.declared_inputs]}))
             self.prev = CONVERT
         self.in_onnx = True
+        if self.r.explain is not None and "eval" in self.r.data:
+            self.steps.append(_explain_step(self.r, self.prev))
+            self.explained = True
         self.evaluate("evaluate:onnx-fp32", "onnx-fp32")
 
     def add_pass(self, use: PassUse) -> None:
@@ -86,7 +91,7 @@ class _Chain:
             self.enter_onnx()
         elif self.in_onnx:  # refused by the spec's validation (deployc.schema.passes.optimize_problems)
             raise ValueError(f"{use.step_id} runs on the Keras model, after an ONNX-format pass")
-        step = _pass_step(self.r, use, self.prev)
+        step = _pass_step(self.r, use, self.prev, self.explained)
         self.steps.append(step)
         self.prev = step.id
         if p.output_format == "keras":
@@ -122,7 +127,7 @@ def _model_chain(r: Resolved) -> _Chain:
     return chain
 
 
-def _pass_step(r: Resolved, use: PassUse, prev: str) -> Step:
+def _pass_step(r: Resolved, use: PassUse, prev: str, explained: bool = False) -> Step:
     """A pass's step, keyed by exactly what the pass reads: its settings, the model `prev` made, the data sets and
     files it declares, and its libraries (a plugin's own distribution too). A pass that needs data.eval compares
     models with the reference, so it also depends on the reference step and on the gates and measure settings."""
@@ -134,6 +139,9 @@ def _pass_step(r: Resolved, use: PassUse, prev: str) -> Step:
     if "eval" in needed:
         params.update(gates=r.gates.to_json(), measure=r.measure.to_json(), **r.judged())
         deps = (prev, REFERENCE)
+        if explained:  # its evaluations compare explanations too (the attribution gate)
+            params["explain"] = r.explain_params()
+            deps = (prev, REFERENCE, EXPLAIN)
     files = r.data_files(*sets) + tuple(r.spec_dir / rel for rel in p.input_files(config))
     description, libs = p.describe(config), p.libs
     if not entry.builtin:
@@ -149,6 +157,9 @@ def make_plan(spec: DeploySpec, spec_path: Path, spec_text: str) -> Plan:
     resolved = resolve(spec, spec_dir)
     chain = _model_chain(resolved)
     planned: list[tuple[str, Step]] = [("the model chain", s) for s in chain.steps]
+    profile = _profile_step(spec, resolved, chain)
+    if profile is not None:
+        planned.append(("input monitoring", profile))
     targets = configured(spec)
     # local plans `local:batch-invariance` for every target that ships a serving.json, so it runs even unset
     for t in targets if "local" in targets else ("local", *targets):
@@ -220,8 +231,43 @@ def _model_files(spec_dir: Path, rel: str, fmt: str) -> tuple[Path, ...]:
     return (model, *onnx_external_files(model))
 
 
-def _evaluate_step(sid: str, prev: str, artifact: str, r: Resolved) -> Step:
-    return Step(sid, f"verify and measure {artifact} against the original",
-                partial(ops.evaluate, artifact_step=prev, artifact=artifact), deps=(prev, REFERENCE),
-                params={"measure": r.measure.to_json(), "data": r.data_params("eval"), **r.judged()},
+def _evaluate_step(sid: str, prev: str, artifact: str, r: Resolved, explained: bool = False) -> Step:
+    params: dict[str, Any] = {"measure": r.measure.to_json(), "data": r.data_params("eval"), **r.judged()}
+    if explained:
+        params["explain"] = r.explain_params()
+    return Step(sid, f"verify and measure {artifact} against the original" + (", explain it" if explained else ""),
+                partial(ops.evaluate, artifact_step=prev, artifact=artifact),
+                deps=(prev, REFERENCE, EXPLAIN) if explained else (prev, REFERENCE),
+                params=params, input_files=r.data_files("eval"),
+                libs=(*ops.ONNX_LIBS, *ops.EXPLAIN_LIBS) if explained else ops.ONNX_LIBS)
+
+
+def _profile_step(spec: DeploySpec, r: Resolved, chain: _Chain) -> Step | None:
+    """`profile:inputs` (deployc.compiler.profile), where there is data.eval and an explanation or an input-drift
+    SLO to follow: input ranges and reference bins of the watched features, for serving.json and the SLO rules."""
+    drift = next(((i, s) for i, s in enumerate(spec.slos) if isinstance(s, InputDriftSLO)), None)
+    if "eval" not in r.data or (r.explain is None and drift is None):
+        return None
+    features = list(drift[1].features) if drift is not None and drift[1].features else None
+    top_k = drift[1].top_k if drift is not None else (r.explain.top_k if r.explain is not None else 5)
+    bins = drift[1].bins if drift is not None else 10
+    where: tuple[str | int, ...] = ("slos", drift[0], "features") if drift is not None else ("explain",)
+    deps = (chain.prev, EXPLAIN) if chain.explained else (chain.prev,)
+    return Step(PROFILE, "profile data.eval's inputs for input monitoring",
+                partial(ops.profile_inputs, model_step=chain.prev, features=features, top_k=top_k, bins=bins,
+                        where=where), deps=deps,
+                params={"data": r.data_params("eval"), "features": features, "top_k": top_k, "bins": bins},
                 input_files=r.data_files("eval"), libs=ops.ONNX_LIBS)
+
+
+def _explain_step(r: Resolved, onnx_step: str) -> Step:
+    """The original model's explanation on data.eval's first rows; `onnx_step`'s model names the inputs."""
+    ex = r.explain
+    assert ex is not None
+    return Step(EXPLAIN, f"explain the original model ({ex.method}, {ex.sample} rows of data.eval)",
+                partial(ops.explain_reference, onnx_step=onnx_step),
+                deps=tuple(dict.fromkeys((SOURCE, REFERENCE, onnx_step))),
+                params={"explain": r.explain_params(), "data": r.data_params("eval"), **r.judged()},
+                input_files=r.data_files("eval"),
+                libs=(*ops.TF_LIBS, *ops.ONNX_LIBS, *ops.EXPLAIN_LIBS) if r.format != "onnx"
+                else (*ops.ONNX_LIBS, *ops.EXPLAIN_LIBS))

@@ -1,13 +1,15 @@
 """report.json and report.md: what each step did and measured, reference vs every artifact."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from deployc.compiler import results
+from deployc.compiler.content import read_labels
 from deployc.compiler.gates import GateCheck
 from deployc.compiler.plan import Plan
 from deployc.compiler.results import ModelResult
-from deployc.compiler.steps import StepOutput
+from deployc.compiler.steps import EXPLAIN, StepOutput
 from deployc.render import md_code, md_text
 from deployc.targets import get_target
 from deployc.targets.bundle import decide, ships_serving_json
@@ -20,6 +22,7 @@ COLUMNS = (
     ("auc", "AUC", "{:.4f}"),
     ("r2", "R²", "{:.4f}"),
     ("agreement", "agreement", "{:.4f}"),
+    ("attribution_agreement", "attribution agr.", "{:.4f}"),  # deployc.ml.explain.agreement (with `explain:`)
     ("max_abs_error", "max abs err", "{:.2e}"),
     ("relative_error", "rel err", "{:.2e}"),
     ("size_bytes", "size", "bytes"),
@@ -58,7 +61,27 @@ def make_report(plan: Plan, outputs: dict[str, StepOutput], checks: list[GateChe
         "targets": list(plan.targets),
         "batching": _batching(plan, outputs),
         "target_batching": _target_batching(plan, outputs),
+        **_explanation(plan, outputs, [(str(a["step"]), str(a["artifact"])) for a in artifacts]),
     }
+
+
+def _explanation(plan: Plan, outputs: dict[str, StepOutput], artifacts: list[tuple[str, str]]) -> dict[str, Any]:
+    """{"explanation": ...}: the method, the features, and each model's attribution summary (docs/explain.md)."""
+    ex = plan.resolved.explain
+    if ex is None or EXPLAIN not in outputs:
+        return {}
+    ref = outputs[EXPLAIN].result
+    models = {"reference": ref["summary"]}
+    for sid, name in artifacts:
+        found = outputs[sid].result.get("explanation")
+        if found is not None:
+            models[name] = found
+    labels = read_labels(plan.resolved.labels) if plan.resolved.labels else None
+    classes = list(labels) if labels and len(labels) == ref["classes"] else None
+    return {"explanation": {"method": ex.method, "sample": ref["rows"],
+                            "top_k": ex.top_k, "baseline": ex.baseline, "features": ref["features"],
+                            "inputs": ref["inputs"], "images": dict(ex.images), "classes": classes,
+                            "models": models}}
 
 
 def _batching(plan: Plan, outputs: dict[str, StepOutput]) -> dict[str, Any] | None:
@@ -88,9 +111,9 @@ def _fmt(value: Any, how: str) -> str:
     return how.format(value)
 
 
-def render_markdown(report: dict[str, Any], spec_file: str) -> str:
+def render_markdown(report: dict[str, Any], spec_file: str, charts: Sequence[str] = ()) -> str:
     """report.md. Every name, path and message is escaped for where it stands (render.md_text / md_code); the
-    figures are numbers deployc formats itself."""
+    figures are numbers deployc formats itself. `charts`: the lines that embed report.html's SVG charts."""
     lines = [f"# deployc build report: {md_text(report['name'])} {md_text(report['version'])}", "",
              f"Spec {md_code(spec_file)} (sha256 {md_code(report['spec_sha256'][:16])}).", ""]
     if report["artifacts"] or report["reference"]:
@@ -122,6 +145,10 @@ def render_markdown(report: dict[str, Any], spec_file: str) -> str:
             lines.append(f"| {md_text(g['artifact'])} | {md_text(g['gate'])} | {g['limit']:g} | {shown} | "
                          f"{'pass' if g['passed'] else '**FAIL**'} |")
         lines.append("")
+    lines += _explanation_lines(report.get("explanation"))
+    if charts:
+        lines += ["## Charts", "", "The same charts, with the tables, are in `report.html` (one file, no network).", "",
+                  *charts, ""]
     if report["passes"]:
         lines += ["## Passes", ""]
         for p in report["passes"]:
@@ -132,6 +159,20 @@ def render_markdown(report: dict[str, Any], spec_file: str) -> str:
     lines += [f"| {md_code(s['id'], in_table=True)} | {md_text(s['description'])} | {md_code(s['key'][:12])} |"
               for s in report["steps"]]
     return "\n".join(lines) + "\n"
+
+
+def _explanation_lines(ex: dict[str, Any] | None) -> list[str]:
+    """The explanation section: method, and each model's most important features with their agreement."""
+    if not ex:
+        return []
+    lines = ["## Explanation", "", f"{md_text(ex['method'])} on the first {ex['sample']} rows of data.eval, baseline "
+             f"{md_code(str(ex['baseline']))}; global importance = mean |attribution| per feature.", "",
+             f"| model | top {ex['top_k']} features (importance) |", "|---|---|"]
+    for name, summary in ex["models"].items():
+        top = ", ".join(f"{md_code(t['feature'], in_table=True)} ({t['importance']:.3g})"
+                        for t in summary["top"][:ex["top_k"]])
+        lines.append(f"| {md_text(name)} | {top} |")
+    return [*lines, ""]
 
 
 def _short(value: Any) -> str:

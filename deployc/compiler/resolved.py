@@ -20,7 +20,7 @@ from deployc.errors import InputError
 if TYPE_CHECKING:
     from deployc.passes.base import Pass
     from deployc.plugins import Entry
-    from deployc.schema.spec import DeploySpec
+    from deployc.schema.spec import DeploySpec, Explain
     from deployc.targets.local import LocalConfig
 
 # onnx.TensorProto element types -> the spec's dtype names (`model.inputs[].dtype`), and those -> the Open
@@ -92,6 +92,7 @@ class GateLimits:
     max_r2_drop: float | None = None
     max_size_mb: float | None = None
     max_latency_p99_ms: float | None = None
+    min_attribution_agreement: float | None = None
 
     def limits(self) -> tuple[tuple[str, float], ...]:
         """(gate, limit) of each gate the spec sets, in field order."""
@@ -161,6 +162,13 @@ class Resolved:
     passes: tuple[PassUse, ...]  # in the spec's order
     targets: tuple[TargetUse, ...]  # the configured targets, in emit order
     local: LocalConfig  # targets.local, or its defaults: the settings of every serving.json
+    explain: Explain | None = None  # `explain:` as the spec writes it, defaults filled
+
+    def explain_params(self) -> dict[str, Any] | None:
+        """What decides an explanation (the keys of the steps that compute or compare them); None without one."""
+        if self.explain is None:
+            return None
+        return self.explain.model_dump(mode="json", exclude={"serve", "images"})
 
     def judged(self) -> dict[str, Any]:
         """What decides an artifact's figures: the task, the prediction output, the threshold (step keys)."""
@@ -199,7 +207,8 @@ def resolve(spec: DeploySpec, spec_dir: Path) -> Resolved:
         data=MappingProxyType(_data(spec, spec_dir, inputs)),
         gates=GateLimits(**spec.gates.model_dump()),
         measure=Measurement(threads=m.threads, batch_size=m.batch_size, min_seconds=m.min_seconds),
-        passes=_passes(spec), targets=_targets(spec), local=get_target("local").config_or_default(spec))
+        passes=_passes(spec), targets=_targets(spec), local=get_target("local").config_or_default(spec),
+        explain=spec.explain)
 
 
 def model_inputs(spec: DeploySpec, spec_dir: Path) -> tuple[Tensor, ...]:
@@ -252,7 +261,10 @@ def keras_file_inputs(path: Path, mtime_ns: int, size: int) -> tuple[Tensor, ...
 
 
 def _input_refs(refs: Any) -> list[list[Any]]:
-    """`input_layers` is one [name, node, tensor] reference, or a list of them."""
+    """`input_layers` is one [name, node, tensor] reference, a list of them, or a mapping of them (a model called
+    with a dict of inputs)."""
+    if isinstance(refs, dict):
+        return list(refs.values())
     return [refs] if refs and isinstance(refs[0], str) else list(refs)
 
 

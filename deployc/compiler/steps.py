@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # annotations only: the schema loads target modules, which im
 SOURCE = "source"  # the user's model, copied into the cache
 CONVERT = "convert"  # the Keras or SavedModel model converted to ONNX
 REFERENCE = "reference"  # the original model's outputs on data.eval, which every artifact is checked against
+EXPLAIN = "explain:reference"  # the original model's attributions on data.eval's first rows (`explain:`)
+PROFILE = "profile:inputs"  # input ranges and reference feature bins for input monitoring (serving.json)
 
 
 @dataclass(frozen=True)

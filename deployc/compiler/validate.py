@@ -187,7 +187,35 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
     for which, ds in sets:
         found += content.data_problems(base, which, ds, dtypes, spec.model.task)
     return (found + _declared_inputs_problems(base, spec) + _input_mapping_problems(sets, [t.name for t in inputs])
-            + _prediction_problems(base, spec, fmt))
+            + _prediction_problems(base, spec, fmt) + _explain_input_problems(spec, inputs))
+
+
+def _explain_input_problems(spec: DeploySpec, inputs: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+    """What the model's inputs (where the spec or the model file names them) rule out for `explain:`: integrated
+    gradients of integer inputs, heatmaps of inputs it lacks or of the wrong size."""
+    ex = spec.explain
+    if ex is None or not inputs:
+        return []
+    found: list[tuple[tuple[Any, ...], str]] = []
+    if ex.method == "integrated-gradients":
+        ints = [t.name for t in inputs if not t.dtype.startswith("float")]
+        if ints:
+            found.append((("explain", "method"), f"integrated-gradients follows gradients, and input(s) "
+                          f"{', '.join(ints)} hold integers (ids, tokens): use kernel-shap or occlusion"))
+    shapes = {t.name: t.shape[1:] for t in inputs}
+    for name, (h, w) in ex.images.items():
+        if name not in shapes:
+            found.append((("explain", "images", name), f"the model has no input named {name!r} (its inputs: "
+                          f"{', '.join(shapes)})"))
+            continue
+        row = shapes[name]
+        size = 1
+        for d in row:
+            size *= d
+        if all(d > 0 for d in row) and size != h * w:
+            found.append((("explain", "images", name), f"{h}x{w} = {h * w} pixels, and one row of {name} holds "
+                          f"{size} values (shape {list(row)})"))
+    return found
 
 
 def _input_mapping_problems(sets: list[tuple[str, Any]], names: list[str]) -> list[tuple[tuple[Any, ...], str]]:

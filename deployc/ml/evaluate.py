@@ -114,11 +114,23 @@ def compare(reference: np.ndarray, pred: np.ndarray, y: np.ndarray | None, task:
             if truth.shape != classes.shape:
                 raise InputError(f"data.eval.y: {truth.size} labels for {classes.shape[0]} rows")
             out["accuracy"] = None if bad else round(float(np.mean(classes == truth)), 6)
+            if not bad and task in ("classification", "binary"):
+                out.update(confusion(truth, classes, pred.shape[1] if task == "classification" else 2))
     if y is not None and task == "binary" and classes is not None:  # one sigmoid column: P(class 1)
         out["auc"] = None if bad else roc_auc(np.asarray(y).reshape(-1), pred.reshape(-1))
     if y is not None and task == "regression":
         out["r2"] = None if bad else r2_score(_labels_shaped(y, pred.shape, "regression"), pred)
     return out
+
+
+def confusion(truth: np.ndarray, classes: np.ndarray, n: int) -> dict[str, Any]:
+    """{"confusion": counts[true class][predicted class]}, or {} where a label is not a class index below n."""
+    t = np.asarray(truth)
+    if t.size == 0 or not np.all(np.isfinite(t)) or not np.array_equal(t, np.round(t)) or t.min() < 0 \
+            or t.max() >= n:
+        return {}
+    counts = np.bincount(t.astype(np.int64) * n + classes.astype(np.int64), minlength=n * n).reshape(n, n)
+    return {"confusion": counts.tolist()}
 
 
 def _labels_shaped(y: np.ndarray, shape: tuple[int, ...], task: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -35,6 +35,7 @@ MAX_ITERATIONS = 20_000
 WARMUP_SHARE = 0.1  # of min_seconds, when warmup_seconds is not given
 PERCENTILE_METHOD: Final = "linear"  # numpy.percentile method
 DECIMALS = 4
+DISTRIBUTION: Final = (1, 5, 10, 25, 50, 75, 90, 95, 99)  # percentiles of report.json's latency_percentiles_ms
 
 Clock = Callable[[], float]
 
@@ -50,10 +51,16 @@ class Latency:
     iterations: int
     warmup_iterations: int
     seconds: float  # wall time of the timing loop
+    distribution_ms: tuple[float, ...] = ()  # the DISTRIBUTION percentiles, in order (report.html's latency chart)
 
-    def figures(self) -> dict[str, float]:
+    def figures(self) -> dict[str, Any]:
         """The report.json keys, rounded as report.json shows them."""
-        return {"latency_p50_ms": round(self.p50_ms, DECIMALS), "latency_p99_ms": round(self.p99_ms, DECIMALS)}
+        found: dict[str, Any] = {"latency_p50_ms": round(self.p50_ms, DECIMALS),
+                                 "latency_p99_ms": round(self.p99_ms, DECIMALS)}
+        if self.distribution_ms:
+            found["latency_percentiles_ms"] = {str(q): round(v, DECIMALS)
+                                               for q, v in zip(DISTRIBUTION, self.distribution_ms, strict=True)}
+        return found
 
 
 def percentiles_ms(seconds: list[float] | np.ndarray) -> tuple[float, float]:
@@ -88,8 +95,9 @@ def measure_latency(run_one: Callable[[], object], *, min_seconds: float, min_it
         lat.append(end - t0)
     p50, p99 = percentiles_ms(lat)
     ms = np.asarray(lat) * 1000.0
+    dist = np.percentile(ms, DISTRIBUTION, method=PERCENTILE_METHOD)
     return Latency(p50_ms=p50, p99_ms=p99, mean_ms=float(ms.mean()), max_ms=float(ms.max()), iterations=len(lat),
-                   warmup_iterations=warm, seconds=end - start)
+                   warmup_iterations=warm, seconds=end - start, distribution_ms=tuple(float(v) for v in dist))
 
 
 def measure_throughput(run_batch: Callable[[], object], rows: int, *, min_seconds: float, warmup: int = 1,

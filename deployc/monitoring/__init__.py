@@ -4,8 +4,8 @@ CloudWatch alarms. Pure: `build_monitoring` returns the typed model every writer
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from deployc import conventions as C
 from deployc.errors import InputError
@@ -44,7 +44,8 @@ def _reference(spec: DeploySpec, dist: Sequence[float] | None,
 
 
 def build_monitoring(spec: DeploySpec, *, spec_file: str, reference_distribution: Sequence[float] | None,
-                     class_names: Sequence[str] | None) -> Monitoring | None:
+                     class_names: Sequence[str] | None, input_profile: Mapping[str, Any] | None = None
+                     ) -> Monitoring | None:
     """The resolved monitoring of a spec (None without SLOs): what every monitoring writer serializes from."""
     if not spec.slos:
         return None
@@ -52,13 +53,14 @@ def build_monitoring(spec: DeploySpec, *, spec_file: str, reference_distribution
 
     ref, classes = _reference(spec, reference_distribution, class_names)
     return Monitoring(name=spec.name, version=spec.version, spec_file=spec_file,
-                      slos=tuple(resolve(spec, ref, classes)))
+                      slos=tuple(resolve(spec, ref, classes, input_profile=input_profile)))
 
 
 def compile_monitoring(spec: DeploySpec, *, spec_file: str, reference_distribution: Sequence[float] | None,
-                       class_names: Sequence[str] | None) -> dict[str, bytes]:
+                       class_names: Sequence[str] | None, input_profile: Mapping[str, Any] | None = None
+                       ) -> dict[str, bytes]:
     """The monitoring folder of the build, keyed by path relative to the build folder ({} without SLOs).
     CloudWatch alarms are not in it: the target that deploys them writes them (`Monitoring.alarms_document`)."""
     model = build_monitoring(spec, spec_file=spec_file, reference_distribution=reference_distribution,
-                             class_names=class_names)
+                             class_names=class_names, input_profile=input_profile)
     return model.files() if model is not None else {}

@@ -5,6 +5,8 @@ import hashlib
 from typing import Any
 
 from deployc import conventions as C
+from deployc.monitoring.inputs import InputSLO
+from deployc.monitoring.inputs import panels as input_panels
 from deployc.monitoring.model import BudgetSLO, DriftSLO
 from deployc.monitoring.promql import infer_routes, selector
 
@@ -25,7 +27,7 @@ def _panel(title: str, targets: list[tuple[str, str]], unit: str, kind: str = "t
     }
 
 
-def panels(slos: list[BudgetSLO | DriftSLO], model: str) -> list[dict[str, Any]]:
+def panels(slos: list[BudgetSLO | DriftSLO | InputSLO], model: str) -> list[dict[str, Any]]:
     routes = {C.LABEL_ROUTE: infer_routes()}
     req = selector(C.METRIC_REQUESTS, model)
     dur = selector(C.METRIC_REQUEST_DURATION + "_bucket", model, **routes)
@@ -51,13 +53,16 @@ def panels(slos: list[BudgetSLO | DriftSLO], model: str) -> list[dict[str, Any]]
     if drifts:
         out.append(_panel("Prediction drift", [(f"{C.SLO_DRIFT.format(metric=m)}{on_model}", f"{{{{slo}}}} {m}")
                                                for m in drifts], "none"))
+    for s in slos:
+        if isinstance(s, InputSLO):
+            out += input_panels(s, model)
     for i, p in enumerate(out):
         p["id"] = i + 1
         p["gridPos"] = {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)}
     return out
 
 
-def dashboard(slos: list[BudgetSLO | DriftSLO], model: str, version: str, spec_file: str) -> dict[str, Any]:
+def dashboard(slos: list[BudgetSLO | DriftSLO | InputSLO], model: str, version: str, spec_file: str) -> dict[str, Any]:
     uid = "deployc-" + hashlib.sha256(model.encode()).hexdigest()[:24]
     return {
         "uid": uid,

@@ -1,20 +1,26 @@
 """The resolved SLOs every monitoring emitter reads: defaults filled, budgets and burn factors computed exactly."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 from deployc.schema.base import duration_seconds
 from deployc.schema.slo import (
     AlertMeta,
     AvailabilitySLO,
+    InputDriftSLO,
     LatencySLO,
     StabilitySLO,
     slo_name,
     threshold_seconds,
 )
 from deployc.schema.spec import DeploySpec
+
+if TYPE_CHECKING:
+    from deployc.monitoring.inputs import InputSLO
 
 
 @dataclass(frozen=True)
@@ -97,10 +103,18 @@ def objective_ratio(percent: float) -> Decimal:
 
 
 def resolve(spec: DeploySpec, reference: tuple[float, ...] | None, classes: tuple[str, ...] | None,
-            budget_only: bool = False) -> list[BudgetSLO | DriftSLO]:
-    """Lower the spec's SLOs; `budget_only` skips stability SLOs (for outputs that cannot express them)."""
-    out: list[BudgetSLO | DriftSLO] = []
+            budget_only: bool = False, input_profile: Mapping[str, Any] | None = None
+            ) -> list[BudgetSLO | DriftSLO | InputSLO]:
+    """Lower the spec's SLOs; `budget_only` skips stability and input-drift SLOs (for outputs that cannot
+    express them); `input_profile`: serving.json's `input_monitor` (the input-drift SLO's reference bins)."""
+    from deployc.monitoring.inputs import resolve_input_slo
+
+    out: list[BudgetSLO | DriftSLO | InputSLO] = []
     for s in spec.slos:
+        if isinstance(s, InputDriftSLO):
+            if not budget_only:
+                out.append(resolve_input_slo(s, input_profile))
+            continue
         if isinstance(s, StabilitySLO):
             if budget_only:
                 continue

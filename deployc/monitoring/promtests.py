@@ -3,8 +3,9 @@ on one it must not; recorded SLI values are checked against the numbers fed in."
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployc import conventions as C
 from deployc.monitoring.model import BudgetSLO, BurnCondition, DriftSLO, Tier, num
@@ -20,6 +21,8 @@ MINUTES = 120  # length of the constant-ratio scenarios; every window sees the s
 EVAL_MINUTES = 30
 TOLERANCE = "1e-09"
 VERSION = "1.0.0"
+if TYPE_CHECKING:
+    from deployc.monitoring.inputs import InputSLO
 _LABEL_REF = re.compile(r"\{\{\s*\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 
@@ -247,9 +250,17 @@ class Scenarios:
         return tests
 
 
-def unit_tests(slos: list[BudgetSLO | DriftSLO], model: str, rules_file: str) -> dict[str, Any]:
-    sc = Scenarios(slos, model)
+def unit_tests(slos: Sequence[BudgetSLO | DriftSLO | InputSLO], model: str, rules_file: str) -> dict[str, Any]:
+    from deployc.monitoring.inputs import InputSLO
+    from deployc.monitoring.inputs import unit_tests as input_tests
+
+    sc = Scenarios([s for s in slos if not isinstance(s, InputSLO)], model)
     tests: list[dict[str, Any]] = []
     for s in slos:
-        tests += sc.budget_tests(s) if isinstance(s, BudgetSLO) else sc.drift_tests(s)
+        if isinstance(s, BudgetSLO):
+            tests += sc.budget_tests(s)
+        elif isinstance(s, DriftSLO):
+            tests += sc.drift_tests(s)
+        else:
+            tests += input_tests(s, model, VERSION, EVAL_MINUTES)
     return {"rule_files": [rules_file], "evaluation_interval": f"{EVAL_MINUTES}m", "tests": tests}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployc import conventions as C
+from deployc.monitoring.inputs import InputSLO
 from deployc.monitoring.model import BudgetSLO, DriftSLO
 from deployc.monitoring.promtool import RULES_FILE, TESTS_FILE
 
@@ -26,7 +27,7 @@ class Monitoring:
     name: str  # the spec's name: the `model` label of every series and the prefix of alarm names
     version: str
     spec_file: str  # for generated-file headers
-    slos: tuple[BudgetSLO | DriftSLO, ...]
+    slos: tuple[BudgetSLO | DriftSLO | InputSLO, ...]
 
     @property
     def header(self) -> str:
@@ -34,12 +35,18 @@ class Monitoring:
 
     def rule_groups(self) -> list[dict[str, Any]]:
         """Recording and alerting rule groups, one set per SLO, in spec order."""
+        from deployc.monitoring.inputs import input_groups
         from deployc.monitoring.rules import budget_groups
         from deployc.monitoring.stability import drift_groups
 
         groups: list[dict[str, Any]] = []
         for s in self.slos:
-            groups += budget_groups(s, self.name) if isinstance(s, BudgetSLO) else drift_groups(s, self.name)
+            if isinstance(s, BudgetSLO):
+                groups += budget_groups(s, self.name)
+            elif isinstance(s, DriftSLO):
+                groups += drift_groups(s, self.name)
+            else:
+                groups += input_groups(s, self.name)
         return groups
 
     def alarms(self, endpoint_name: str, variant_name: str) -> list[dict[str, Any]]:

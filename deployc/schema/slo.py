@@ -194,10 +194,73 @@ class StabilitySLO(SpecModel):
         return self
 
 
-SLO = Annotated[AvailabilitySLO | LatencySLO | StabilitySLO, Field(discriminator="kind")]
+class InputDriftAlerting(AlertMeta):
+    enabled: bool = Field(True, description="Set false to keep the recording rules but drop both alerts.")
+    severity: str = _severity("ticket", "the input alerts")
 
 
-def slo_name(slo: AvailabilitySLO | LatencySLO | StabilitySLO) -> str:
+FEATURE_NAME = r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,127}\[[0-9]{1,9}\]$"
+
+
+class InputDriftSLO(SpecModel):
+    kind: Literal["input-drift"] = Field(description="Live distributions of the most important input features vs "
+                                         "their bins on data.eval (PSI per feature), and the share of non-finite "
+                                         "or out-of-range input values.")
+    name: Name | None = Field(None, description="Defaults to the kind; unique within the spec.")
+    description: str | None = Field(None, max_length=500, description="Free text, shown in alert annotations.")
+    features: list[Annotated[str, Field(pattern=FEATURE_NAME)]] | None = Field(
+        None, min_length=1, max_length=50, description="Features to watch, as `input[i]` (i: the flat index of an "
+        "element of one row). Default: the explanation's top_k most important, else the top_k of largest variance.")
+    top_k: int = Field(5, ge=1, le=50, description="Features watched when `features` is not set.")
+    bins: int = Field(10, ge=2, le=50, description="Quantile bins of each feature on data.eval.")
+    max_psi: float = Field(0.2, gt=0, description="Alert when a feature's PSI over `window` exceeds this.")
+    max_bad_share: float = Field(0.01, ge=0, lt=1, description="Alert when the share of an input's values that "
+                                 "are non-finite or outside data.eval's range exceeds this over `window`.")
+    window: str = Field("1h", description="Window of live traffic compared with the reference (5m to 7d).")
+    for_: str = Field("15m", alias="for", description="How long a condition must last before its alert fires "
+                      "(at most 1d).")
+    min_rows: int = Field(100, ge=1, description="No alert when fewer rows than this fell in the window.")
+    alerting: InputDriftAlerting = Field(default_factory=InputDriftAlerting, description="The two alerts.")
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str | None) -> str | None:
+        return _checked_description(v)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        return StabilitySLO._window(v)
+
+    @field_validator("for_")
+    @classmethod
+    def _for(cls, v: str) -> str:
+        return StabilitySLO._for(v)
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("a feature is listed more than once")
+        return v
+
+
+AnySLO = AvailabilitySLO | LatencySLO | StabilitySLO | InputDriftSLO
+SLO = Annotated[AnySLO, Field(discriminator="kind")]
+
+
+def input_drift_problems(slos: Sequence[AnySLO], has_eval: bool) -> list[tuple[tuple[str | int, ...], str]]:
+    """At most one input-drift SLO, and only with data.eval (its bins come from there)."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    drift = [i for i, s in enumerate(slos) if isinstance(s, InputDriftSLO)]
+    found += [(("slos", i, "kind"), "one input-drift SLO per spec: list every feature in its `features`")
+              for i in drift[1:]]
+    if drift and not has_eval:
+        found.append((("slos", drift[0], "kind"), "input-drift compares with data.eval's inputs: set data.eval"))
+    return found
+
+
+def slo_name(slo: AnySLO) -> str:
     return slo.name or slo.kind
 
 
@@ -207,7 +270,7 @@ def threshold_seconds(threshold_ms: float) -> float:
 
 
 def latency_threshold_problems(
-    slos: Sequence[AvailabilitySLO | LatencySLO | StabilitySLO], default_buckets: Sequence[float]
+    slos: Sequence[AnySLO], default_buckets: Sequence[float]
 ) -> list[tuple[tuple[str | int, ...], str]]:
     """Refuse the thresholds past MAX_EXTRA_LATENCY_BUCKETS new buckets, located on the first one too many."""
     extra: list[float] = []

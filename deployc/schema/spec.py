@@ -1,6 +1,7 @@
 """The deploy.yaml model. It mirrors the file exactly; `deployc.compiler.plan` lowers it into the resolved plan."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -9,7 +10,14 @@ from pydantic import BeforeValidator, Field, create_model, field_validator, mode
 from deployc.conventions import DEFAULT_LATENCY_BUCKETS
 from deployc.schema.base import CrossFieldErrors, Name, RelPath, SpecModel
 from deployc.schema.passes import PassItem, optimize_problems
-from deployc.schema.slo import SLO, LatencySLO, latency_threshold_problems, slo_name
+from deployc.schema.slo import (
+    SLO,
+    InputDriftSLO,
+    LatencySLO,
+    input_drift_problems,
+    latency_threshold_problems,
+    slo_name,
+)
 from deployc.targets import configured, get_target, serving_targets, target_class, target_names
 
 API_VERSION = "deployc/v1"
@@ -109,6 +117,47 @@ class Gates(SpecModel):
                                       "data.eval's labels.")
     max_size_mb: float | None = Field(None, gt=0, description="Artifact size on disk.")
     max_latency_p99_ms: float | None = Field(None, gt=0, description="Batch-1 p99 latency on this machine.")
+    min_attribution_agreement: float | None = Field(
+        None, ge=0, le=1, description="Needs `explain:`. The smallest of three agreements between the artifact's "
+        "attributions and the original model's on the explained rows: rank correlation and top-k overlap of global "
+        "feature importance, and mean per-row correlation (docs/explain.md).")
+
+
+ExplainMethod = Literal["integrated-gradients", "kernel-shap", "occlusion"]
+
+
+class ExplainServe(SpecModel):
+    enabled: bool = Field(True, description="Serve `POST /v2/models/{name}/explain` from the bundle.")
+    max_rows: int = Field(8, ge=1, le=1024, description="Most rows one explain request may hold (400 beyond).")
+
+
+class Explain(SpecModel):
+    method: ExplainMethod = Field(..., description="integrated-gradients (float inputs; exact TensorFlow gradients "
+                                  "for the original Keras or SavedModel model), kernel-shap (the shap library's "
+                                  "KernelExplainer; any model, any input dtype) or occlusion (each feature set to "
+                                  "the baseline in turn; any model).")
+    sample: int = Field(64, ge=1, le=4096, description="Explain the first N rows of data.eval.")
+    examples: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], max_length=16,
+        description="Rows of the sample whose attributions report.json records one by one.")
+    baseline: Literal["zeros", "mean"] | float = Field(
+        "zeros", description="The input the attributions are measured from: zeros, the per-element mean of the "
+        "sample (integer inputs: the most frequent value), or one number for every element.")
+    steps: int = Field(32, ge=2, le=512, description="integrated-gradients: points on the path from the baseline.")
+    samples: int = Field(256, ge=16, le=20000, description="kernel-shap: model evaluations per explained row.")
+    top_k: int = Field(5, ge=1, le=100, description="Features compared by the top-k overlap (and shown first).")
+    images: dict[Annotated[str, Field(min_length=1, max_length=128)],
+                 Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]] = Field(
+        default_factory=dict, max_length=16,
+        description="Inputs to draw as heatmaps in report.html, as [height, width] of one row's elements.")
+    serve: ExplainServe = Field(default_factory=ExplainServe)
+
+    @field_validator("baseline")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("a number baseline must be finite")
+        return v
 
 
 class Measure(SpecModel):
@@ -157,6 +206,8 @@ class DeploySpec(SpecModel):
                                      description="Passes, applied in the order written.")
     gates: Gates = Field(default_factory=Gates)
     measure: Measure = Field(default_factory=Measure)
+    explain: Explain | None = Field(None, description="Explain the original model and every artifact on data.eval, "
+                                    "gate how far optimization may change the explanation, serve explanations.")
     targets: Targets = Field(default_factory=Targets)
     slos: list[SLO] = Field(default_factory=list, max_length=64)
 
@@ -174,6 +225,7 @@ class DeploySpec(SpecModel):
             problems += [(("gates", g), f"{g} needs labels: set data.eval.y") for g in LABEL_GATES
                          if getattr(gates, g) is not None]
         problems.extend(_task_problems(self))
+        problems.extend(_explain_problems(self))
         targets = configured(self)
         for target in targets:  # each target's own rules (names derived from `name`, inputs it needs)
             problems.extend(get_target(target).check(self))
@@ -184,10 +236,11 @@ class DeploySpec(SpecModel):
                 problems.append((("slos", i, "name"), f"SLO name {slo_name(s)!r} is used more than once"))
             if s.kind == "stability" and self.data.eval is None:
                 problems.append((("slos", i, "kind"), "stability compares with predictions on data.eval: set it"))
-            if isinstance(s, LatencySLO) and not served_by:
-                problems.append((("slos", i), "a latency SLO needs a target that runs `deployc serve` "
-                                 f"({', '.join(serving_targets())})"))
+            if isinstance(s, LatencySLO | InputDriftSLO) and not served_by:
+                problems.append((("slos", i), f"a{'n' if s.kind[0] in 'ai' else ''} {s.kind} SLO needs a target "
+                                 f"that runs `deployc serve` ({', '.join(serving_targets())})"))
         problems.extend(latency_threshold_problems(self.slos, DEFAULT_LATENCY_BUCKETS))
+        problems.extend(input_drift_problems(self.slos, self.data.eval is not None))
         if problems:
             raise CrossFieldErrors(problems)
         return self
@@ -219,6 +272,25 @@ def _task_problems(spec: DeploySpec) -> list[tuple[tuple[str | int, ...], str]]:
     if spec.model.threshold is not None and task not in ("binary", "multilabel"):
         found.append((("model", "threshold"), f"a threshold applies to binary and multilabel models, and model.task "
                       f"is {task}"))
+    return found
+
+
+def _explain_problems(spec: DeploySpec) -> list[tuple[tuple[str | int, ...], str]]:
+    """`explain:` reads data.eval; the attribution gate needs `explain:`; recorded examples lie in the sample."""
+    ex = spec.explain
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    if ex is None:
+        if spec.gates.min_attribution_agreement is not None:
+            found.append((("gates", "min_attribution_agreement"), "compares explanations: set `explain:` "
+                          "(docs/explain.md)"))
+        return found
+    if spec.data.eval is None:
+        found.append((("explain",), "explanations are computed on data.eval, which is not set"))
+    found += [(("explain", "examples", i), f"row {r} is outside the sample of {ex.sample} rows")
+              for i, r in enumerate(ex.examples) if r >= ex.sample]
+    if spec.model.task == "multilabel":
+        found.append((("explain",), "explanations follow one predicted class or value a row, and model.task is "
+                      "multilabel"))
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from deployc import conventions as c
+from deployc.compiler.steps import EXPLAIN, PROFILE
 from deployc.errors import SpecFieldError
 from deployc.render import dump_json
 from deployc.targets import get_target, serves_metrics
@@ -85,7 +86,27 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
         "batching": batching_section(ctx, cfg),
         "metrics": {"latency_buckets": list(ctx.latency_buckets)},
         "limits": cfg.limits.model_dump(),  # timeouts, connections, in-flight body bytes (docs/serving.md)
+        **explain_fields(ctx),
     }
+
+
+EXPLAIN_BASELINE = "explain.npz"  # beside serving.json: the explanation's baseline row of each input
+
+
+def explain_fields(ctx: EmitContext) -> dict[str, Any]:
+    """serving.json's `explain` (the route's method and limits, docs/serving.md) and `input_monitor` (the input
+    ranges and reference feature bins the server counts against), where the build made them."""
+    found: dict[str, Any] = {}
+    ex = ctx.spec.explain
+    ref = ctx.step_results.get(EXPLAIN)
+    if ex is not None and ex.serve.enabled and ref is not None:
+        found["explain"] = {"method": ex.method, "steps": ex.steps, "samples": ex.samples,
+                            "max_rows": ex.serve.max_rows, "top_k": ex.top_k, "baseline": EXPLAIN_BASELINE,
+                            "features": list(ref["features"])}
+    prof = ctx.step_results.get(PROFILE)
+    if prof is not None:
+        found["input_monitor"] = prof["input_monitor"]
+    return found
 
 
 def prediction_fields(ctx: EmitContext) -> dict[str, Any]:
@@ -112,4 +133,6 @@ def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str
     }
     if ctx.labels:
         files["labels.txt"] = ("\n".join(ctx.labels) + "\n").encode()
+    if "explain" in explain_fields(ctx):
+        files[EXPLAIN_BASELINE] = (ctx.step_outputs[EXPLAIN] / "baseline.npz").read_bytes()
     return files

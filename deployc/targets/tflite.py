@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 import deployc
 from deployc import conventions as c
-from deployc.compiler.steps import REFERENCE, Step, StepContext, data_files
+from deployc.compiler.steps import EXPLAIN, REFERENCE, Step, StepContext, data_files
 from deployc.errors import GateError
 from deployc.render import dump_json, render_template
 from deployc.schema.base import Located, SpecModel
@@ -191,6 +191,17 @@ def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
         ctx.log("verifying model.tflite on data.eval")
         figures.update(_figures(ctx, path, conv.result, x, y, cfg.threads))
         result["reference"] = ctx.deps[REFERENCE].result.get("evaluation", {})
+        if EXPLAIN in ctx.deps:  # `explain:`: model.tflite's reasons against the original model's
+            from deployc.compiler import explaining
+            from deployc.ml.tflite import predict_tflite
+
+            ctx.log("explaining model.tflite")
+            out = _prediction(ctx, conv.result)
+            names = [t["name"] for t in ctx.deps[EXPLAIN].result["inputs"]]
+            found = explaining.artifact(ctx, explaining.by_position(
+                lambda feed: predict_tflite(path, feed, cfg.threads, output=out), names))
+            figures.update(found["figures"])
+            result["explanation"] = found["summary"]
     else:
         x = _calibration(ctx)  # None: zeros of each input's shape and dtype
     figures.update(measure_tflite(path, x, cfg.threads, ctx.resolved.measure.min_seconds,
@@ -224,6 +235,7 @@ class TFLiteTarget(Target):
         assert keras_model_step is not None, "check() refuses an ONNX model"
         auto = _is_auto(cfg)
         has_eval = spec.data.eval is not None
+        explained = has_eval and spec.explain is not None
         declared = list(spec.model.inputs) if spec.model.inputs else None
         base = {"config": cfg.model_dump(mode="json"), "task": spec.model.task,
                 "prediction": spec.model.prediction, "threshold": spec.model.threshold,
@@ -239,8 +251,10 @@ class TFLiteTarget(Target):
         verify = Step(
             id=VERIFY, description="run model.tflite with LiteRT on data.eval; measure size and latency",
             run=lambda ctx: run_verify(ctx, cfg),
-            deps=(CONVERT,) + ((REFERENCE,) if has_eval else ()),
-            params=dict(base, measure=spec.measure.model_dump(mode="json")),
+            deps=(CONVERT,) + ((REFERENCE,) if has_eval else ()) + ((EXPLAIN,) if explained else ()),
+            params=dict(base, measure=spec.measure.model_dump(mode="json"),
+                        **({"explain": spec.explain.model_dump(mode="json", exclude={"serve", "images"})}
+                           if explained and spec.explain else {})),
             input_files=data_files(spec, spec_dir, "eval", "calibration"), libs=LIBS, gated=True)
         return [convert, verify]
 

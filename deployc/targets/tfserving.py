@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from pydantic import Field, model_validator
 
 from deployc import conventions as c
-from deployc.compiler.steps import REFERENCE, Step, StepContext, data_files
+from deployc.compiler.steps import EXPLAIN, REFERENCE, Step, StepContext, data_files
 from deployc.errors import InputError
 from deployc.render import render_template
 from deployc.schema.base import Located, SpecModel
@@ -192,6 +192,15 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
         figures.update(compare(reference, pred, y, ctx.resolved.task, ctx.resolved.threshold))
         result["reference"] = ref_out.result.get("evaluation", {})
         one = {k: v[:1] for k, v in feed.items()}
+        if EXPLAIN in ctx.deps:  # `explain:`: the SavedModel's reasons against the original model's
+            from deployc.compiler import explaining
+
+            ctx.log("explaining the SavedModel")
+            ref_names = [t["name"] for t in ctx.deps[EXPLAIN].result["inputs"]]
+            found = explaining.artifact(ctx, explaining.by_position(
+                lambda part: run(feeds.feed(part, names, dtypes, "the exported SavedModel")), ref_names))
+            figures.update(found["figures"])
+            result["explanation"] = found["summary"]
     else:
         one = {t["name"]: np.zeros([1 if d == -1 else d for d in t["shape"]], dtype=dt)
                for t, dt in zip(info["inputs"], dtypes, strict=True)}
@@ -222,14 +231,18 @@ class TFServingTarget(Target):
         declared = list(spec.model.inputs) if spec.model.inputs else None
         inputs = [t.model_dump(mode="json") for t in declared or []]
         has_eval = spec.data.eval is not None
+        explained = has_eval and spec.explain is not None
         export = Step(id=EXPORT, description="export the Keras model as a SavedModel for TensorFlow Serving",
                       run=lambda ctx: run_export(ctx, keras_model_step, declared), deps=(keras_model_step,),
                       params={"inputs": inputs}, libs=LIBS)
         files = data_files(spec, spec_dir, "eval")
         verify = Step(id=VERIFY, description="load the SavedModel with TensorFlow and run it on data.eval",
-                      run=run_verify, deps=(EXPORT,) + ((REFERENCE,) if has_eval else ()),
+                      run=run_verify, deps=(EXPORT,) + ((REFERENCE,) if has_eval else ())
+                      + ((EXPLAIN,) if explained else ()),
                       params={"data": spec.data.model_dump(mode="json"), "task": spec.model.task,
-                              "measure": spec.measure.model_dump(mode="json")},
+                              "measure": spec.measure.model_dump(mode="json"),
+                              **({"explain": spec.explain.model_dump(mode="json", exclude={"serve", "images"})}
+                                 if explained and spec.explain else {})},
                       input_files=files, libs=LIBS, gated=True)
         return [export, verify]
 
