@@ -32,6 +32,8 @@ gates:
 measure: {min_seconds: 0.05}
 targets:
   local: {batching: {enabled: false}}
+slos:
+  - {kind: input-drift, min_rows: 50}
 """
 
 pytestmark = pytest.mark.slow
@@ -54,7 +56,7 @@ def test_report_explains_reference_and_every_artifact(built: Path) -> None:
     ex = report["explanation"]
     assert ex["method"] == "integrated-gradients" and ex["sample"] == 32 and ex["images"] == {"pixels": [8, 8]}
     assert ex["features"] == [f"pixels[{i}]" for i in range(64)]
-    assert ex["classes"] == [str(i) for i in range(10)]
+    assert ex["classes"] == [f"digit-{i}" for i in range(10)]
     assert set(ex["models"]) == {"reference", "onnx-fp32", "quantize-int8-dynamic"}
     for summary in ex["models"].values():
         assert len(summary["global"]) == 64 and len(summary["per_class"]) == 10
@@ -150,3 +152,117 @@ def test_validate_names_explain_problems(trained_digits: Path, tmp_path: Path) -
     (d / "g.yaml").write_text(no_explain)
     r = run_deployc("validate", "g.yaml", cwd=d)
     assert r.returncode == 1 and "gates.min_attribution_agreement: compares explanations: set `explain:`" in r.stderr
+
+
+def _body(x: np.ndarray) -> dict[str, object]:
+    return {"id": "r1", "inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
+                                    "data": x.ravel().tolist()}]}
+
+
+def test_explain_route_answers_with_the_builds_method(built: Path) -> None:
+    from serve_support import Server, metric_samples, metric_value
+
+    from deployc.ml.explain import Settings, explain
+
+    x = np.load(built / "data" / "eval.npz")["x"][:3].astype(np.float32)
+    bundle = built / "out" / "local"
+    with Server(bundle) as srv:
+        status, resp = srv.json("POST", "/v2/models/digits/explain", _body(x))
+        assert status == 200, resp
+        assert resp["method"] == "integrated-gradients" and resp["id"] == "r1"
+        attr = np.asarray(resp["outputs"][0]["data"]).reshape(resp["outputs"][0]["shape"])
+        assert resp["outputs"][0]["name"] == "pixels" and attr.shape == (3, 64)
+        # the same attributions as the library computes on the served model
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+
+        def predict(feed: object) -> np.ndarray:
+            return np.asarray(sess.run(None, {"pixels": feed["pixels"]})[0], dtype=np.float64)  # type: ignore[index]
+
+        pred = predict({"pixels": x})
+        targets = pred.argmax(axis=1)
+        with np.load(bundle / "explain.npz") as z:
+            base = {"pixels": z["pixels"]}
+        expect = explain(predict, {"pixels": x}, base, Settings("integrated-gradients"), targets)
+        assert np.allclose(attr, expect, atol=1e-6)
+        assert resp["outputs"][1] == {"name": "target", "shape": [3], "datatype": "INT64", "data": targets.tolist()}
+        top = resp["parameters"]["top_features"]
+        assert [t["feature"] for t in top[0]] == [f"pixels[{j}]" for j in np.argsort(-np.abs(expect[0]),
+                                                                                     kind="stable")[:5]]
+        status, resp = srv.json("POST", "/v2/models/digits/versions/1.0.0/explain", _body(x[:1]))
+        assert status == 200
+        status, resp = srv.json("POST", "/v2/models/digits/explain", _body(np.resize(x, (5, 64))))
+        assert status == 400 and "at most 4" in resp["error"]
+        status, resp = srv.json("POST", "/v2/models/digits/explain", {"inputs": [{"name": "pixels"}]})
+        assert status == 400
+        snap = metric_samples(srv)
+        assert metric_value(snap, "deployc_requests_total", route="explain", code="200") == 2
+        assert metric_value(snap, "deployc_requests_total", route="explain", code="400") == 2
+        assert metric_value(snap, "deployc_requests_total", route="infer") == 0
+        # explain requests are not inference traffic: the input counters stay at zero
+        assert metric_value(snap, "deployc_input_values_total") == 0
+        _, doc = srv.json("GET", "/v2/openapi.json")
+        assert "/v2/models/{name}/explain" in doc["paths"]
+
+
+def test_input_counters_follow_the_requests(built: Path) -> None:
+    from serve_support import Server, metric_samples, metric_value
+
+    cfg = json.loads((built / "out" / "local" / "serving.json").read_text())
+    mon = cfg["input_monitor"]
+    hi = mon["inputs"]["pixels"]["max"]
+    x = np.load(built / "data" / "eval.npz")["x"][:6].astype(np.float32)
+    x[2, 2] = hi + 1
+    x[3, 3] = -1
+    bad = x[4:].copy()  # non-finite values travel in binary (JSON has no NaN): over gRPC
+    bad[0, 0] = np.nan
+    bad[1, 1] = np.inf
+    with Server(built / "out" / "local", "--grpc-port", "0") as srv:
+        snap = metric_samples(srv)  # every series exists at 0 before the first request
+        for f in mon["features"]:
+            for b in range(len(f["edges"]) + 1):
+                assert ("deployc_feature_bin_total", tuple(sorted({"model": "digits", "version": "1.0.0",
+                        "feature": f["name"], "bin": str(b)}.items()))) in snap
+        status, _ = srv.json("POST", "/v2/models/digits/infer", _body(x[:4]))
+        assert status == 200
+        status, _, _ = srv.request("POST", "/invocations", {"instances": x[4:].tolist()})
+        assert status == 200
+        import re
+
+        import tritonclient.grpc as grpcclient
+
+        port = int(re.search(r"gRPC on 127\.0\.0\.1:(\d+)", srv.text()).group(1))  # type: ignore[union-attr]
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = grpcclient.InferInput("pixels", [2, 64], "FP32")
+        tensor.set_data_from_numpy(bad)
+        client.infer("digits", [tensor])
+        client.close()
+        snap = metric_samples(srv)
+    assert metric_value(snap, "deployc_input_values_total", input="pixels") == 8 * 64
+    assert metric_value(snap, "deployc_input_nonfinite_values_total", input="pixels") == 2
+    assert metric_value(snap, "deployc_input_out_of_range_values_total", input="pixels") == 2
+    rows = np.concatenate([x, bad])
+    for f in mon["features"]:
+        col = rows[:, f["index"]]
+        col = col[np.isfinite(col)]
+        counts = np.bincount(np.searchsorted(f["edges"], col, side="right"), minlength=len(f["edges"]) + 1)
+        got = [metric_value(snap, "deployc_feature_bin_total", feature=f["name"], bin=str(b))
+               for b in range(len(counts))]
+        assert got == counts.tolist(), f["name"]
+
+
+def test_input_drift_rules_pass_promtool(built: Path) -> None:
+    import shutil
+    import subprocess
+
+    rules = built / "out" / "monitoring" / "prometheus-rules.yaml"
+    text = rules.read_text()
+    assert "DeploycInputDrift" in text and "DeploycInputQuality" in text
+    if shutil.which("promtool") is None:
+        pytest.skip("Debian's `prometheus` package (promtool) is not installed (make test installs it)")
+    r = subprocess.run(["promtool", "test", "rules", "prometheus-rules.test.yaml"], cwd=rules.parent,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tests = (rules.parent / "prometheus-rules.test.yaml").read_text()
+    assert "every row in its rarest bin" in tests and "bad values in input pixels" in tests

@@ -25,6 +25,7 @@ from deployc.serve.batcher import Batcher
 from deployc.serve.bodies import error_response
 from deployc.serve.codec import ClientError
 from deployc.serve.config import ServingConfig
+from deployc.serve.explain import explain_route
 from deployc.serve.limits import ABORTED_KEY, STATE_KEY, LimitsState
 from deployc.serve.metrics import ServerMetrics
 from deployc.serve.openapi import OPENAPI_PATH, openapi
@@ -131,6 +132,7 @@ def _routes(state: ServerState) -> list[Route]:
         ("", "GET", h.model_metadata, C.ROUTE_METADATA, True),
         ("/ready", "GET", h.model_ready, C.ROUTE_HEALTH, False),
         ("/infer", "POST", h.infer, C.ROUTE_INFER, True),
+        ("/explain", "POST", explain_route, C.ROUTE_EXPLAIN, True),
     ]
     # inference first: Starlette tries routes in order (no two of these patterns match the same path)
     table = [(base + tail, method, fn, route, protected)

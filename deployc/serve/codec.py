@@ -52,6 +52,17 @@ class ClientError(Exception):
         self.headers = headers  # extra response headers (e.g. Accept-Encoding on a 415)
 
 
+class NonFiniteInput(ClientError):
+    """A 400 for NaN or infinite input values; the server still counts them (input monitoring, docs/serving.md)."""
+
+    def __init__(self, message: str, input_name: str, arr: np.ndarray):
+        super().__init__(400, message)
+        self.input_name = input_name
+        self.size = int(arr.size)
+        with np.errstate(invalid="ignore"):
+            self.count = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+
+
 _DTYPE_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
 # The binary tensor extension's element encodings: little-endian, whatever the host. BYTES elements have no fixed
 # size (each is a 4-byte little-endian length, then the bytes); BF16 is a datatype numpy has no dtype for.
@@ -91,8 +102,8 @@ def to_array(data: Any, spec: TensorSpec, what: str, shape: list[Any] | None = N
             raise ClientError(400, f"{what}: a value is out of range for datatype {spec.datatype}")
     arr = arr.astype(want, copy=False)
     if want.kind == "f" and not np.isfinite(arr).all():
-        raise ClientError(400, f"{what}: data contains a non-finite number (NaN or Infinity, or too large for "
-                               f"{spec.datatype})")
+        raise NonFiniteInput(f"{what}: data contains a non-finite number (NaN or Infinity, or too large for "
+                             f"{spec.datatype})", spec.name, arr)
     if shape is not None:
         shape = check_shape_list(shape, what)
         if math.prod(shape) != arr.size:
@@ -110,7 +121,8 @@ EXACT_FLOAT_INT = 2 ** 53
 def _integral(arr: np.ndarray, spec: TensorSpec, what: str) -> bool:
     """Whether floats given for an integer input are whole numbers (`3.0` is 3), exactly representable."""
     if not np.isfinite(arr).all():
-        raise ClientError(400, f"{what}: data contains a non-finite number; datatype {spec.datatype} takes integers")
+        raise NonFiniteInput(f"{what}: data contains a non-finite number; datatype {spec.datatype} takes integers",
+                             spec.name, arr)
     if np.abs(arr).max() > EXACT_FLOAT_INT:
         raise ClientError(400, f"{what}: a number written with a fraction or exponent is past 2**53, where it is not "
                                f"exact; write the integers of datatype {spec.datatype} as JSON integers")
@@ -311,7 +323,7 @@ def _binary_input(t: dict[str, Any], spec: TensorSpec, name: str, buf: memoryvie
     if datatype == "BOOL" and arr.size and np.frombuffer(buf, dtype=np.uint8).max() > 1:
         raise ClientError(400, f"{what}: BOOL elements must be the bytes 0 or 1")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ClientError(400, f"{what}: data contains a non-finite number (NaN or Infinity)")
+        raise NonFiniteInput(f"{what}: data contains a non-finite number (NaN or Infinity)", spec.name, arr)
     check_shape(arr, spec, what)
     return arr
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from deployc import conventions as C
 from deployc.errors import InputError
+from deployc.serve.inputs import ExplainConfig, InputMonitor, parse_explain, parse_input_monitor
 from deployc.serve.limits import Limits
 
 # serving.json's `task`: what the prediction output holds. "other" is what bundles without a task said.
@@ -70,6 +71,8 @@ class ServingConfig:
     limits: Limits = Limits()  # timeouts, connections, in-flight body bytes (deployc/serve/limits.py)
     prediction: str = ""  # the output the predicted-class counter watches and labels.txt names; "": the first
     threshold: float = DEFAULT_THRESHOLD  # binary: a row is class 1 when its probability is at least this
+    explain: ExplainConfig | None = None  # the explain route's method and limits; None: the route answers 404
+    input_monitor: InputMonitor | None = None  # input ranges and watched features; None: no input counters
 
     @property
     def config_path(self) -> Path:
@@ -271,4 +274,11 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
         limits=_limits(_get(raw, "limits", dict, f"{w}:", {}), f"{w}: limits"),
     )
     _check_ranges(cfg, w)
-    return cfg
+    shapes = {t.name: t.shape for t in cfg.inputs}
+    extra: dict[str, Any] = {}
+    if raw.get("input_monitor") is not None:
+        extra["input_monitor"] = parse_input_monitor(raw["input_monitor"], shapes, f"{w}: input_monitor")
+    if raw.get("explain") is not None:
+        extra["explain"] = parse_explain(raw["explain"], shapes, {t.name: DATATYPES[t.datatype] for t in cfg.inputs},
+                                         root, f"{w}: explain")
+    return replace(cfg, **extra) if extra else cfg

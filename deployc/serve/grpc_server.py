@@ -201,8 +201,13 @@ async def model_infer(state: ServerState, request: Any) -> Any:
     gauge.inc()
     submitted = False
     try:
-        feed, wanted = decode_request(request, cfg)
+        try:
+            feed, wanted = decode_request(request, cfg)
+        except codec.NonFiniteInput as e:
+            state.metrics.observe_nonfinite(e.input_name, e.count, e.size)
+            raise
         rows = codec.rows_of(feed, cfg.inputs)
+        state.metrics.observe_inputs(feed)
         batcher.arrived()
         submitted = True
         outs = await batcher.infer(feed, rows)
@@ -275,7 +280,7 @@ def _from_raw(data: bytes, spec: TensorSpec, shape: list[int], what: str) -> np.
     if spec.datatype == "BOOL" and arr.size and arr.view(np.uint8).max() > 1:
         raise ClientError(400, f"{what}: BOOL bytes must be 0 or 1")
     if dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ClientError(400, f"{what}: data contains a non-finite number (NaN or Infinity)")
+        raise codec.NonFiniteInput(f"{what}: data contains a non-finite number (NaN or Infinity)", spec.name, arr)
     arr = arr.astype(dtype.newbyteorder("="), copy=False)
     codec.check_shape(arr, spec, what)
     return arr

@@ -79,8 +79,13 @@ async def _run(state: ServerState, request: Request, decode: Any) -> tuple[Any, 
         body = await read_body(request, state.cfg.max_body_bytes)
         batcher.arriving += 1
         arriving = True
-        feed, extra = decode(body)
+        try:
+            feed, extra = decode(body)
+        except codec.NonFiniteInput as e:  # refused (400), and counted as bad input values
+            state.metrics.observe_nonfinite(e.input_name, e.count, e.size)
+            raise
         rows = codec.rows_of(feed, state.cfg.inputs)
+        state.metrics.observe_inputs(feed)
         batcher.arrived()
         submitted = True
         outs = await batcher.infer(feed, rows, lone=state.lone_http_request())

@@ -24,6 +24,7 @@ from prometheus_client import (
 
 from deployc import conventions as C
 from deployc.serve.config import ServingConfig
+from deployc.serve.inputs import InputCounts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _HEADER_BYTES = 8  # a worker's metrics file starts with its used length and padding
@@ -75,6 +76,9 @@ class ServerMetrics:
             self._class_names = list(cfg.labels or [])
             self._class_names += [str(i) for i in range(len(self._class_names), n)]
         self._children: dict[tuple[str, ...], Any] = {}
+        self._inputs: InputCounts | None = None
+        if cfg.input_monitor is not None:
+            self._input_counters(cfg)
         self.batch_child = self.batch.labels(*self._base)
         self.in_flight_child = self.in_flight.labels(*self._base)
 
@@ -86,6 +90,47 @@ class ServerMetrics:
                                            self.duration.labels(*self._base, route))
         child[0].inc()
         child[1].observe(seconds)
+
+    def _input_counters(self, cfg: ServingConfig) -> None:
+        """The input-monitoring counters (serving.json's `input_monitor`), every series created at 0."""
+        assert cfg.input_monitor is not None
+        base, r = (C.LABEL_MODEL, C.LABEL_VERSION), self.registry
+        per_input = base + (C.LABEL_INPUT,)
+        values = Counter(C.METRIC_INPUT_VALUES, "Input values received on inference routes.", per_input, registry=r)
+        nonfinite = Counter(C.METRIC_INPUT_NONFINITE, "Input values that were NaN or infinite.", per_input,
+                            registry=r)
+        outside = Counter(C.METRIC_INPUT_OUT_OF_RANGE, "Finite input values outside data.eval's range.", per_input,
+                          registry=r)
+        bins = Counter(C.METRIC_FEATURE_BINS, "Rows per bin of each watched input feature (data.eval's quantiles).",
+                       base + (C.LABEL_FEATURE, C.LABEL_BIN), registry=r)
+        self._inputs = InputCounts(cfg.input_monitor)
+        self._input_children = {t.name: (values.labels(*self._base, t.name), nonfinite.labels(*self._base, t.name),
+                                         outside.labels(*self._base, t.name)) for t in cfg.inputs}
+        self._bin_children = {f.name: [bins.labels(*self._base, f.name, str(b)) for b in range(f.bins)]
+                              for f in cfg.input_monitor.features}
+
+    def observe_inputs(self, feed: dict[str, np.ndarray]) -> None:
+        """Count one inference request's inputs (decoded and validated, before the model runs)."""
+        if self._inputs is None:
+            return
+        per_input, bins = self._inputs.count(feed)
+        for name, counts in per_input.items():
+            children = self._input_children.get(name)
+            if children is not None:
+                for child, n in zip(children, counts, strict=True):
+                    if n:
+                        child.inc(n)
+        for name, per_bin in bins.items():
+            bin_children = self._bin_children[name]
+            for b in np.flatnonzero(per_bin):
+                bin_children[int(b)].inc(int(per_bin[b]))
+
+    def observe_nonfinite(self, name: str, count: int, size: int) -> None:
+        """An inference request refused for `count` NaN or infinite values among `size` of input `name`."""
+        children = self._input_children.get(name) if self._inputs is not None else None
+        if children is not None:
+            children[0].inc(size)
+            children[1].inc(count)
 
     def observe_batch(self, rows: int) -> None:
         self.batch_child.observe(rows)

@@ -187,7 +187,22 @@ def _inference_paths(cfg: ServingConfig, op: _Operations) -> dict[str, Any]:
                protected=True)
     infer_headers = [HEADER_LENGTH, CONTENT_ENCODING, ACCEPT_ENCODING]
     invocations_body, invocations_ok = _invocations_bodies()
+    explain: dict[str, Any] = {}
+    if cfg.explain is not None:  # docs/serving.md, "Explanations"
+        ok = _json_body({"type": "object", "required": ["model_name", "method", "outputs"], "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "method": {"type": "string", "enum": [cfg.explain.method]},
+            "outputs": {"type": "array", "items": {"type": "object"}},
+            "parameters": {"type": "object"}}}, "attributions per input (its shape), the explained output column "
+            "(`target`) and value (`target_value`) per row, and each row's top features")
+        op_ = op(f"Explain the rows ({cfg.explain.method}, at most {cfg.explain.max_rows} rows)", ok,
+                 (400, 404, 413), body={"required": True, "content": {_JSON: {"schema": _ref("InferenceRequest")}}},
+                 protected=True)
+        explain = {"/v2/models/{name}/explain": {"post": {**op_, "parameters": [model_name]}},
+                   "/v2/models/{name}/versions/{version}/explain": {"post": {**op_, "parameters": [model_name,
+                                                                                                  version]}}}
     return {
+        **explain,
         "/v2/models/{name}/infer": {"post": {**infer, "parameters": [model_name, *infer_headers]}},
         "/v2/models/{name}/versions/{version}/infer": {"post": {**infer, "parameters": [model_name, version,
                                                                                         *infer_headers]}},
