@@ -143,11 +143,17 @@ HASH = "<hash>"
 TIMING_FIGURES = frozenset({"latency_p50_ms", "latency_p99_ms", "throughput_rows_s", "speedup_p50"})
 INVARIANCE_FIGURES = frozenset({"max_abs_diff", "relative_diff", "changed_predictions"})  # float rounding
 MODEL_FIGURES = frozenset({"accuracy", "agreement", "max_abs_error", "relative_error", "auc", "r2",
-                           "non_finite_outputs"})
+                           "non_finite_outputs", "confusion", "attribution_rank_correlation",
+                           "attribution_top_k_overlap", "attribution_example_correlation", "attribution_agreement",
+                           "global", "per_class", "attributions", "importance", "target"})
+# explanations name the features a model finds most important: which ones is a property of the trained model
+MODEL_RANKINGS = frozenset({"top"})
+TIMING_DISTRIBUTIONS = frozenset({"latency_percentiles_ms"})
+DRAWN = ("report.html", "charts/")  # drawn from report.json, timings included: compared through report.json
 SIZE_FIGURES = frozenset({"size_bytes", "gzip_bytes", "size_ratio", "size"})
 TIMING_COLUMNS = frozenset({"p50 ms", "p99 ms", "rows/s", "speed-up"})  # report.md
 MODEL_COLUMNS = frozenset({"accuracy", "AUC", "R²", "agreement", "max abs err", "rel err", "size", "gzip",
-                           "size ×"})
+                           "size ×", "attribution agr."})
 MODEL_SUFFIXES = (".onnx", ".tflite", ".keras", ".pb", ".index", ".data-00000-of-00001")
 # 12 to 64 hex digits with a letter among them, not part of a float such as 1.9310287804798353e-06 (a hash
 # may well read like 34e379298105, which has no sign)
@@ -241,6 +247,8 @@ def _step_keys(files: Files) -> dict[str, str]:
 
 def _normalize_file(rel: str, data: bytes, reproducible: bool, hashes: Hashes, paths: Mapping[Path, str]
                     ) -> bytes:
+    if rel.startswith(DRAWN):
+        return f"<drawn from report.json: {rel}>\n".encode()
     if not reproducible and rel.endswith(MODEL_SUFFIXES):
         return f"<model file, {rel.rsplit('/', 1)[-1]}: not byte-identical across machines>\n".encode()
     if rel.endswith(".tar.gz"):
@@ -261,6 +269,11 @@ def _normalize_file(rel: str, data: bytes, reproducible: bool, hashes: Hashes, p
 
 
 def _walk(value: Any, reproducible: bool, key: str = "") -> Any:
+    if key in TIMING_DISTRIBUTIONS:
+        return TIMING
+    if not reproducible and (key in MODEL_RANKINGS or (key == "features" and isinstance(value, list) and value
+                                                       and isinstance(value[0], dict) and "edges" in value[0])):
+        return MEASURED  # the explanation's ranking, and the watched features chosen by it
     if isinstance(value, dict):
         gate = value.get("gate")
         if isinstance(gate, str) and "value" in value and (not reproducible or _timing_gate(gate)):
@@ -314,6 +327,8 @@ def _markdown(text: str, reproducible: bool) -> str:
 
 def _cell(header: list[str], cells: list[str], i: int, reproducible: bool) -> str:
     value = cells[i]
+    if not reproducible and i < len(header) and header[i].startswith("top ") and "features" in header[i]:
+        return MEASURED  # the explanation's ranking of features
     if i >= len(header) or not re.fullmatch(rf"{_CELL_NUM}(?: KiB| MiB|x)?( / {_CELL_NUM})?", value):
         return value
     column, row = header[i], dict(zip(header, cells, strict=False))

@@ -45,8 +45,10 @@ def test_build_writes_verified_bundle_and_rebuild_is_cached_and_identical(projec
     first = run_deployc("build", "deploy.yaml", "--out", str(out), cwd=project, cache_dir=cache)
     assert first.returncode == 0, first.stderr
     files = tree(out)
-    assert set(files) == {"manifest.json", "report.json", "report.md", "plan.json", "local/model.onnx",
-                          "local/serving.json", "local/labels.txt"}
+    charts = {f for f in files if f.startswith("charts/")}
+    assert set(files) - charts == {"manifest.json", "report.json", "report.md", "report.html", "plan.json",
+                                   "local/model.onnx", "local/serving.json", "local/labels.txt"}
+    assert {"charts/pareto.svg", "charts/latency.svg", "charts/confusion.svg"} <= charts
     manifest = json.loads(files["manifest.json"])
     for rel, meta in manifest["files"].items():
         assert hashlib.sha256(files[rel]).hexdigest() == meta["sha256"] and len(files[rel]) == meta["size"]

@@ -132,7 +132,11 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Latency, int]]:
 def _check(spy: list[tuple[Latency, int]], figures: dict[str, Any]) -> None:
     (lat, n), = spy
     assert n == lat.warmup_iterations + lat.iterations and lat.iterations >= measure.MIN_ITERATIONS
-    assert {k: figures[k] for k in ("latency_p50_ms", "latency_p99_ms")} == lat.figures()
+    assert {k: figures[k] for k in lat.figures()} == lat.figures()
+    dist = figures["latency_percentiles_ms"]  # the report's latency chart: percentiles of the same calls
+    assert list(dist) == [str(q) for q in measure.DISTRIBUTION]
+    assert dist["50"] == figures["latency_p50_ms"] and dist["99"] == figures["latency_p99_ms"]
+    assert list(dist.values()) == sorted(dist.values())
 
 
 def test_onnx_latency_comes_from_the_module(spy: list[tuple[Latency, int]], tmp_path: Path) -> None:

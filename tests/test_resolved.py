@@ -83,7 +83,9 @@ def test_digits_example_names_its_input_from_the_keras_file(digits: Path) -> Non
     assert r.outputs == ()  # known once the conversion has run
     assert {w: (list(ds.inputs), ds.x.key, ds.labels.key if ds.labels else None) for w, ds in r.data.items()} == {
         "eval": (["pixels"], "x", "y"), "calibration": (["pixels"], "x", None), "train": (["pixels"], "x", "y")}
-    assert r.gates.limits() == (("max_accuracy_drop", 0.01), ("min_agreement", 0.98), ("max_size_mb", 1.0))
+    assert r.gates.limits() == (("max_accuracy_drop", 0.01), ("min_agreement", 0.98), ("max_size_mb", 1.0),
+                                ("min_attribution_agreement", 0.8))
+    assert r.explain is not None and r.explain.method == "integrated-gradients" and r.explain.sample == 64
     assert [(u.name, u.config.mode) for u in r.passes] == [("quantize", "int8-dynamic")]
     assert r.target_names() == ("local", "tflite", "sagemaker")
     assert (r.local.port, r.local.batching.max_batch_size, r.local.batching.max_delay_ms) == (8080, 32, 2.0)

@@ -336,7 +336,7 @@ def test_read_only_output_folder_and_cache(tmp_path: Path) -> None:
 def test_a_full_disk_leaves_the_previous_build(tmp_path: Path) -> None:
     folder = tmp_path / "p"
     project(folder)
-    with mounted(tmp_path / "small", "size=64k") as small:
+    with mounted(tmp_path / "small", "size=256k") as small:
         out = small / "out"
         small_spec = folder / "deploy.yaml"
         r = run_deployc("build", str(small_spec), "-q", "--out", str(out), cwd=folder, cache_dir=tmp_path / "cache")

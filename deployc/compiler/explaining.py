@@ -18,6 +18,11 @@ Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 CHUNK = 4096  # rows per model call
 
 
+def model_path(out: Any) -> Path:
+    """The model file a model-producing step left in its folder (as deployc.compiler.ops reads it)."""
+    return Path(out.dir) / str(out.result["model"])
+
+
 def settings(ctx: StepContext) -> Any:
     from deployc.ml.explain import Settings
 
@@ -84,12 +89,12 @@ def _keras_predictor(path: Path, fmt: str, output: str | None, single: bool) -> 
 
     quiet_tensorflow()
     if fmt == "savedmodel":
-        from deployc.compiler.ops import _predict_savedmodel
+        from deployc.ml.evaluate import predict_savedmodel
 
         def run_saved(feed: Mapping[str, np.ndarray]) -> np.ndarray:
             x = next(iter(feed.values())) if single else dict(feed)
             n = feeds.rows(feed)
-            return _two_d(np.concatenate([_predict_savedmodel(path, feeds.take(x, slice(i, i + CHUNK)), output)
+            return _two_d(np.concatenate([predict_savedmodel(path, feeds.take(x, slice(i, i + CHUNK)), output)
                                           for i in range(0, n, CHUNK)]))
         return run_saved
 
@@ -112,7 +117,6 @@ def _keras_predictor(path: Path, fmt: str, output: str | None, single: bool) -> 
 def reference(ctx: StepContext, onnx_step: str) -> dict[str, Any]:
     """Step `explain:reference`: the original model's attributions on the sample (exact TensorFlow gradients for
     integrated gradients of a Keras or SavedModel model), the baseline, and their summary."""
-    from deployc.compiler.ops import model_path
     from deployc.ml import explain as E
 
     r, ex = ctx.resolved, ctx.resolved.explain

@@ -54,13 +54,13 @@ def reference(ctx: StepContext) -> dict[str, Any]:
     """The original model's outputs on data.eval: what every artifact is checked against."""
     import numpy as np
 
-    from deployc.ml.evaluate import class_distribution, compare, predict
+    from deployc.ml.evaluate import class_distribution, compare, predict, predict_savedmodel
 
     out = ctx.deps[SOURCE]
     x, y = ctx.data("eval")
     fmt, r = out.result["format"], ctx.resolved
     # SavedModels run through their serving signature itself (the source of their ONNX conversion)
-    pred = (_predict_savedmodel(model_path(out), x, r.prediction) if fmt == "savedmodel"
+    pred = (predict_savedmodel(model_path(out), x, r.prediction) if fmt == "savedmodel"
             else predict(model_path(out), fmt, x, output=r.prediction))
     _check_task_shape(r, pred)
     np.save(ctx.out_dir / "predictions.npy", pred, allow_pickle=False)
@@ -96,24 +96,6 @@ def _check_task_shape(r: Any, pred: Any) -> None:
             "multilabel": "a multilabel output holds rows x labels"}.get(r.task, "")
     raise InputError(f"model.task is {r.task}, and the prediction output holds {shape} per row, which has no "
                      f"predicted class for {', '.join(class_gates)}: {hint}")
-
-
-def _predict_savedmodel(path: Path, x: Any, output: str | None) -> Any:
-    import numpy as np
-
-    from deployc.ml import feeds
-    from deployc.ml.convert import quiet_tensorflow
-
-    quiet_tensorflow()
-    import tensorflow as tf
-
-    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
-    _, kwargs = fn.structured_input_signature
-    names = sorted(kwargs)
-    feed = feeds.feed(x, names, [kwargs[n].dtype.as_numpy_dtype for n in names], "the SavedModel")
-    outs = fn(**{n: tf.constant(a) for n, a in feed.items()})
-    keys = sorted(outs)
-    return np.asarray(outs[keys[feeds.output_index(keys, output, "the SavedModel")]], dtype=np.float32)
 
 
 @dataclass(frozen=True)

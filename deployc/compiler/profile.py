@@ -21,8 +21,7 @@ __all__ = ["PROFILE", "run"]
 def run(ctx: StepContext, model_step: str, features: list[str] | None, top_k: int, bins: int,
         where: tuple[str | int, ...]) -> dict[str, Any]:
     """`features`: the names the spec gives (at `where`), or None to choose `top_k` of them."""
-    from deployc.compiler.explaining import onnx_predictor
-    from deployc.compiler.ops import model_path
+    from deployc.compiler.explaining import model_path, onnx_predictor
     from deployc.ml.explain import feature_list
 
     _, names, dtypes = onnx_predictor(model_path(ctx.deps[model_step]), ctx.resolved.prediction)

@@ -187,7 +187,33 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
     for which, ds in sets:
         found += content.data_problems(base, which, ds, dtypes, spec.model.task)
     return (found + _declared_inputs_problems(base, spec) + _input_mapping_problems(sets, [t.name for t in inputs])
-            + _prediction_problems(base, spec, fmt) + _explain_input_problems(spec, inputs))
+            + _prediction_problems(base, spec, fmt) + _explain_input_problems(spec, inputs)
+            + _watched_feature_problems(spec, inputs))
+
+
+def _watched_feature_problems(spec: DeploySpec, inputs: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+    """An input-drift SLO's `features` must name elements of the model's inputs (where their shapes are known)."""
+    from deployc.schema.slo import InputDriftSLO
+
+    shapes = {t.name: t.shape[1:] for t in inputs}
+    found: list[tuple[tuple[Any, ...], str]] = []
+    for i, s in enumerate(spec.slos):
+        if not isinstance(s, InputDriftSLO) or not s.features or not shapes:
+            continue
+        for j, f in enumerate(s.features):
+            name, _, rest = f.rpartition("[")
+            index = int(rest.rstrip("]"))
+            if name not in shapes:
+                found.append((("slos", i, "features", j), f"no model input named {name!r} (its inputs: "
+                              f"{', '.join(shapes)})"))
+                continue
+            size = 1
+            for d in shapes[name]:
+                size *= d
+            if all(d > 0 for d in shapes[name]) and index >= size:
+                found.append((("slos", i, "features", j), f"{name} holds {size} values a row: indices 0 to "
+                              f"{size - 1}"))
+    return found
 
 
 def _explain_input_problems(spec: DeploySpec, inputs: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:

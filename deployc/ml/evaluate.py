@@ -78,6 +78,22 @@ def predict_keras(path: Path, x: feeds.Inputs, batch_size: int = 256, output: st
     return keras_output(model, model.predict(keras_feed(model, x), batch_size=batch_size, verbose=0), output)
 
 
+def predict_savedmodel(path: Path, x: Any, output: str | None) -> Any:
+    """The prediction output of a SavedModel's serving signature (the source of its ONNX conversion)."""
+    from deployc.ml.convert import quiet_tensorflow
+
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    _, kwargs = fn.structured_input_signature
+    names = sorted(kwargs)
+    feed = feeds.feed(x, names, [kwargs[n].dtype.as_numpy_dtype for n in names], "the SavedModel")
+    outs = fn(**{n: tf.constant(a) for n, a in feed.items()})
+    keys = sorted(outs)
+    return np.asarray(outs[keys[feeds.output_index(keys, output, "the SavedModel")]], dtype=np.float32)
+
+
 def predict(path: Path, fmt: str, x: feeds.Inputs, batch_size: int = 256, output: str | None = None) -> np.ndarray:
     if fmt == "onnx":
         return predict_onnx(path, x, batch_size, output=output)

@@ -5,10 +5,8 @@ import hashlib
 from typing import Any
 
 from deployc import conventions as C
-from deployc.monitoring.inputs import InputSLO
-from deployc.monitoring.inputs import panels as input_panels
-from deployc.monitoring.model import BudgetSLO, DriftSLO
-from deployc.monitoring.promql import infer_routes, selector
+from deployc.monitoring.model import BudgetSLO, DriftSLO, InputSLO, num
+from deployc.monitoring.promql import infer_routes, selector, slo_selector
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -60,6 +58,16 @@ def panels(slos: list[BudgetSLO | DriftSLO | InputSLO], model: str) -> list[dict
         p["id"] = i + 1
         p["gridPos"] = {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)}
     return out
+
+
+def input_panels(slo: InputSLO, model: str) -> list[dict[str, Any]]:
+    """Grafana panels: PSI per watched feature, bad-value share per input."""
+    return [_panel(f"Input drift (PSI per feature over {slo.window})",
+                   [(slo_selector(C.SLO_FEATURE_DRIFT, slo.name, model), "{{feature}}")], "none",
+                   description=f"Alert above {num(slo.max_psi)} (SLO {slo.name})."),
+            _panel(f"Bad input values (share over {slo.window})",
+                   [(slo_selector(C.SLO_INPUT_BAD_SHARE, slo.name, model), "{{input}}")], "percentunit",
+                   description="NaN, infinite or outside data.eval's range.")]
 
 
 def dashboard(slos: list[BudgetSLO | DriftSLO | InputSLO], model: str, version: str, spec_file: str) -> dict[str, Any]:

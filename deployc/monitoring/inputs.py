@@ -10,56 +10,13 @@ share = (non-finite + out-of-range values) / values over `window`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from deployc import conventions as C
-from deployc.errors import InputError
-from deployc.monitoring.model import num
-from deployc.monitoring.promql import quote, selector, slo_selector
+from deployc.monitoring.model import InputSLO, num
+from deployc.monitoring.promql import selector, slo_selector
 from deployc.monitoring.rules import with_user_annotations
-from deployc.schema.base import duration_seconds
-from deployc.schema.slo import AlertMeta, InputDriftSLO, slo_name
-
-
-@dataclass(frozen=True)
-class WatchedFeature:
-    name: str  # input[i]
-    reference: tuple[float, ...]  # data.eval's share of rows in each bin ("0", "1", ...)
-
-
-@dataclass(frozen=True)
-class InputSLO:
-    """An input-drift SLO, resolved with the build's input profile."""
-
-    name: str
-    description: str | None
-    max_psi: float
-    max_bad_share: float
-    window: str
-    for_: str
-    min_rows: int
-    features: tuple[WatchedFeature, ...]
-    inputs: tuple[str, ...]  # inputs whose values are range-checked
-    severity: str
-    enabled: bool
-    alerting: AlertMeta
-
-
-def resolve_input_slo(s: InputDriftSLO, profile: Mapping[str, Any] | None) -> InputSLO:
-    if profile is None:
-        raise InputError("an input-drift SLO needs the build's input profile (step profile:inputs, on data.eval)")
-    feats = []
-    for f in profile.get("features", []):
-        ref = tuple(float(p) for p in f["reference"])
-        if not ref or any(not math.isfinite(p) or p < 0 for p in ref) or abs(sum(ref) - 1) > 1e-6:
-            raise InputError(f"feature {f['name']}: reference bin shares must sum to 1, got {list(ref)}")
-        feats.append(WatchedFeature(str(f["name"]), ref))
-    return InputSLO(name=slo_name(s), description=s.description, max_psi=s.max_psi, max_bad_share=s.max_bad_share,
-                    window=s.window, for_=s.for_, min_rows=s.min_rows, features=tuple(feats),
-                    inputs=tuple(sorted(profile.get("inputs", {}))), severity=s.alerting.severity,
-                    enabled=s.alerting.enabled, alerting=s.alerting)
 
 
 def reference_rules(slo: InputSLO, model: str) -> list[dict[str, Any]]:
@@ -133,98 +90,3 @@ def psi(live: Sequence[float], reference: Sequence[float]) -> float:
     eps = C.PSI_EPSILON
     pairs = ((max(q, eps), max(p, eps)) for q, p in zip(live, reference, strict=True))
     return sum((q - p) * math.log(q / p) for q, p in pairs)
-
-
-# --- promtool unit tests ------------------------------------------------------------------------------------------
-
-def _minutes(text: str) -> int:
-    return int(duration_seconds(text) // 60)
-
-
-def unit_tests(slo: InputSLO, model: str, version: str, eval_minutes: int) -> list[dict[str, Any]]:
-    """Every watched feature at its reference shares (quiet, PSI checked), the first feature all in its rarest bin
-    (its alert fires, the others' do not), the same with fewer rows than min_rows (quiet), and one input with too
-    many bad values (the quality alert fires for it alone)."""
-    from deployc.monitoring.promtests import _close_to, _expected_alert, _series
-
-    if not slo.features and not slo.inputs:
-        return []
-    minutes = (-(-(_minutes(slo.window) + _minutes(slo.for_) + 10) // eval_minutes) + 1) * eval_minutes
-    at = f"{minutes}m"
-    base = {C.LABEL_SLO: slo.name, C.LABEL_MODEL: model}
-    per_minute = max(1000, 2 * slo.min_rows)
-    drift_rule, bad_rule = alert_rules(slo, model)
-
-    def bins(counts: dict[str, list[float]]) -> list[dict[str, str]]:
-        return [_series(C.METRIC_FEATURE_BINS, {C.LABEL_MODEL: model, C.LABEL_VERSION: version,
-                                                 C.LABEL_FEATURE: f, C.LABEL_BIN: str(b)}, n, minutes)
-                for f, row in counts.items() for b, n in enumerate(row) if n > 0]
-
-    def drift_case(name: str, counts: dict[str, list[float]], check: bool) -> dict[str, Any]:
-        expected = []
-        for f in slo.features:
-            row = counts[f.name]
-            value = psi([n / sum(row) for n in row], f.reference)
-            if slo.enabled and value > slo.max_psi and sum(row) * _minutes(slo.window) >= slo.min_rows:
-                labels = {**base, C.LABEL_FEATURE: f.name, **drift_rule["labels"]}
-                expected.append(_expected_alert(labels, drift_rule["annotations"]))
-        t: dict[str, Any] = {"name": f"{slo.name}: {name}", "interval": "1m", "input_series": bins(counts),
-                             "alert_rule_test": [{"eval_time": at, "alertname": C.ALERT_INPUT_DRIFT,
-                                                  "exp_alerts": expected}]}
-        if check:
-            t["promql_expr_test"] = [
-                _close_to(f"{C.SLO_FEATURE_DRIFT}{{{C.LABEL_SLO}={quote(slo.name)},{C.LABEL_MODEL}={quote(model)},"
-                          f"{C.LABEL_FEATURE}={quote(f.name)}}}",
-                          psi([n / sum(counts[f.name]) for n in counts[f.name]], f.reference),
-                          {**base, C.LABEL_FEATURE: f.name}, at) for f in slo.features]
-        return t
-
-    tests = []
-    if slo.features:
-        matching = {f.name: [float(round(p * per_minute)) for p in f.reference] for f in slo.features}
-        tests.append(drift_case("every feature at its reference shares", matching, True))
-        first = slo.features[0]
-        rare = min(range(len(first.reference)), key=lambda i: (first.reference[i], i))
-        shifted = dict(matching, **{first.name: [float(per_minute) if i == rare else 0.0
-                                                 for i in range(len(first.reference))]})
-        if psi([n / per_minute for n in shifted[first.name]], first.reference) > slo.max_psi * 1.05:
-            tests.append(drift_case(f"{first.name}: every row in its rarest bin", shifted, True))
-            if slo.min_rows > 1:
-                scale = slo.min_rows / (2 * _minutes(slo.window) * per_minute)
-                few = {f: [n * scale for n in row] for f, row in shifted.items()}
-                tests.append(drift_case(f"same drift, fewer than {slo.min_rows} rows", few, False))
-    if slo.inputs:
-        share = min(0.5, max(2 * slo.max_bad_share, 0.01))
-        values = 10_000.0
-        series = []
-        expected = []
-        for k, name in enumerate(slo.inputs):
-            labels = {C.LABEL_MODEL: model, C.LABEL_VERSION: version, C.LABEL_INPUT: name}
-            series.append(_series(C.METRIC_INPUT_VALUES, labels, values, minutes))
-            bad = values * share if k == 0 else 0.0
-            series.append(_series(C.METRIC_INPUT_NONFINITE, labels, bad / 2, minutes))
-            series.append(_series(C.METRIC_INPUT_OUT_OF_RANGE, labels, bad / 2, minutes))
-            if k == 0 and slo.enabled and share > slo.max_bad_share:
-                expected.append(_expected_alert({**base, C.LABEL_INPUT: name, **bad_rule["labels"]},
-                                                bad_rule["annotations"]))
-        tests.append({"name": f"{slo.name}: {num(share * 100)}% bad values in input {slo.inputs[0]}",
-                      "interval": "1m", "input_series": series,
-                      "alert_rule_test": [{"eval_time": at, "alertname": C.ALERT_INPUT_QUALITY,
-                                           "exp_alerts": expected}],
-                      "promql_expr_test": [_close_to(
-                          f"{C.SLO_INPUT_BAD_SHARE}{{{C.LABEL_SLO}={quote(slo.name)},{C.LABEL_MODEL}={quote(model)},"
-                          f"{C.LABEL_INPUT}={quote(name)}}}", share if k == 0 else 0.0,
-                          {**base, C.LABEL_INPUT: name}, at) for k, name in enumerate(slo.inputs)]})
-    return tests
-
-
-def panels(slo: InputSLO, model: str) -> list[dict[str, Any]]:
-    """Grafana panels: PSI per watched feature, bad-value share per input."""
-    from deployc.monitoring.dashboard import _panel  # it imports this module
-
-    return [_panel(f"Input drift (PSI per feature over {slo.window})",
-                   [(slo_selector(C.SLO_FEATURE_DRIFT, slo.name, model), "{{feature}}")], "none",
-                   description=f"Alert above {num(slo.max_psi)} (SLO {slo.name})."),
-            _panel(f"Bad input values (share over {slo.window})",
-                   [(slo_selector(C.SLO_INPUT_BAD_SHARE, slo.name, model), "{{input}}")], "percentunit",
-                   description="NaN, infinite or outside data.eval's range.")]

@@ -1,12 +1,14 @@
 """The resolved SLOs every monitoring emitter reads: defaults filled, budgets and burn factors computed exactly."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from deployc.errors import InputError
 from deployc.schema.base import duration_seconds
 from deployc.schema.slo import (
     AlertMeta,
@@ -18,9 +20,6 @@ from deployc.schema.slo import (
     threshold_seconds,
 )
 from deployc.schema.spec import DeploySpec
-
-if TYPE_CHECKING:
-    from deployc.monitoring.inputs import InputSLO
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,45 @@ class DriftSLO:
     alerting: AlertMeta
 
 
+@dataclass(frozen=True)
+class WatchedFeature:
+    name: str  # input[i]
+    reference: tuple[float, ...]  # data.eval's share of rows in each bin ("0", "1", ...)
+
+
+@dataclass(frozen=True)
+class InputSLO:
+    """An input-drift SLO, resolved with the build's input profile."""
+
+    name: str
+    description: str | None
+    max_psi: float
+    max_bad_share: float
+    window: str
+    for_: str
+    min_rows: int
+    features: tuple[WatchedFeature, ...]
+    inputs: tuple[str, ...]  # inputs whose values are range-checked
+    severity: str
+    enabled: bool
+    alerting: AlertMeta
+
+
+def resolve_input_slo(s: InputDriftSLO, profile: Mapping[str, Any] | None) -> InputSLO:
+    if profile is None:
+        raise InputError("an input-drift SLO needs the build's input profile (step profile:inputs, on data.eval)")
+    feats = []
+    for f in profile.get("features", []):
+        ref = tuple(float(p) for p in f["reference"])
+        if not ref or any(not math.isfinite(p) or p < 0 for p in ref) or abs(sum(ref) - 1) > 1e-6:
+            raise InputError(f"feature {f['name']}: reference bin shares must sum to 1, got {list(ref)}")
+        feats.append(WatchedFeature(str(f["name"]), ref))
+    return InputSLO(name=slo_name(s), description=s.description, max_psi=s.max_psi, max_bad_share=s.max_bad_share,
+                    window=s.window, for_=s.for_, min_rows=s.min_rows, features=tuple(feats),
+                    inputs=tuple(sorted(profile.get("inputs", {}))), severity=s.alerting.severity,
+                    enabled=s.alerting.enabled, alerting=s.alerting)
+
+
 def objective_ratio(percent: float) -> Decimal:
     return Decimal(repr(percent)) / 100
 
@@ -107,8 +145,6 @@ def resolve(spec: DeploySpec, reference: tuple[float, ...] | None, classes: tupl
             ) -> list[BudgetSLO | DriftSLO | InputSLO]:
     """Lower the spec's SLOs; `budget_only` skips stability and input-drift SLOs (for outputs that cannot
     express them); `input_profile`: serving.json's `input_monitor` (the input-drift SLO's reference bins)."""
-    from deployc.monitoring.inputs import resolve_input_slo
-
     out: list[BudgetSLO | DriftSLO | InputSLO] = []
     for s in spec.slos:
         if isinstance(s, InputDriftSLO):

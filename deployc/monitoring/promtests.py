@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deployc import conventions as C
-from deployc.monitoring.model import BudgetSLO, BurnCondition, DriftSLO, Tier, num
+from deployc.monitoring.model import BudgetSLO, BurnCondition, DriftSLO, InputSLO, Tier, num
 from deployc.monitoring.promql import le_label, quote, sli_name, slo_selector
 from deployc.monitoring.rules import ALERT_NAMES, alert_annotations, kind_text
 from deployc.monitoring.stability import alert_rule, drift_name, drift_value
@@ -21,8 +21,6 @@ MINUTES = 120  # length of the constant-ratio scenarios; every window sees the s
 EVAL_MINUTES = 30
 TOLERANCE = "1e-09"
 VERSION = "1.0.0"
-if TYPE_CHECKING:
-    from deployc.monitoring.inputs import InputSLO
 _LABEL_REF = re.compile(r"\{\{\s*\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
 
 
@@ -250,10 +248,88 @@ class Scenarios:
         return tests
 
 
-def unit_tests(slos: Sequence[BudgetSLO | DriftSLO | InputSLO], model: str, rules_file: str) -> dict[str, Any]:
-    from deployc.monitoring.inputs import InputSLO
-    from deployc.monitoring.inputs import unit_tests as input_tests
+def _minutes(text: str) -> int:
+    return int(duration_seconds(text) // 60)
 
+
+def input_tests(slo: InputSLO, model: str, version: str, eval_minutes: int) -> list[dict[str, Any]]:
+    """Every watched feature at its reference shares (quiet, PSI checked), the first feature all in its rarest bin
+    (its alert fires, the others' do not), the same with fewer rows than min_rows (quiet), and one input with too
+    many bad values (the quality alert fires for it alone)."""
+    from deployc.monitoring.inputs import alert_rules, psi
+
+    if not slo.features and not slo.inputs:
+        return []
+    minutes = (-(-(_minutes(slo.window) + _minutes(slo.for_) + 10) // eval_minutes) + 1) * eval_minutes
+    at = f"{minutes}m"
+    base = {C.LABEL_SLO: slo.name, C.LABEL_MODEL: model}
+    per_minute = max(1000, 2 * slo.min_rows)
+    drift_rule, bad_rule = alert_rules(slo, model)
+
+    def bins(counts: dict[str, list[float]]) -> list[dict[str, str]]:
+        return [_series(C.METRIC_FEATURE_BINS, {C.LABEL_MODEL: model, C.LABEL_VERSION: version,
+                                                 C.LABEL_FEATURE: f, C.LABEL_BIN: str(b)}, n, minutes)
+                for f, row in counts.items() for b, n in enumerate(row) if n > 0]
+
+    def drift_case(name: str, counts: dict[str, list[float]], check: bool) -> dict[str, Any]:
+        expected = []
+        for f in slo.features:
+            row = counts[f.name]
+            value = psi([n / sum(row) for n in row], f.reference)
+            if slo.enabled and value > slo.max_psi and sum(row) * _minutes(slo.window) >= slo.min_rows:
+                labels = {**base, C.LABEL_FEATURE: f.name, **drift_rule["labels"]}
+                expected.append(_expected_alert(labels, drift_rule["annotations"]))
+        t: dict[str, Any] = {"name": f"{slo.name}: {name}", "interval": "1m", "input_series": bins(counts),
+                             "alert_rule_test": [{"eval_time": at, "alertname": C.ALERT_INPUT_DRIFT,
+                                                  "exp_alerts": expected}]}
+        if check:
+            t["promql_expr_test"] = [
+                _close_to(f"{C.SLO_FEATURE_DRIFT}{{{C.LABEL_SLO}={quote(slo.name)},{C.LABEL_MODEL}={quote(model)},"
+                          f"{C.LABEL_FEATURE}={quote(f.name)}}}",
+                          psi([n / sum(counts[f.name]) for n in counts[f.name]], f.reference),
+                          {**base, C.LABEL_FEATURE: f.name}, at) for f in slo.features]
+        return t
+
+    tests = []
+    if slo.features:
+        matching = {f.name: [float(round(p * per_minute)) for p in f.reference] for f in slo.features}
+        tests.append(drift_case("every feature at its reference shares", matching, True))
+        first = slo.features[0]
+        rare = min(range(len(first.reference)), key=lambda i: (first.reference[i], i))
+        shifted = dict(matching, **{first.name: [float(per_minute) if i == rare else 0.0
+                                                 for i in range(len(first.reference))]})
+        if psi([n / per_minute for n in shifted[first.name]], first.reference) > slo.max_psi * 1.05:
+            tests.append(drift_case(f"{first.name}: every row in its rarest bin", shifted, True))
+            if slo.min_rows > 1:
+                scale = slo.min_rows / (2 * _minutes(slo.window) * per_minute)
+                few = {f: [n * scale for n in row] for f, row in shifted.items()}
+                tests.append(drift_case(f"same drift, fewer than {slo.min_rows} rows", few, False))
+    if slo.inputs:
+        share = min(0.5, max(2 * slo.max_bad_share, 0.01))
+        values = 10_000.0
+        series = []
+        expected = []
+        for k, name in enumerate(slo.inputs):
+            labels = {C.LABEL_MODEL: model, C.LABEL_VERSION: version, C.LABEL_INPUT: name}
+            series.append(_series(C.METRIC_INPUT_VALUES, labels, values, minutes))
+            bad = values * share if k == 0 else 0.0
+            series.append(_series(C.METRIC_INPUT_NONFINITE, labels, bad / 2, minutes))
+            series.append(_series(C.METRIC_INPUT_OUT_OF_RANGE, labels, bad / 2, minutes))
+            if k == 0 and slo.enabled and share > slo.max_bad_share:
+                expected.append(_expected_alert({**base, C.LABEL_INPUT: name, **bad_rule["labels"]},
+                                                bad_rule["annotations"]))
+        tests.append({"name": f"{slo.name}: {num(share * 100)}% bad values in input {slo.inputs[0]}",
+                      "interval": "1m", "input_series": series,
+                      "alert_rule_test": [{"eval_time": at, "alertname": C.ALERT_INPUT_QUALITY,
+                                           "exp_alerts": expected}],
+                      "promql_expr_test": [_close_to(
+                          f"{C.SLO_INPUT_BAD_SHARE}{{{C.LABEL_SLO}={quote(slo.name)},{C.LABEL_MODEL}={quote(model)},"
+                          f"{C.LABEL_INPUT}={quote(name)}}}", share if k == 0 else 0.0,
+                          {**base, C.LABEL_INPUT: name}, at) for k, name in enumerate(slo.inputs)]})
+    return tests
+
+
+def unit_tests(slos: Sequence[BudgetSLO | DriftSLO | InputSLO], model: str, rules_file: str) -> dict[str, Any]:
     sc = Scenarios([s for s in slos if not isinstance(s, InputSLO)], model)
     tests: list[dict[str, Any]] = []
     for s in slos:

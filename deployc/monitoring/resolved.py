@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployc import conventions as C
-from deployc.monitoring.inputs import InputSLO
-from deployc.monitoring.model import BudgetSLO, DriftSLO
+from deployc.monitoring.model import BudgetSLO, DriftSLO, InputSLO
 from deployc.monitoring.promtool import RULES_FILE, TESTS_FILE
 
 RULES_PATH = f"{C.MONITORING_DIR}/{RULES_FILE}"
