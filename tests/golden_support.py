@@ -143,11 +143,10 @@ HASH = "<hash>"
 TIMING_FIGURES = frozenset({"latency_p50_ms", "latency_p99_ms", "throughput_rows_s", "speedup_p50"})
 INVARIANCE_FIGURES = frozenset({"max_abs_diff", "relative_diff", "changed_predictions"})  # float rounding
 MODEL_FIGURES = frozenset({"accuracy", "agreement", "max_abs_error", "relative_error", "auc", "r2",
-                           "non_finite_outputs", "confusion", "attribution_rank_correlation",
-                           "attribution_top_k_overlap", "attribution_example_correlation", "attribution_agreement",
-                           "global", "per_class", "attributions", "importance", "target"})
-# explanations name the features a model finds most important: which ones is a property of the trained model
-MODEL_RANKINGS = frozenset({"top"})
+                           "non_finite_outputs", "attribution_rank_correlation", "attribution_top_k_overlap",
+                           "attribution_example_correlation", "attribution_agreement", "target"})
+# arrays measured on the model (the confusion matrix, attributions), and the explanation's ranking of features
+MODEL_RANKINGS = frozenset({"top", "confusion", "global", "per_class", "attributions"})
 TIMING_DISTRIBUTIONS = frozenset({"latency_percentiles_ms"})
 DRAWN = ("report.html", "charts/")  # drawn from report.json, timings included: compared through report.json
 SIZE_FIGURES = frozenset({"size_bytes", "gzip_bytes", "size_ratio", "size"})
