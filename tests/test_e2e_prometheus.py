@@ -31,6 +31,7 @@ slos:
   - {kind: availability, objective: 99.9}
   - {kind: latency, objective: 99, threshold_ms: 25}
   - {kind: stability, metric: tv, max_drift: 0.5, window: 1h, min_requests: 10}
+  - {kind: input-drift, features: ["pixels[36]", "pixels[20]"], window: 1h, min_rows: 10}
 """
 
 
@@ -48,6 +49,12 @@ def server_counts(server: Server) -> dict[str, float]:
                 out["fast"] += s.value
             elif s.name == "deployc_predictions_total":
                 out["class:" + s.labels["class"]] = out.get("class:" + s.labels["class"], 0.0) + s.value
+            elif s.name == "deployc_feature_bin_total":
+                key = f"bin:{s.labels['feature']}:{s.labels['bin']}"
+                out[key] = out.get(key, 0.0) + s.value
+            elif s.name in ("deployc_input_values_total", "deployc_input_out_of_range_values_total",
+                            "deployc_input_nonfinite_values_total"):
+                out[s.name] = out.get(s.name, 0.0) + s.value
     return out
 
 
@@ -86,7 +93,7 @@ def test_rules_record_the_servers_sli_values(digits: Path, session_cache: Path, 
 
         groups = prom.rule_groups()
         assert {g["name"] for g in groups} == {"deployc-digits-availability", "deployc-digits-latency",
-                                               "deployc-digits-stability"}
+                                               "deployc-digits-stability", "deployc-digits-input-drift"}
         for g in groups:
             for rule in g["rules"]:
                 assert rule["health"] in ("ok", "unknown") and not rule.get("lastError"), rule
@@ -106,5 +113,24 @@ def test_rules_record_the_servers_sli_values(digits: Path, session_cache: Path, 
         share = prom.value('deployc:slo_live_class_share:ratio{slo="stability",model="digits",class="digit-3"}')
         # increase() extrapolates each series from its own first sample, so allow a little slack here
         assert share is not None and abs(share - classes["class:digit-3"] / n) < 1e-3
+        # input drift: the PSI Prometheus records per feature is the one of the server's own bin counts
+        from deployc.monitoring.inputs import psi
+
+        monitor = json.loads((out / "local" / "serving.json").read_text())["input_monitor"]
+        for f in monitor["features"]:
+            counts = [after.get(f"bin:{f['name']}:{b}", 0.0) for b in range(len(f["reference"]))]
+            expect = psi([c / sum(counts) for c in counts], f["reference"])
+
+            def recorded(name: str = f["name"]) -> float | None:
+                return prom.value(f'deployc:slo_feature_drift:psi{{slo="input-drift",model="digits",'
+                                  f'feature="{name}"}}')
+            wait_for(lambda: recorded() is not None, 30, f"the PSI of {f['name']} to be recorded")
+            got = recorded()
+            assert got is not None and abs(got - expect) <= 0.02 * expect + 1e-6, (f["name"], got, expect)
+        values = after["deployc_input_values_total"]
+        assert values == (100 + 20 + 3 * 20000) * 64
+        assert after.get("deployc_input_out_of_range_values_total", 0.0) == 0.0
+        bad = prom.value('deployc:slo_input_bad_value_share:ratio{slo="input-drift",model="digits",input="pixels"}')
+        assert bad == 0.0
         reference = json.loads((out / "report.json").read_text())
         assert reference["reference"]["accuracy"] > 0.9

@@ -459,8 +459,8 @@ def _ranks(v: np.ndarray) -> np.ndarray:
 
 
 def _correlation(a: np.ndarray, b: np.ndarray, constant: float) -> float:
-    """Pearson correlation; `constant` where exactly one is constant... or both (see the callers); 0 for
-    non-finite values."""
+    """Pearson correlation of two vectors: `constant` where both are constant, 0 where one is, 0 for non-finite
+    values."""
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return 0.0
     a, b = a - a.mean(), b - b.mean()
@@ -472,10 +472,9 @@ def _correlation(a: np.ndarray, b: np.ndarray, constant: float) -> float:
 
 def _row_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of one row's attributions; a constant row (a row at the baseline: all zeros) agrees
-    with an equal row only."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        same = np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.allclose(a, b, rtol=1e-6, atol=1e-12)
-        return 1.0 if same and np.ptp(a) == np.ptp(b) == 0 else 0.0
+    only with an equal one."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # (ptp of a non-finite row is NaN: not constant)
+        return 1.0 if np.ptp(a) == np.ptp(b) == 0 and np.allclose(a, b, rtol=1e-6, atol=1e-12) else 0.0
     return _correlation(a, b, 0.0)
 
 
@@ -489,16 +488,12 @@ def agreement(ref: np.ndarray, art: np.ndarray, top_k: int) -> dict[str, float]:
         raise ValueError(f"attributions of shape {art.shape} against the reference's {ref.shape}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, not {top_k}")
-    g_ref = np.abs(ref).mean(axis=0) if len(ref) else np.zeros(ref.shape[1])
-    g_art = np.abs(art).mean(axis=0) if len(art) else np.zeros(art.shape[1])
+    g_ref, g_art = (np.abs(a).mean(axis=0) if len(a) else np.zeros(a.shape[1]) for a in (ref, art))
     finite = bool(np.all(np.isfinite(g_ref)) and np.all(np.isfinite(g_art)))
     rank = _correlation(_ranks(g_ref), _ranks(g_art), 1.0) if finite else 0.0
-    k = min(top_k, len(g_ref))
-    overlap = 1.0
-    if k:
-        top_ref = set(np.argsort(-g_ref, kind="stable")[:k].tolist())
-        top_art = set(np.argsort(-g_art, kind="stable")[:k].tolist())
-        overlap = len(top_ref & top_art) / k if finite else 0.0
+    k = max(1, min(top_k, len(g_ref)))
+    top_ref, top_art = (set(np.argsort(-g, kind="stable")[:k].tolist()) for g in (g_ref, g_art))
+    overlap = (len(top_ref & top_art) / k if len(g_ref) else 1.0) if finite else 0.0
     rows = float(np.mean([_row_correlation(r, a) for r, a in zip(ref, art, strict=True)])) if len(ref) else 1.0
     figures = {"attribution_rank_correlation": round(rank, 6), "attribution_top_k_overlap": round(overlap, 6),
                "attribution_example_correlation": round(rows, 6)}
