@@ -215,7 +215,7 @@ def test_input_counters_follow_the_requests(built: Path) -> None:
     x = np.load(built / "data" / "eval.npz")["x"][:6].astype(np.float32)
     x[2, 2] = hi + 1
     x[3, 3] = -1
-    bad = x[4:].copy()  # non-finite values travel in binary (JSON has no NaN): over gRPC
+    bad = x[4:].copy()  # non-finite values travel in binary (JSON has no NaN literal): over gRPC
     bad[0, 0] = np.nan
     bad[1, 1] = np.inf
     with Server(built / "out" / "local", "--grpc-port", "0") as srv:
@@ -236,13 +236,14 @@ def test_input_counters_follow_the_requests(built: Path) -> None:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         tensor = grpcclient.InferInput("pixels", [2, 64], "FP32")
         tensor.set_data_from_numpy(bad)
-        client.infer("digits", [tensor])
+        with pytest.raises(grpcclient.InferenceServerException, match="non-finite"):
+            client.infer("digits", [tensor])  # refused (400 / INVALID_ARGUMENT), and counted
         client.close()
         snap = metric_samples(srv)
     assert metric_value(snap, "deployc_input_values_total", input="pixels") == 8 * 64
     assert metric_value(snap, "deployc_input_nonfinite_values_total", input="pixels") == 2
     assert metric_value(snap, "deployc_input_out_of_range_values_total", input="pixels") == 2
-    rows = np.concatenate([x, bad])
+    rows = x  # a refused request's rows are not binned
     for f in mon["features"]:
         col = rows[:, f["index"]]
         col = col[np.isfinite(col)]
