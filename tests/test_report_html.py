@@ -43,6 +43,7 @@ def _summary(rng: np.random.Generator, features: list[str], classes: int, noise:
 
 
 def _evaluation(size: int, p50: float, metric: str, value: float, classes: int, **extra: Any) -> dict[str, Any]:
+    classes = max(classes, 2)  # binary: one output column, two classes in the confusion matrix
     spread = (0.7, 0.8, 0.85, 0.93, 1.0, 1.1, 1.3, 1.6, 2.4)
     confusion = [[30 if i == j else (1 if j == (i + 1) % classes else 0) for j in range(classes)]
                  for i in range(classes)]
@@ -244,6 +245,7 @@ def test_importance_bars() -> None:
     top = sorted(range(20), key=lambda i: (-ref[i], i))[:15]
     labels = [t for t in _texts(root) if t.startswith("dense[")]
     assert labels == [f"dense[{i}]" for i in reversed(top)]  # the most important at the top
+    assert len(_ids(_svg(files, "confusion.svg"), "cell-")) == 4  # binary: 2x2
 
 
 def test_page_escapes_and_fetches_nothing(digits: tuple[dict[str, Any], dict[str, bytes]]) -> None:

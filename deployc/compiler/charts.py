@@ -206,6 +206,8 @@ def confusion(report: dict[str, Any]) -> Chart | None:
     if len(classes) != n:
         classes = [str(i) for i in range(n)]
     title = TITLES["confusion.svg"]
+    name = str(shipped["artifact"])
+    heading = f"{name if len(name) <= 60 else name[:59] + '…'} on data.eval ({sum(map(sum, m))} rows)"
 
     def draw(fig: Any) -> None:
         ax = _axes(fig, 0.45 + _text_width(classes, 7), 0.4 + (_text_width(classes, 7) if n > 10 else 0.15), 0.15,
@@ -222,12 +224,12 @@ def confusion(report: dict[str, Any]) -> Chart | None:
         ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=7)
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
-        ax.set_title(f"{shipped['artifact']} on data.eval ({sum(map(sum, m))} rows)")
+        ax.set_title(heading)
 
     side = min(7.5, 2.0 + 0.38 * n)
     label = _text_width(classes, 7)
-    return "confusion.svg", title, _render("confusion", draw,
-                                           (side + label + 0.6, side + (label if n > 10 else 0.15) + 0.7))
+    width = max(side + label + 0.6, _text_width([heading], 10) + 0.3)  # the heading fits
+    return "confusion.svg", title, _render("confusion", draw, (width, side + (label if n > 10 else 0.15) + 0.7))
 
 
 def model_order(report: dict[str, Any], models: dict[str, Any]) -> list[str]:
