@@ -130,6 +130,10 @@ def resolve_input_slo(s: InputDriftSLO, profile: Mapping[str, Any] | None) -> In
         if not ref or any(not math.isfinite(p) or p < 0 for p in ref) or abs(sum(ref) - 1) > 1e-6:
             raise InputError(f"feature {f['name']}: reference bin shares must sum to 1, got {list(ref)}")
         feats.append(WatchedFeature(str(f["name"]), ref))
+    missing = [f for f in s.features or () if f not in {w.name for w in feats}]
+    if missing:
+        raise InputError(f"input-drift SLO: the input profile has no reference bins for feature {missing[0]!r} "
+                         "(data.eval holds no finite value of it, or the profile predates the SLO's `features`)")
     return InputSLO(name=slo_name(s), description=s.description, max_psi=s.max_psi, max_bad_share=s.max_bad_share,
                     window=s.window, for_=s.for_, min_rows=s.min_rows, features=tuple(feats),
                     inputs=tuple(sorted(profile.get("inputs", {}))), severity=s.alerting.severity,
