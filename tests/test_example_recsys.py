@@ -30,3 +30,12 @@ def test_recsys_builds_verified_by_auc(build: Path, project: Path) -> None:
 
 def test_recsys_serves_like_the_original(build: Path, project: Path, tmp_path: Path) -> None:
     assert served_like_the_original(build, project, tmp_path, "recsys", "binary") >= 0.95
+
+
+def test_serving_images_install_what_the_bundle_serves(build: Path) -> None:
+    """The recsys bundle serves kernel-shap explanations, so its image installs deployc[serve,explain] (the
+    digits golden build, integrated gradients, holds deployc[serve] only); neither installs TensorFlow."""
+    from deployc import __version__
+
+    text = (build / "sagemaker" / "Dockerfile").read_text()
+    assert f'ARG DEPLOYC_REQUIREMENT="deployc[serve,explain]=={__version__}"' in text

@@ -154,7 +154,7 @@ def test_dockerfile_runs_deployc_serve_on_the_sagemaker_model_dir(tmp_path: Path
     assert len(entry) == 1
     assert json.loads(entry[0].removeprefix("ENTRYPOINT ")) == [
         "/bin/sh", "-c", "exec deployc serve /opt/ml/model --host 0.0.0.0 --port 8080"]
-    assert "EXPOSE 8080" in text and 'ARG DEPLOYC_REQUIREMENT="deployc==' in text
+    assert "EXPOSE 8080" in text and 'ARG DEPLOYC_REQUIREMENT="deployc[serve]==' in text
     assert [line for line in text.splitlines() if line.startswith("USER ")] == ["USER 10001:10001"]
 
 

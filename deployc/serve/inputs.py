@@ -7,12 +7,14 @@ feature (`input[i]`: element i of one row), bin edges at data.eval's quantiles. 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deployc.errors import InputError
+from deployc.extras import MissingExtra
 
 METHODS = ("integrated-gradients", "kernel-shap", "occlusion")
 
@@ -91,6 +93,8 @@ def parse_explain(raw: Any, inputs: dict[str, tuple[int, ...]], dtypes: dict[str
     method = raw.get("method")
     if method not in METHODS:
         raise InputError(f"{where}.method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if method == "kernel-shap" and find_spec("shap") is None:  # the serving image installs deployc[serve,explain]
+        raise MissingExtra(f"{where}.method kernel-shap", "shap", "explain")
     rel = raw.get("baseline")
     if not isinstance(rel, str):
         raise InputError(f"{where}.baseline: expected the name of the baseline .npz file in the bundle")

@@ -18,7 +18,14 @@ from deployc.errors import InputError
 from deployc.render import dump_yaml, render_template
 from deployc.schema.base import Located, SpecModel, choice
 from deployc.targets.base import EmitContext, Target
-from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, cloud_model_files, healthcheck
+from deployc.targets.common import (
+    BASE_IMAGE,
+    BASE_TAG,
+    SERVING_UID,
+    cloud_model_files,
+    healthcheck,
+    serving_requirement,
+)
 from deployc.targets.requests import dump, instances_request
 
 # Config: `targets.azureml` in deploy.yaml.
@@ -195,7 +202,8 @@ class AzureMLTarget(Target):
         out = {f"{d}/model/{k}": v for k, v in cloud_model_files(ctx).items()}
         out[f"{d}/endpoint.yml"] = dump_yaml(endpoint_doc(cfg, endpoint, description), header=header)
         out[f"{d}/deployment.yml"] = dump_yaml(deployment_doc(ctx, cfg, endpoint), header=header)
-        out[f"{d}/Dockerfile"] = dockerfile(spec.name, spec.version, header=header).encode()
+        out[f"{d}/Dockerfile"] = dockerfile(spec.name, spec.version, header=header,
+                                         requirement=serving_requirement(spec)).encode()
         out[f"{d}/request.json"] = dump(instances_request(ctx))  # the README's `invoke --request-file`
         a = cfg.autoscaling
         out[f"{d}/README.md"] = render_template(
@@ -210,13 +218,14 @@ class AzureMLTarget(Target):
         return out
 
 
-def dockerfile(name: str, version: str, *, header: str) -> str:
+def dockerfile(name: str, version: str, *, header: str,
+               requirement: str = f"deployc[serve]=={__version__}") -> str:
     port = c.CLOUD_SERVING_PORT
     # Azure ML runs the image's own entrypoint; the model folder is <mount>/model (or the mount itself).
     command = (f'for d in "$DEPLOYC_MODEL_DIR/model" "$DEPLOYC_MODEL_DIR"; do '
                f'if [ -f "$d/serving.json" ]; then exec python -m deployc serve "$d" --host 0.0.0.0 --port {port}; '
                f'fi; done; echo "deployc: no serving.json under $DEPLOYC_MODEL_DIR" >&2; exit 1')
     return render_template("azureml", "Dockerfile.j2", header=header, bundle_name=name, version=version,
-                           base_image=BASE_IMAGE, base_tag=BASE_TAG, requirement=f"deployc=={__version__}",
+                           base_image=BASE_IMAGE, base_tag=BASE_TAG, requirement=requirement,
                            port=port, uid=SERVING_UID, healthcheck=healthcheck(port, c.CLOUD_LIVE_ROUTE),
                            model_dir=MODEL_MOUNT_PATH, entrypoint=["/bin/sh", "-c", command])

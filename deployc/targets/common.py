@@ -2,6 +2,9 @@
 platform's container serves. Targets import it; it imports no target but `local`, whose bundle it reuses."""
 from __future__ import annotations
 
+from typing import Any
+
+from deployc import __version__
 from deployc import conventions as c
 from deployc.targets.base import EmitContext
 from deployc.targets.bundle import local_config, serving_files
@@ -11,7 +14,17 @@ BASE_IMAGE, BASE_TAG = "python", "3.12-slim"  # FROM BASE_IMAGE:BASE_TAG (build 
 # host users.
 SERVING_UID = 10001
 
-__all__ = ["BASE_IMAGE", "BASE_TAG", "SERVING_UID", "cloud_model_files", "healthcheck"]
+__all__ = ["BASE_IMAGE", "BASE_TAG", "SERVING_UID", "cloud_model_files", "healthcheck", "serving_requirement"]
+
+
+def serving_requirement(spec: Any) -> str:
+    """What the serving image pip-installs: deployc's `serve` extra (ONNX Runtime and the server, no TensorFlow),
+    with `explain` (shap) only when the bundle serves kernel-shap explanations."""
+    extras = ["serve"]
+    explain = getattr(spec, "explain", None)
+    if explain is not None and explain.serve.enabled and explain.method == "kernel-shap":
+        extras.append("explain")
+    return f"deployc[{','.join(extras)}]=={__version__}"
 
 
 def healthcheck(port: int, route: str) -> list[str]:

@@ -26,7 +26,7 @@ from deployc.schema.base import Located, SpecModel, choice, located, show
 from deployc.schema.envref import ENV_KEY, EnvRef, credential_ref_problem, is_env_ref, parameter_names
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.bundle import local_config, serving_files
-from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck
+from deployc.targets.common import BASE_IMAGE, BASE_TAG, SERVING_UID, healthcheck, serving_requirement
 from deployc.targets.requests import dump, instances_request
 from deployc.targets.sagemaker_instance_types import INSTANCE_TYPES
 
@@ -368,7 +368,8 @@ class SageMakerTarget(Target):
             f"{c.SAGEMAKER_DIR}/request.json": dump(instances_request(ctx)),  # an /invocations body
             f"{c.SAGEMAKER_DIR}/cloudformation.yaml": cloudformation(plan, alarms, cfg, header=header,
                                                                       description=_description(spec)),
-            f"{c.SAGEMAKER_DIR}/Dockerfile": dockerfile(spec.name, spec.version, header=header).encode(),
+            f"{c.SAGEMAKER_DIR}/Dockerfile": dockerfile(spec.name, spec.version, header=header,
+                                         requirement=serving_requirement(spec)).encode(),
         }
 
 
@@ -413,10 +414,11 @@ def template_environment(environment: dict[str, Any], *, taken: list[str]) -> tu
     return out, params
 
 
-def dockerfile(name: str, version: str, *, header: str) -> str:
+def dockerfile(name: str, version: str, *, header: str,
+               requirement: str = f"deployc[serve]=={__version__}") -> str:
     command = f"exec deployc serve {MODEL_DIR} --host 0.0.0.0 --port {c.SAGEMAKER_PORT}"
     return render_template("sagemaker", "Dockerfile.j2", header=header, bundle_name=name, version=version,
-                           base_image=BASE_IMAGE, base_tag=BASE_TAG, requirement=f"deployc=={__version__}",
+                           base_image=BASE_IMAGE, base_tag=BASE_TAG, requirement=requirement,
                            port=c.SAGEMAKER_PORT, uid=SERVING_UID, healthcheck=healthcheck(c.SAGEMAKER_PORT, "/ping"),
                            entrypoint=["/bin/sh", "-c", command])
 
