@@ -28,6 +28,7 @@ from deployc.errors import (
     SpecFieldError,
     UsageError,
 )
+from deployc.progress import as_progress
 from deployc.schema.spec import DeploySpec
 
 VERSIONED_LIBS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
@@ -161,8 +162,8 @@ def _visual_report(rep: dict[str, Any], label: str, cache: Cache, log: Callable[
     hit = cache.get(key)
     if hit is not None:
         return {rel: (hit[0] / rel).read_bytes() for rel in hit[1]["files"]}
-    log("drawing report.html")
-    files = visual_report(rep, label)
+    with as_progress(log).task("drawing report.html"):
+        files = visual_report(rep, label)
     try:
         staged = cache.staging()
     except InputError:  # a read-only cache only loses this shortcut
@@ -176,7 +177,10 @@ def _visual_report(rep: dict[str, Any], label: str, cache: Cache, log: Callable[
 
 def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
           log: Callable[[str], None] = _quiet) -> BuildResult:
-    """Run the plan (cached steps are reused), check the gates, emit every target, write atomically."""
+    """Run the plan (cached steps are reused), check the gates, emit every target, write atomically.
+
+    `log` gets each progress line; a `deployc.progress.Progress` (a `RichProgress` on a terminal) also gets the
+    long steps' tasks (training epochs, calibration, conversions) as they advance."""
     from deployc.compiler import emit
     from deployc.compiler.write import build_lock, check_replaceable, check_writable, recover, write_output
 
@@ -243,7 +247,8 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
 
     Every spec is validated, and the names checked unique (UsageError), before any build starts. A failing spec
     does not stop the others: its `SpecBuild` carries the error. `log` runs in the worker processes, with each
-    line prefixed by its spec, so it must be picklable (a module-level function); `on_done` runs in this process
+    line prefixed by its spec, so it must be picklable (a module-level function); the steps' tasks reach it as
+    a few plain lines each (`deployc.progress.LineProgress`); `on_done` runs in this process
     as each spec finishes. Returns the results in the order of `specs` (a file named twice is built once).
     """
     import multiprocessing
@@ -272,8 +277,8 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
 
 def _build_one(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Path | None,
                log: Callable[[str], None]) -> SpecBuild:
-    """The body of each `build_many` worker process."""
-    prefixed = _Prefixed(f"{spec}: ", log)
+    """The body of each `build_many` worker process: its tasks are reported as plain lines through `log`."""
+    prefixed = as_progress(log).prefixed(f"{spec}: ")
     try:
         if check_only:
             checked = check(spec, out, cache_dir, log=prefixed)
@@ -282,15 +287,6 @@ def _build_one(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Pa
     except DeploycError as exc:
         return SpecBuild(spec, name, out, None, error=type(exc).__name__, messages=exc.lines(),
                          exit_code=exc.exit_code)
-
-
-@dataclass(frozen=True)
-class _Prefixed:
-    prefix: str
-    log: Callable[[str], None]
-
-    def __call__(self, message: str) -> None:
-        self.log(self.prefix + message)
 
 
 def _plugin_versions(p: Plan) -> dict[str, str]:

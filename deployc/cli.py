@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deployc import __version__
-from deployc.errors import EXIT_OK, EXIT_USAGE, DeploycError, input_error
+from deployc.errors import EXIT_OK, DeploycError, input_error
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -57,12 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="serve a build folder (Open Inference Protocol, SageMaker, /metrics)",
                    add_help=False)
     sub.add_parser("deploy", help="deploy a build folder (sagemaker)", add_help=False)
+    sub.add_parser("init", help="write a starting deploy.yaml for a model file", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("serve", "deploy"):  # these own their arguments
+    if argv and argv[0] in ("serve", "deploy", "init"):  # these own their arguments
         return _delegate(argv[0], argv[1:])
     args = _parser().parse_args(argv)
     try:
@@ -70,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         except OSError as exc:  # an OS error no stage turned into a message of its own: still no traceback
             raise input_error(exc) from exc
+        except ModuleNotFoundError as exc:  # a library of an extra this installation lacks: name the extra
+            from deployc.extras import missing_extra
+
+            if (err := missing_extra(exc, f"deployc {args.command}")) is None:
+                raise
+            raise err from exc
     except DeploycError as exc:
         if getattr(args, "format", "text") == "json":
             print(json.dumps({"ok": False, "error": type(exc).__name__, "messages": exc.lines()}, indent=2))
@@ -86,7 +94,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _delegate(command: str, rest: list[str]) -> int:
+    """`serve`, `deploy` and `init` parse their own arguments. A library missing from this installation is one
+    line naming the extra to install (exit 1), never a traceback."""
+    from deployc.extras import MissingExtra, missing_extra, require
+
     try:
+        if command == "init":
+            from deployc.init import main as init_main
+
+            return init_main(rest)
+        if not (set(rest) & {"-h", "--help"}):
+            require(command)
         if command == "serve":
             from deployc.serve.cli import main as serve_main
 
@@ -95,8 +113,13 @@ def _delegate(command: str, rest: list[str]) -> int:
 
         return deploy_main(rest)
     except ModuleNotFoundError as exc:
-        print(f"deployc {command} is not available in this installation ({exc.name})", file=sys.stderr)
-        return EXIT_USAGE
+        if (err := missing_extra(exc, f"deployc {command}")) is None:
+            raise
+        print(err, file=sys.stderr)
+        return err.exit_code
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -127,7 +150,10 @@ def _run(args: argparse.Namespace) -> int:
         d = diff_builds(args.old, args.new)
         print(json.dumps(d, indent=2, sort_keys=True) if args.format == "json" else render_markdown(d))
         return EXIT_OK
+    from deployc.extras import require
+
     specs = _expand_specs(args.spec)
+    require("build")
     if len(specs) > 1:
         return _build_many(specs, args)
     return _build_one(specs[0], args)
@@ -153,7 +179,7 @@ def _build_one(spec: Path, args: argparse.Namespace) -> int:
     """One `deployc build` (or `--check`); returns the exit code."""
     from deployc import api
 
-    log = _no_progress if args.quiet or args.format == "json" else _progress
+    log = _reporter(args)
     if args.check:
         return _print_check(spec, api.check(spec, args.out, args.cache_dir, log=log), args.format)
     _print_built(api.build(spec, args.out, args.cache_dir, log=log), args.format)
@@ -221,6 +247,23 @@ def _print_plan(result: PlanResult) -> None:
         print(f"targets: {', '.join(data['targets'])}")
 
 
+def _reporter(args: argparse.Namespace) -> Callable[[str], None]:
+    """What one build reports to: nothing (`-q`, `--format json`); live bars on a terminal; else plain lines
+    (`deployc.progress.LineProgress` over `_progress`: a few lines for each long step)."""
+    from deployc.progress import Progress, RichProgress
+
+    if args.quiet or args.format == "json":
+        return Progress()
+    if _terminal():
+        return RichProgress(_console())
+    return _progress
+
+
+def _terminal() -> bool:
+    """Progress bars only for a person at a terminal: not in CI logs, pipes or dumb terminals."""
+    return sys.stderr.isatty() and not os.environ.get("CI") and os.environ.get("TERM") != "dumb"
+
+
 def _no_progress(_: str) -> None:
     return None
 
@@ -228,7 +271,7 @@ def _no_progress(_: str) -> None:
 def _progress(message: str) -> None:
     """Plain lines in CI logs; rich styling on a terminal. A module-level function: parallel builds call it in
     their worker processes."""
-    if sys.stderr.isatty() and not os.environ.get("CI"):
+    if _terminal():
         from rich.markup import escape
 
         _console().print(f"[dim]deployc[/dim] {escape(message)}")
@@ -238,9 +281,16 @@ def _progress(message: str) -> None:
 
 @cache
 def _console() -> Console:
+    """A console on its own copy of the terminal's file descriptor: while a step silences fd 2 around a native
+    library's chatter (deployc.ml.quiet), the bar keeps drawing, and its redraws stay where it drew them."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    try:
+        stream: Any = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding=sys.stderr.encoding,
+                                errors="replace")
+    except (OSError, ValueError, AttributeError):  # no real fd behind sys.stderr
+        stream = sys.stderr
+    return Console(file=stream, highlight=False)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from deployc.compiler.plan import Plan
 from deployc.compiler.steps import StepContext, StepOutput
 from deployc.compiler.write import crash_point
 from deployc.errors import DeploycError, input_error
+from deployc.ml.quiet import library_noise_silenced, quiet_tensorflow, tensorflow_env, uses_tensorflow
+from deployc.progress import as_progress, reporting
 from deployc.trust import KERAS_SAFE_MODE
 
 
@@ -19,6 +21,11 @@ class StepError(DeploycError):
 
 
 def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[str, StepOutput], dict[str, bool]]:
+    """`log` may be a `deployc.progress.Progress`: steps then report their long parts through it (bars on a
+    terminal); a plain callable gets them as a few lines."""
+    progress = as_progress(log)
+    log = progress.log
+    tensorflow_env()  # before any step (a plugin's too) imports TensorFlow
     outputs: dict[str, StepOutput] = {}
     cached: dict[str, bool] = {}
     n = len(plan.steps)
@@ -35,14 +42,15 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         t0 = time.perf_counter()
         staged = cache.staging()
 
-        def step_log(m: str, sid: str = step.id) -> None:
-            log(f"      {sid}: {m}")
-
+        step_progress = progress.prefixed(f"      {step.id}: ")
         ctx = StepContext(out_dir=staged, deps={d: outputs[d] for d in step.deps}, resolved=plan.resolved,
-                          log=step_log)
+                          log=step_progress)
         safe = KERAS_SAFE_MODE.set(not plan.spec.model.allow_python_code)
         try:
-            result = _normalized(step.run(ctx))
+            with progress.task(step.id, announce=False), reporting(step_progress), library_noise_silenced():
+                if uses_tensorflow(step.libs):  # a plugin's step too: TensorFlow's import-time logs kept out
+                    quiet_tensorflow()
+                result = _normalized(step.run(ctx))
         except DeploycError:
             cache.discard(staged)
             raise

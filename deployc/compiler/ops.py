@@ -41,11 +41,11 @@ def convert(ctx: StepContext, prev: str) -> dict[str, Any]:
 
     out = ctx.deps[prev]
     dst = ctx.out_dir / "model.onnx"
-    ctx.log("converting to ONNX")
-    if out.result["format"] == "savedmodel":
-        info = savedmodel_to_onnx(model_path(out), dst)
-    else:
-        info = keras_to_onnx(model_path(out), dst, list(ctx.resolved.declared_inputs) or None)
+    with ctx.progress.task("converting to ONNX (tf2onnx)"):  # no progress hook: its elapsed time
+        if out.result["format"] == "savedmodel":
+            info = savedmodel_to_onnx(model_path(out), dst)
+        else:
+            info = keras_to_onnx(model_path(out), dst, list(ctx.resolved.declared_inputs) or None)
     return {"model": "model.onnx", "format": "onnx", "inputs": info["inputs"], "outputs": info["outputs"],
             "opset": info["opset"]}
 
@@ -166,7 +166,7 @@ def run_pass(ctx: StepContext, name: str, index: int, prev: str, data_sets: tupl
 
     ev = Evaluator(ctx) if REFERENCE in ctx.deps else _no_eval
     result = p.apply(PassInput(model=model_path(ctx.deps[prev]), out_dir=ctx.out_dir, config=cfg, data=data,
-                               evaluate=ev, gates=ctx.resolved.gates, log=ctx.log, spec_dir=ctx.spec_dir))
+                               evaluate=ev, gates=ctx.resolved.gates, log=ctx.progress, spec_dir=ctx.spec_dir))
     return {"model": result.model.relative_to(ctx.out_dir).as_posix(), "format": p.output_format,
             "details": result.details}
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from deployc import __version__
 from deployc.compiler.inputs import open_regular, tree_digest
 from deployc.errors import InputError
+from deployc.progress import Progress, as_progress
 
 if TYPE_CHECKING:  # annotations only: the schema loads target modules, which import this one
     from deployc.compiler.resolved import DataSet as ResolvedDataSet
@@ -47,7 +48,12 @@ class StepContext:
     out_dir: Path
     deps: dict[str, StepOutput]
     resolved: Resolved
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = print  # a line in the build's output (a `deployc.progress.Progress` in builds)
+
+    @property
+    def progress(self) -> Progress:
+        """Where the step reports its long parts (`progress.task(...)`): bars on a terminal, lines in CI."""
+        return as_progress(self.log)
 
     @property
     def spec_dir(self) -> Path:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from deployc.errors import InputError
+from deployc.ml.quiet import quiet_tensorflow as quiet_tensorflow  # the steps that run TF models import it here
 from deployc.trust import KERAS_SAFE_MODE
 
 OPSET = 17
@@ -13,23 +14,6 @@ ONNX_DATATYPES = {  # onnx.TensorProto enum -> Open Inference Protocol datatype
     1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16",
     11: "FP64", 12: "UINT32", 13: "UINT64", 8: "BYTES",
 }
-
-
-def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter (absl, oneDNN, CUDA probing) kept out of build logs."""
-    import os
-    import sys
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-    if "tensorflow" in sys.modules:
-        return
-    from deployc.ml.quiet import native_stderr_silenced
-
-    with native_stderr_silenced():
-        import tensorflow  # noqa: F401
-
-
 
 
 def load_keras(path: Path) -> Any:

@@ -12,13 +12,16 @@ keras / tensorflow are imported inside the functions.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deployc.errors import InputError
 from deployc.ml import feeds, prune
 from deployc.ml.channels import channel_graph
+
+if TYPE_CHECKING:
+    from deployc.progress import Progress
 
 EPS = 1e-7
 
@@ -100,12 +103,14 @@ def distill_loss(student_probs: bool, temperature: float, alpha: float, binary: 
 
 
 def distill(teacher: Any, student: Any, x: feeds.Inputs, y: np.ndarray, temperature: float, alpha: float,
-            epochs: int, batch_size: int, learning_rate: float) -> dict[str, Any]:
-    """Train `student` in place against the teacher's soft targets and the labels; returns training figures."""
+            epochs: int, batch_size: int, learning_rate: float, progress: Progress | None = None) -> dict[str, Any]:
+    """Train `student` in place against the teacher's soft targets and the labels; returns training figures.
+    Each epoch is reported to `progress` (default: the running step's)."""
     if teacher.outputs[0].shape[-1] is None:
         raise InputError("distillation needs a classifier with a known number of outputs (one per class, or "
                          "one sigmoid unit / logit)")
     packed = np.concatenate([y.reshape(-1, 1).astype(np.float32), logits(teacher, x)], axis=1)
     loss = distill_loss(prune.outputs_probabilities(student), temperature, alpha,
                         binary=student.outputs[0].shape[-1] == 1)
-    return prune.fit(student, x, packed, epochs, batch_size, learning_rate, loss=loss)
+    return prune.fit(student, x, packed, epochs, batch_size, learning_rate, loss=loss, progress=progress,
+                     label="training the student")

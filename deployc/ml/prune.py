@@ -13,7 +13,7 @@ model of several inputs (`deployc.ml.feeds`).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from deployc.errors import InputError
 from deployc.ml import feeds
 from deployc.ml.channels import CHANNELWISE, DEPTHWISE, WIDTH_LAYERS, Graph, Op, Plan, channel_graph, clone
 from deployc.ml.fold import fold_batchnorm
+
+if TYPE_CHECKING:
+    from deployc.progress import Progress, Task
 
 KERNEL_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")  # layers whose `kernel` unstructured pruning zeroes
 
@@ -205,7 +208,8 @@ def widths(model: Any) -> dict[str, int]:
 # ---------------------------------------------------------------- the two prunings, end to end
 
 def prune_unstructured(model: Any, x: feeds.Inputs, y: np.ndarray, sparsity: float, epochs: int, batch_size: int,
-                       learning_rate: float, callbacks: list[Any] | None = None) -> dict[str, Any]:
+                       learning_rate: float, callbacks: list[Any] | None = None, progress: Progress | None = None
+                       ) -> dict[str, Any]:
     """Fine-tune while sparsity ramps to `sparsity` over the first 3/4 of the steps; the last quarter recovers
     with the masks fixed. With epochs=0 the kernels are pruned at once. Returns the training figures."""
     layers = kernel_layers(model)
@@ -215,17 +219,17 @@ def prune_unstructured(model: Any, x: feeds.Inputs, y: np.ndarray, sparsity: flo
         return {}
     end = max(1, (3 * steps) // 4)
     cb = mask_callback(layers, sparsity, end, frequency=max(1, end // 16))
-    return fit(model, x, y, epochs, batch_size, learning_rate, [cb] + list(callbacks or []))
+    return fit(model, x, y, epochs, batch_size, learning_rate, [cb] + list(callbacks or []), progress=progress)
 
 
 def prune_structured(model: Any, x: feeds.Inputs, y: np.ndarray, fraction: float, epochs: int, batch_size: int,
-                     learning_rate: float) -> tuple[Any, dict[str, Any]]:
+                     learning_rate: float, progress: Progress | None = None) -> tuple[Any, dict[str, Any]]:
     """Remove `fraction` of the channels of every prunable group (the output's and those tied to an input or
     an Embedding keep theirs), fine-tune with BatchNormalization in place, then fold it. Returns the model and
     what was done: training figures, the tied groups, the layers left whole, the BatchNormalizations folded."""
     graph = channel_graph(model, "structured pruning")
     small = rebuild(graph, structured_keep(graph, fraction))
-    training = fit(small, x, y, epochs, batch_size, learning_rate) if epochs else {}
+    training = fit(small, x, y, epochs, batch_size, learning_rate, progress=progress) if epochs else {}
     small, folded = fold_batchnorm(small)
     return small, {"training": training, "channel_groups": groups_report(graph), "batchnorm_folded": folded}
 
@@ -256,19 +260,39 @@ def label_loss(model: Any) -> Any:
 
 
 def fit(model: Any, x: feeds.Inputs, y: Any, epochs: int, batch_size: int, learning_rate: float,
-        callbacks: list[Any] | None = None, loss: Any = None) -> dict[str, Any]:
-    """Adam on (x, y) with seeded shuffling; returns the last epoch's loss."""
+        callbacks: list[Any] | None = None, loss: Any = None, progress: Progress | None = None,
+        label: str = "fine-tuning") -> dict[str, Any]:
+    """Adam on (x, y) with seeded shuffling; returns the last epoch's loss. Each epoch is reported to
+    `progress` (default: the running step's) with its loss."""
+    from deployc.ml.quiet import quiet_tensorflow
+    from deployc.progress import current
+
+    quiet_tensorflow()
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss or label_loss(model))
     struct = getattr(model, "_outputs_struct", None)
     if isinstance(struct, dict) and len(struct) == 1:  # a model returning {"probs": ...} takes its labels so
         y = {next(iter(struct)): y}
-    hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-                     callbacks=callbacks or [])
+    with (progress or current()).task(label, total=epochs, unit="epoch") as task:
+        hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+                         callbacks=[*(callbacks or []), epoch_reporter(task)])
     losses = hist.history.get("loss", [])
     return {"epochs": epochs, "steps": epochs * -(-feeds.rows(x) // batch_size),
             "final_train_loss": round(float(losses[-1]), 6) if losses else None}
+
+
+def epoch_reporter(task: Task) -> Any:
+    """A Keras callback that advances `task` at the end of each epoch, with the epoch's loss. It reads the logs
+    only, so the training (and the model it gives) is the same with or without it."""
+    import keras
+
+    class EpochReporter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            loss = (logs or {}).get("loss")
+            task.advance(status=f"loss {float(loss):.4g}" if loss is not None else "")
+
+    return EpochReporter()
 
 
 def predict_classes(model: Any, x: feeds.Inputs) -> np.ndarray:

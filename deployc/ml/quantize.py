@@ -12,12 +12,15 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deployc.errors import InputError
 from deployc.ml import feeds
+
+if TYPE_CHECKING:
+    from deployc.progress import Progress, Task
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 32
@@ -100,17 +103,26 @@ def preprocess(src: Path, dst: Path, log: Callable[[str], None] = print,
 class ArrayReader:
     """A CalibrationDataReader over {input name: array}, in fixed-size batches, in order (deterministic). Every
     input is fed; integer inputs (token and item ids) pass through as they are, since only float tensors are
-    calibrated."""
+    calibrated. `task`, when given, advances with each batch the calibrator reads."""
 
-    def __init__(self, feed: dict[str, np.ndarray], batch: int):
-        self.feed, self.batch = feed, batch
+    def __init__(self, feed: dict[str, np.ndarray], batch: int, task: Task | None = None):
+        self.feed, self.batch, self.task = feed, batch, task
         self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    def batches(self) -> int:
+        return -(-feeds.rows(self.feed) // self.batch)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
             n = feeds.rows(self.feed)
             self._it = iter([{k: v[i:i + self.batch] for k, v in self.feed.items()} for i in range(0, n, self.batch)])
-        return next(self._it, None)
+        out = next(self._it, None)
+        if self.task is not None:
+            if out is not None:
+                self.task.advance()
+            else:
+                self.task.status("computing the ranges, quantizing")
+        return out
 
     def rewind(self) -> None:
         self._it = None
@@ -168,9 +180,13 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: feeds.Inputs, *, met
                          percentile: float = 99.999, keep_softmax_float: bool = False,
                          activation_type: str = "int8",
                          log: Callable[[str], None] = print,
-                         preprocess_runner: Callable[..., None] | None = None) -> dict[str, Any]:
-    """QDQ, int8 activations and weights (S8S8), ranges calibrated on `calibration` rows."""
+                         preprocess_runner: Callable[..., None] | None = None,
+                         progress: Progress | None = None) -> dict[str, Any]:
+    """QDQ, int8 activations and weights (S8S8), ranges calibrated on `calibration` rows. The calibration
+    batches are reported to `progress` (default: the running step's)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from deployc.progress import current
 
     if method not in CALIBRATION_METHODS:
         raise InputError(f"calibration_method {method!r}: use one of {', '.join(CALIBRATION_METHODS)}")
@@ -194,12 +210,14 @@ def quantize_static_onnx(src: Path, dst: Path, calibration: feeds.Inputs, *, met
         import onnx
 
         onnx.save(model, str(named))
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            quantize_static(str(named), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            reduce_range=reduce_range,
-                            activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=calibrate,
-                            extra_options=extra)
+        with (progress or current()).task("calibrating", total=reader.batches(), unit="batch") as task:
+            reader.task = task
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+                quantize_static(str(named), str(dst), reader, quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, reduce_range=reduce_range,
+                                activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                                calibrate_method=calibrate, extra_options=extra)
     details.update({"format": "QDQ", "activation_type": activation_type, "weight_type": "int8",
                     "per_channel": per_channel,
                     "reduce_range": reduce_range, "calibration_method": method,

@@ -28,6 +28,7 @@ from deployc.ml.convert import SIGNATURE, export_saved_model
 from deployc.ml.quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
+    from deployc.progress import Progress
     from deployc.targets.tflite import TFLiteConfig
 
 MODES = ("none", "float16", "dynamic", "int8")
@@ -58,13 +59,16 @@ def candidate_modes(cfg: TFLiteConfig) -> list[str]:
 
 
 def convert(keras_model: Path, dst: Path, cfg: TFLiteConfig, calibration_x: feeds.Inputs | None, *,
-            mode: str | None = None, inputs: list[Any] | None = None) -> dict[str, Any]:
+            mode: str | None = None, inputs: list[Any] | None = None,
+            progress: Progress | None = None) -> dict[str, Any]:
     """Convert a .keras/.h5 file or a SavedModel folder to `dst`; returns `inspect_model`'s info plus warnings.
 
     `mode` overrides the config's quantization (needed for `auto`, which tries each mode). `calibration_x` is
-    one array (a model of one input) or {input name: array}, as `StepContext.data` gives it.
+    one array (a model of one input) or {input name: array}, as `StepContext.data` gives it. The conversion
+    (no progress hook) is reported to `progress` (default: the running step's) as a task of unknown length.
     """
     from deployc.ml.convert import quiet_tensorflow
+    from deployc.progress import current
 
     mode = mode or candidate_modes(cfg)[0]
     if mode not in MODES:
@@ -73,7 +77,8 @@ def convert(keras_model: Path, dst: Path, cfg: TFLiteConfig, calibration_x: feed
     import tensorflow as tf
 
     warnings: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="deployc-tflite-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="deployc-tflite-") as tmp,
+          (progress or current()).task(f"converting to TFLite ({mode})", announce=False)):
         saved = (keras_model if keras_model.is_dir()
                  else export_saved_model(keras_model, Path(tmp) / "saved_model", inputs))
         conv = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[SIGNATURE])

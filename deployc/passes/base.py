@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from deployc.progress import Progress, as_progress
 from deployc.schema.base import Located, SpecModel
 
 if TYPE_CHECKING:
@@ -43,8 +44,13 @@ class PassInput:
     data: Callable[[str], tuple[Any, Any]]  # data("train") -> (x, y); raises ValueError if not in the spec
     evaluate: Callable[[Path], dict[str, Any]]  # figures of a candidate ONNX model vs the reference on data.eval
     gates: Any  # deployc.schema.spec.Gates
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = print  # a line in the build's output (a `deployc.progress.Progress` in builds)
     spec_dir: Path | None = None  # the folder of deploy.yaml (paths in the pass config are relative to it)
+
+    @property
+    def progress(self) -> Progress:
+        """Where the pass reports its long parts (epochs, calibration batches): `progress.task(...)`."""
+        return as_progress(self.log)
 
 
 @dataclass(frozen=True)

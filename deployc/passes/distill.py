@@ -68,7 +68,7 @@ class DistillPass(KerasPass):
         inp.log(f"distill: student with {student.count_params()} parameters (teacher {teacher.count_params()}), "
                 f"{cfg.epochs} epochs at T={cfg.temperature}, alpha={cfg.alpha}")
         training = distill.distill(teacher, student, x, y, cfg.temperature, cfg.alpha, cfg.epochs, cfg.batch_size,
-                                   cfg.learning_rate)
+                                   cfg.learning_rate, progress=inp.progress)
         try:
             student, folded = fold_batchnorm(student)
         except InputError:  # a student file this graph reader cannot rebuild (nested, shared layers): kept as is

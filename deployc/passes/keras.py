@@ -34,6 +34,9 @@ def deterministic(seed: int = SEED) -> Iterator[None]:
     """Same input, same output: seeds Python/NumPy/TF. TensorFlow runs on CPU here (`quiet_tensorflow` hides
     GPUs), where the seed alone gives byte-identical models, so op determinism (a process-wide switch) is not
     turned on."""
+    from deployc.ml.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
     import keras
 
     keras.utils.set_random_seed(seed)

@@ -46,7 +46,7 @@ class PrunePass(KerasPass):
         if cfg.structured:
             inp.log(f"prune: removing {cfg.sparsity:.0%} of the units/filters, fine-tuning {cfg.epochs} epochs")
             model, done = prune.prune_structured(model, x, y, cfg.sparsity, cfg.epochs, cfg.batch_size,
-                                                 cfg.learning_rate)
+                                                 cfg.learning_rate, progress=inp.progress)
             details.update(done)
             details["widths_before"] = prune.widths(original)
             details["widths_after"] = prune.widths(model)
@@ -55,6 +55,6 @@ class PrunePass(KerasPass):
         else:
             inp.log(f"prune: {cfg.sparsity:.0%} magnitude sparsity, fine-tuning {cfg.epochs} epochs")
             details["training"] = prune.prune_unstructured(model, x, y, cfg.sparsity, cfg.epochs, cfg.batch_size,
-                                                           cfg.learning_rate)
+                                                           cfg.learning_rate, progress=inp.progress)
             details["sparsity"] = prune.sparsity_report(prune.kernel_layers(model))
         return finish(inp, original, model, x, y, details)

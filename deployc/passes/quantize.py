@@ -89,7 +89,8 @@ def quantize_once(mode: str, src: Path, dst: Path, config: QuantizeConfig, inp: 
                                       reduce_range=config.reduce_range, exclude_ops=config.exclude_ops,
                                       keep_edges_float=config.keep_edges_float, percentile=config.percentile,
                                       keep_softmax_float=config.keep_softmax_float,
-                                      activation_type=config.activation_type, log=inp.log)
+                                      activation_type=config.activation_type, log=inp.log,
+                                      progress=inp.progress)
     raise InputError(f"unknown quantize mode {mode!r}")
 
 
@@ -129,10 +130,12 @@ class QuantizePass(Pass):
 
     def _auto(self, inp: PassInput, config: QuantizeConfig, dst: Path) -> PassResult:
         rows: list[dict[str, Any]] = []
-        with tempfile.TemporaryDirectory(prefix="deployc-auto-") as tmp:
+        with (tempfile.TemporaryDirectory(prefix="deployc-auto-") as tmp,
+              inp.progress.task("quantize auto", total=len(config.candidates), unit="candidate") as task):
             for i, mode in enumerate(config.candidates):
                 path = Path(tmp) / f"{i}-{mode}.onnx"
                 row: dict[str, Any] = {"mode": mode}
+                task.status(mode)
                 try:
                     row["details"] = quantize_once(mode, inp.model, path, config, inp)
                     figures = inp.evaluate(path)
@@ -140,11 +143,13 @@ class QuantizePass(Pass):
                     what = "not evaluated" if "details" in row else "not built"
                     rows.append({**row, "kept": False, "why": f"{what}: {exc}", "gate_failures": []})
                     inp.log(f"quantize auto: {mode} {what} ({exc})")
+                    task.advance(status=f"{mode} {what}")
                     continue
                 row["figures"] = {k: figures[k] for k in FIGURES if k in figures}
                 row["gate_failures"] = list(figures.get("gate_failures", []))
                 row["path"] = path
                 rows.append(row)
+                task.advance(status=f"{mode} evaluated")
             chosen = choose(rows, config.candidates)
             if chosen is None:
                 table = candidate_table(rows)
