@@ -144,3 +144,17 @@ def test_github_actions_example_passes_actionlint(tmp_path: Path) -> None:
     bad.write_text("on: push\njobs:\n  a:\n    steps:\n      - run: echo ${{ github.no_such_thing }}\n")
     findings = actionlint(bad)
     assert any("no_such_thing" in f for f in findings) and any("runs-on" in f for f in findings), findings
+
+
+def test_nothing_stops_processes_by_name() -> None:
+    """The Makefile, CI script, tests and benches end only processes they started (by pid or process group):
+    never by name, which would end a user's own Prometheus or server."""
+    import re
+
+    by_name = re.compile(r"\b(pkill|killall|pgrep)\b")
+    files = [ROOT / "Makefile", ROOT / ".ci" / "run", *sorted((ROOT / "tests").glob("*.py")),
+             *sorted((ROOT / "bench").glob("*.py"))]
+    found = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in files if f.is_file()
+             for i, line in enumerate(f.read_text().splitlines(), 1)
+             if by_name.search(line) and "by_name" not in line and "never by name" not in line]
+    assert found == []
