@@ -14,10 +14,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77'
 
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[build,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[build,serve,examples]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python

@@ -53,6 +53,9 @@ def depthwise_separable(x, filters: int, strides: int, name: str, relu_out: bool
 def main(out: Path = HERE, epochs: int = 20, *, width: int = 1, size: int = SIZE) -> None:
     """Train and write the example. `width` multiplies every layer's filters and `size` (a multiple of 8) is
     the image side; the defaults are the shipped example. bench/examples.py also trains larger variants."""
+    from deployc.ml.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up lines (absl, oneDNN, CUDA) kept off stderr
     import keras
     import numpy as np
     from sklearn.datasets import load_digits

@@ -17,6 +17,9 @@ SEED = 7
 
 
 def main(out: Path = HERE, epochs: int = 30) -> None:
+    from deployc.ml.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up lines (absl, oneDNN, CUDA) kept off stderr
     import keras
     import numpy as np
     from sklearn.datasets import load_digits

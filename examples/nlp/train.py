@@ -64,6 +64,9 @@ def encoder_block(x, attn_mask, i: int, dim: int = DIM, ff: int = FF):
 def main(out: Path = HERE, epochs: int = 6, *, dim: int = DIM, ff: int = FF) -> None:
     """Train and write the example. `dim` (the model width) and `ff` (the feed-forward width) size the model;
     the defaults are the shipped example. bench/examples.py also trains a larger one."""
+    from deployc.ml.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up lines (absl, oneDNN, CUDA) kept off stderr
     import keras
     import numpy as np
     from keras import ops

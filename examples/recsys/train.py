@@ -40,6 +40,9 @@ def make_data(rng, n: int, user_f, item_f, user_b, item_b, w):
 
 
 def main(out: Path = HERE, epochs: int = 8) -> None:
+    from deployc.ml.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up lines (absl, oneDNN, CUDA) kept off stderr
     import keras
     import numpy as np
     from sklearn.metrics import roc_auc_score
