@@ -6,7 +6,10 @@ Every server serves the same ONNX model, the wide MLP 64 -> 1024 -> 1024 -> 1024
 weights, `tests/serve_support.make_mlp`), on 127.0.0.1 only, with onnxruntime at 1 intra-op and 1 inter-op thread
 (what the deployc bundle's serving.json says; the plain FastAPI app keeps onnxruntime's defaults, as written):
 - `deployc serve BUILD --workers 1|2`, BUILD made by `deployc build` from a spec for that model (fp32 is
-  batch-invariant, so cross-request batching is on; one more 1-worker row runs a build with batching off);
+  batch-invariant, so cross-request batching is on; one more 1-worker row runs a build with batching off, and one
+  a build with masked data capture on: every request captured, the input rounded, the output bucketed, the
+  request id hashed; its files go to a temporary folder. The capture-overhead table compares it with the
+  1-worker row of the same run);
 - the peers in their own virtual environments under bench/.venvs/ (created on first run with `python3 -m venv`
   and pip from bench/peers/<peer>/requirements.txt; a peer whose install or start fails is skipped with the
   reason): KServe's ModelServer (bench/peers/kserve/app.py), MLServer with a custom onnxruntime runtime
@@ -334,7 +337,17 @@ def local_versions() -> str:
 
 
 # --- the deployc builds ------------------------------------------------------------------------------------------
-def build(work: Path, model: Path, name: str, batching: dict[str, Any]) -> tuple[Path, str]:
+CAPTURE_ROW = "deployc serve, 1 worker, capture on"
+CAPTURE_SALT_ENV = "BENCH_CAPTURE_SALT"
+# the worst case a spec can ask for: every request, each tensor masked, the request id hashed
+CAPTURE = {"sampling_percent": 100, "fields": {"x": {"mask": "round", "decimals": 2},
+                                               "probabilities": {"mask": "bucket", "edges": [0.1, 0.5, 0.9]}},
+           "request_id": {"mask": "hash", "salt_env": CAPTURE_SALT_ENV},
+           "files": {"max_file_mb": 8, "max_total_mb": 64, "queue_size": 4096}}
+
+
+def build(work: Path, model: Path, name: str, batching: dict[str, Any], capture: dict[str, Any] | None = None
+          ) -> tuple[Path, str]:
     """`deployc build` of a spec for the model: the build folder and report.md's batching line."""
     spec_dir = work / f"spec-{name}"
     spec_dir.mkdir()
@@ -345,6 +358,8 @@ def build(work: Path, model: Path, name: str, batching: dict[str, Any]) -> tuple
     spec = {"apiVersion": "deployc/v1", "name": MODEL, "version": "1.0.0", "model": {"path": "model.onnx"},
             "data": {"eval": {"path": "eval.npz", "x": "x", "y": "y"}},
             "targets": {"local": {"batching": batching}}}
+    if capture is not None:
+        spec["monitoring"] = {"capture": {**capture, "files": {**capture["files"], "folder": str(work / "capture")}}}
     (spec_dir / "deploy.yaml").write_text(json.dumps(spec, indent=2))  # JSON is YAML
     out = work / f"build-{name}"
     subprocess.run([sys.executable, "-m", "deployc", "build", str(spec_dir / "deploy.yaml"), "--out", str(out),
@@ -360,13 +375,14 @@ def make_servers(args: argparse.Namespace, work: Path, model: Path, builds: dict
     env_model = {"MODEL_PATH": str(model), "ORT_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     servers: list[Server] = []
     deployc_rows = [("deployc serve, 1 worker", "batching", 1), ("deployc serve, 2 workers", "batching", 2),
-                    ("deployc serve, 1 worker, batching off", "nobatch", 1)]
+                    ("deployc serve, 1 worker, batching off", "nobatch", 1), (CAPTURE_ROW, "capture", 1)]
     for label, key, workers in deployc_rows:
         bundle, line = builds[key]
         port, gport = free_port(), free_port()
         servers.append(Server(label, [sys.executable, "-m", "deployc.serve", str(bundle), "--workers", str(workers),
                                       "--port", str(port), "--grpc-port", str(gport)],
-                              {"PYTHONPATH": str(ROOT)}, port, "/v2/health/ready", f"/v2/models/{MODEL}/infer",
+                              {"PYTHONPATH": str(ROOT), CAPTURE_SALT_ENV: "bench-salt-" + "0" * 24}, port,
+                              "/v2/health/ready", f"/v2/models/{MODEL}/infer",
                               [V2_JSON] if key == "nobatch" else [V2_JSON, V2_BINARY, GRPC],
                               grpc_port=None if key == "nobatch" else gport, note=line))
     wanted = set(args.peers.split(",")) if args.peers != "all" else {"kserve", "mlserver", "litserve", "bentoml",
@@ -457,7 +473,8 @@ def main() -> int:
         model = work / "model.onnx"
         make_mlp(model)
         builds = {"batching": build(work, model, "batching", {"max_batch_size": 64, "max_delay_ms": 2.0}),
-                  "nobatch": build(work, model, "nobatch", {"enabled": False})}
+                  "nobatch": build(work, model, "nobatch", {"enabled": False}),
+                  "capture": build(work, model, "capture", {"max_batch_size": 64, "max_delay_ms": 2.0}, CAPTURE)}
         servers = make_servers(args, work, model, builds, notes)
         for srv in servers:
             srv.start(work)
@@ -529,6 +546,21 @@ def main() -> int:
     return 0
 
 
+def capture_overhead(m: dict[tuple[str, str, int], dict[str, float]], concs: list[int]) -> None:
+    """Capture on against the same server and build settings with it off, measured in the same rounds."""
+    base = "deployc serve, 1 worker"
+    rows = [(kind, c, m[(base, kind, c)], m[(CAPTURE_ROW, kind, c)]) for kind in (V2_JSON, V2_BINARY, GRPC)
+            for c in concs if (base, kind, c) in m and (CAPTURE_ROW, kind, c) in m]
+    if not rows:
+        return
+    print("\n## Capture overhead: every request captured and masked (round, bucket, hashed id) vs capture off")
+    print("| body | concurrency | req/s off | req/s on | on / off | p50 ms off -> on | p99 ms off -> on |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, c, off, on in rows:
+        print(f"| {kind} | {c} | {off['rps']:,.0f} | {on['rps']:,.0f} | {on['rps'] / off['rps']:.2f} | "
+              f"{off['p50']:.2f} -> {on['p50']:.2f} | {off['p99']:.2f} -> {on['p99']:.2f} |")
+
+
 def med(rs: list[dict[str, float]]) -> dict[str, float]:
     return {"rps": statistics.median(r["rps"] for r in rs), "p50": statistics.median(r["p50"] for r in rs),
             "p99": statistics.median(r["p99"] for r in rs), "errors": sum(r["errors"] for r in rs), "n": len(rs)}
@@ -558,7 +590,7 @@ def report(args: argparse.Namespace, servers: list[Server], live: list[Server],
                     print(f"| {name} | {kind} | {c} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                           f"{int(r['errors'])} |")
     # deployc's ratio to each peer, like for like: JSON peers against deployc's v2 JSON, binary/gRPC against its own
-    main_d = [d for d in deployc if "batching off" not in d]
+    main_d = [d for d in deployc if "batching off" not in d and d != CAPTURE_ROW]
     print("\n| peer | body | concurrency | " + " | ".join(f"{d} / peer" for d in main_d) + " |")
     print("|---|---|---|" + "---|" * len(main_d))
     for name in peers:
@@ -593,6 +625,7 @@ def report(args: argparse.Namespace, servers: list[Server], live: list[Server],
                 gap = dr["p50"] - f["p50"]
                 print(f"- {d}, {kind}, c=1: p50 {dr['p50']:.2f} ms, {gap:.2f} ms above the session.run floor "
                       f"({f['p50']:.2f} ms); target <= 0.3 ms: {'met' if gap <= 0.3 else 'NOT met'}")
+    capture_overhead(m, concs)
     print("\nNotes:")
     for s in servers:
         if s.name.startswith("deployc"):

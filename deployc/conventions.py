@@ -28,6 +28,12 @@ METRIC_INPUT_VALUES = "deployc_input_values_total"  # counter; labels: model, ve
 METRIC_INPUT_NONFINITE = "deployc_input_nonfinite_values_total"  # counter; NaN or +-inf elements
 METRIC_INPUT_OUT_OF_RANGE = "deployc_input_out_of_range_values_total"  # counter; finite, outside data.eval's range
 METRIC_FEATURE_BINS = "deployc_feature_bin_total"  # counter; labels: model, version, feature, bin (one per row)
+# Masked data capture (serving.json's `capture`): sampled = written + dropped, once the queue has drained
+METRIC_CAPTURE_SAMPLED = "deployc_capture_sampled_total"  # counter; inference requests drawn for capture
+METRIC_CAPTURE_WRITTEN = "deployc_capture_records_total"  # counter; masked records written to a capture file
+METRIC_CAPTURE_BYTES = "deployc_capture_bytes_total"  # counter; bytes of those records
+METRIC_CAPTURE_DROPPED = "deployc_capture_dropped_total"  # counter; labels: model, version, reason
+CAPTURE_FILE_PREFIX = "capture-"  # capture-<UTC time>-<pid>-<n>.jsonl in capture.files.folder
 LABEL_MODEL = "model"
 LABEL_VERSION = "version"
 LABEL_ROUTE = "route"
@@ -36,6 +42,7 @@ LABEL_CLASS = "class"
 LABEL_INPUT = "input"
 LABEL_FEATURE = "feature"
 LABEL_BIN = "bin"
+LABEL_REASON = "reason"  # queue_full, too_large, write_error
 INFER_ROUTES = ("infer", "invocations", "grpc_infer")  # route label values counted as inference traffic by SLOs
 
 # Request-duration buckets (seconds). Every SLO latency threshold must be one of them: the build adds the

@@ -15,6 +15,7 @@ from deployc import conventions as c
 from deployc.schema.envref import EnvRef
 
 if TYPE_CHECKING:  # the config model's module imports this one; `deployc.deploy` imports no target module
+    from deployc.schema.capture import Capture
     from deployc.targets.sagemaker import SageMakerConfig
 
 PLAN_FORMAT_VERSION = 1
@@ -81,13 +82,14 @@ def deployment_config(cfg: SageMakerConfig, rollback_alarm_names: list[str]) -> 
 
 
 def build_plan(cfg: SageMakerConfig, *, name: str, version: str, artifact_sha256: str, artifact_size: int,
-               alarms: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole plan: names, the artifact's S3 location and the ordered calls."""
+               alarms: list[dict[str, Any]], capture: Capture | None = None) -> dict[str, Any]:
+    """The whole plan: names, the artifact's S3 location and the ordered calls. `capture`: the spec's
+    `monitoring.capture` when it is on (validation has made sure it masks nothing and names its S3 place)."""
     bucket, key = artifact_location(cfg, name, artifact_sha256)
     model_data_url = f"s3://{bucket}/{key}"
     tags = {"Tags": tag_list(cfg.tags)} if cfg.tags else {}
     model = _model_params(cfg, name, model_data_url, tags)
-    endpoint_config = _endpoint_config_params(cfg, name, model["ModelName"], tags)
+    endpoint_config = _endpoint_config_params(cfg, name, model["ModelName"], tags, capture)
     names = {a["logical_id"]: a["properties"]["AlarmName"] for a in alarms}
     rollback = [names[i] for i in rollback_alarm_ids(alarms)]
     calls: list[dict[str, Any]] = [
@@ -146,20 +148,36 @@ def _variant(cfg: SageMakerConfig, model_name: str) -> dict[str, Any]:
     return variant
 
 
-def _endpoint_config_params(cfg: SageMakerConfig, name: str, model_name: str, tags: dict[str, Any]
-                            ) -> dict[str, Any]:
+def data_capture_config(cfg: SageMakerConfig, capture: Capture) -> dict[str, Any]:
+    """`monitoring.capture` as SageMaker's DataCaptureConfig: whole requests (Input) and responses (Output) at a
+    whole-percent sampling rate, encrypted with the capture's KMS key (else the target's)."""
+    assert capture.s3 is not None, "validation requires monitoring.capture.s3 with targets.sagemaker"
+    modes = [m for m, names in (("Input", capture.inputs), ("Output", capture.outputs)) if names != []]
+    out: dict[str, Any] = {"EnableCapture": True, "InitialSamplingPercentage": int(capture.sampling_percent),
+                           "DestinationS3Uri": capture.s3.destination,
+                           "CaptureOptions": [{"CaptureMode": m} for m in modes]}
+    kms = capture.s3.kms_key or cfg.kms_key
+    if kms:
+        out["KmsKeyId"] = kms
+    return out
+
+
+def _endpoint_config_params(cfg: SageMakerConfig, name: str, model_name: str, tags: dict[str, Any],
+                            capture: Capture | None = None) -> dict[str, Any]:
     """create_endpoint_config's parameters; named, like the model, by the content name of the rest."""
     endpoint_config: dict[str, Any] = {"ProductionVariants": [_variant(cfg, model_name)]}
     if cfg.kms_key:
         endpoint_config["KmsKeyId"] = cfg.kms_key
-    if cfg.data_capture:
+    if capture is not None:
+        endpoint_config["DataCaptureConfig"] = data_capture_config(cfg, capture)
+    elif cfg.data_capture:
         dc = cfg.data_capture
-        capture: dict[str, Any] = {"EnableCapture": True, "InitialSamplingPercentage": dc.sampling_percent,
-                                   "DestinationS3Uri": dc.destination,
-                                   "CaptureOptions": [{"CaptureMode": m} for m in dc.capture]}
+        raw: dict[str, Any] = {"EnableCapture": True, "InitialSamplingPercentage": dc.sampling_percent,
+                               "DestinationS3Uri": dc.destination,
+                               "CaptureOptions": [{"CaptureMode": m} for m in dc.capture]}
         if cfg.kms_key:
-            capture["KmsKeyId"] = cfg.kms_key
-        endpoint_config["DataCaptureConfig"] = capture
+            raw["KmsKeyId"] = cfg.kms_key
+        endpoint_config["DataCaptureConfig"] = raw
     return {"EndpointConfigName": content_name(name, endpoint_config), **endpoint_config, **tags}
 
 

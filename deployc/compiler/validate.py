@@ -188,7 +188,41 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
         found += content.data_problems(base, which, ds, dtypes, spec.model.task)
     return (found + _declared_inputs_problems(base, spec) + _input_mapping_problems(sets, [t.name for t in inputs])
             + _prediction_problems(base, spec, fmt) + _explain_input_problems(spec, inputs)
-            + _watched_feature_problems(spec, inputs))
+            + _watched_feature_problems(spec, inputs) + _capture_model_problems(base, spec, fmt))
+
+
+def _capture_model_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tuple[Any, ...], str]]:
+    """`monitoring.capture` must name the model's inputs and outputs (where the model file or the spec names
+    them), mask only what it captures, and round or bucket numbers, not booleans."""
+    from deployc.compiler import content
+    from deployc.compiler.resolved import model_inputs
+
+    cap = spec.monitoring.capture if spec.monitoring is not None else None
+    if cap is None:
+        return []
+    at = ("monitoring", "capture")
+    ins = {t.name: t.dtype for t in model_inputs(spec, base)}
+    outs = content.output_names(base, spec, fmt)
+    found: list[tuple[tuple[Any, ...], str]] = []
+    for which, known in (("inputs", list(ins)), ("outputs", outs)):
+        for i, name in enumerate(getattr(cap, which) or ()):
+            if known and name not in known:
+                found.append((at + (which, i), f"the model has no {which[:-1]} named {name!r} (its {which}: "
+                              f"{', '.join(known)})"))
+    captured_ins = list(ins) if cap.inputs is None else list(cap.inputs)
+    captured_outs = list(outs) if cap.outputs is None else list(cap.outputs)
+    for name, rule in cap.fields.items():
+        if ins and outs and name not in ins and name not in outs:
+            found.append((at + ("fields", name), f"the model has no input or output named {name!r} (inputs: "
+                          f"{', '.join(ins)}; outputs: {', '.join(outs)})"))
+        elif (cap.inputs is not None or ins) and (cap.outputs is not None or outs) \
+                and name not in captured_ins + captured_outs and rule.mask != "drop":
+            found.append((at + ("fields", name), f"{name} is not captured (monitoring.capture.inputs and outputs "
+                          "do not list it), so its rule would never apply"))
+        if rule.mask in ("round", "bucket") and ins.get(name) == "bool":
+            found.append((at + ("fields", name, "mask"), f"{name} holds booleans: {rule.mask} applies to numbers "
+                          "(use drop or hash)"))
+    return found
 
 
 def _watched_feature_problems(spec: DeploySpec, inputs: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:

@@ -9,6 +9,7 @@ from pydantic import BeforeValidator, Field, create_model, field_validator, mode
 
 from deployc.conventions import DEFAULT_LATENCY_BUCKETS
 from deployc.schema.base import CrossFieldErrors, Name, RelPath, SpecModel
+from deployc.schema.capture import Monitoring, capture_problems
 from deployc.schema.passes import PassItem, optimize_problems
 from deployc.schema.slo import (
     SLO,
@@ -210,6 +211,8 @@ class DeploySpec(SpecModel):
                                     "gate how far optimization may change the explanation, serve explanations.")
     targets: Targets = Field(default_factory=Targets)
     slos: list[SLO] = Field(default_factory=list, max_length=64)
+    monitoring: Monitoring | None = Field(None, description="What the served model records about its traffic: "
+                                          "`capture` (masked request and response samples).")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DeploySpec:
@@ -241,6 +244,7 @@ class DeploySpec(SpecModel):
                                  f"that runs `deployc serve` ({', '.join(serving_targets())})"))
         problems.extend(latency_threshold_problems(self.slos, DEFAULT_LATENCY_BUCKETS))
         problems.extend(input_drift_problems(self.slos, self.data.eval is not None))
+        problems.extend(capture_problems(self))  # deployc.schema.capture
         if problems:
             raise CrossFieldErrors(problems)
         return self

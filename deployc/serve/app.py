@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,6 +32,9 @@ from deployc.serve.openapi import OPENAPI_PATH, openapi
 from deployc.serve.runtime import ModelRunner
 from deployc.serve.state import ServerState, auth_token, bearer_ok
 
+if TYPE_CHECKING:
+    from deployc.serve.capture import Recorder
+
 log = logging.getLogger("deployc.serve")
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -43,12 +46,14 @@ def create_app(cfg: ServingConfig, runner: ModelRunner | None = None) -> Starlet
     runner.warm_up()
     metrics = ServerMetrics(cfg)
     batcher = Batcher(runner, cfg.batching, cfg.max_batch_size, cfg.max_delay_ms, metrics.observe_batch)
-    state = ServerState(cfg, runner, batcher, metrics, token)
+    state = ServerState(cfg, runner, batcher, metrics, token, capture=_recorder(cfg, metrics))
     routes = _routes(state)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         batcher.start()
+        if state.capture is not None:
+            state.capture.start()
         grpc_server = None
         if cfg.grpc_port is not None:  # same loop, model, batcher and metrics (docs/serving.md, gRPC)
             from deployc.serve.grpc_server import start_grpc
@@ -62,6 +67,8 @@ def create_app(cfg: ServingConfig, runner: ModelRunner | None = None) -> Starlet
         if grpc_server is not None:
             await grpc_server.stop(30)  # finishes the RPCs in flight, like uvicorn's graceful shutdown
         await batcher.stop()
+        if state.capture is not None:  # what the last requests queued is written before the process ends
+            state.capture.stop()
         if metrics.multiprocess:
             from prometheus_client import multiprocess
 
@@ -82,6 +89,19 @@ def create_app(cfg: ServingConfig, runner: ModelRunner | None = None) -> Starlet
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.serving = state
     return app
+
+
+def _recorder(cfg: ServingConfig, metrics: ServerMetrics) -> Recorder | None:
+    """The capture recorder (salts read, folder made 0700) when serving.json asks for capture, else None."""
+    if cfg.capture is None:
+        return None
+    from deployc.serve.capture import Recorder, capture_folder, prepare_folder, read_salts
+
+    salts = read_salts(cfg.capture, cfg.config_path)
+    folder = prepare_folder(capture_folder(cfg.capture))
+    return Recorder(cfg.capture, salts, folder, cfg.name, cfg.version, tuple(t.name for t in cfg.outputs),
+                    metrics.capture_sampled.inc,
+                    metrics.observe_capture_written, metrics.observe_capture_dropped)
 
 
 def _endpoint(state: ServerState, route: str, fn: Handler, protected: bool) -> Handler:

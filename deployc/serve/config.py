@@ -14,6 +14,7 @@ from typing import Any
 
 from deployc import conventions as C
 from deployc.errors import InputError
+from deployc.serve.capture import CaptureConfig, parse_capture
 from deployc.serve.inputs import ExplainConfig, InputMonitor, parse_explain, parse_input_monitor
 from deployc.serve.limits import Limits
 
@@ -73,6 +74,7 @@ class ServingConfig:
     threshold: float = DEFAULT_THRESHOLD  # binary: a row is class 1 when its probability is at least this
     explain: ExplainConfig | None = None  # the explain route's method and limits; None: the route answers 404
     input_monitor: InputMonitor | None = None  # input ranges and watched features; None: no input counters
+    capture: CaptureConfig | None = None  # masked data capture (deployc/serve/capture.py); None: off
 
     @property
     def config_path(self) -> Path:
@@ -281,4 +283,7 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
     if raw.get("explain") is not None:
         extra["explain"] = parse_explain(raw["explain"], shapes, {t.name: DATATYPES[t.datatype] for t in cfg.inputs},
                                          root, f"{w}: explain")
+    if raw.get("capture") is not None:
+        extra["capture"] = parse_capture(raw["capture"], [t.name for t in cfg.inputs], [t.name for t in cfg.outputs],
+                                         f"{w}: capture")
     return replace(cfg, **extra) if extra else cfg

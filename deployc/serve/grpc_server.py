@@ -216,7 +216,17 @@ async def model_infer(state: ServerState, request: Any) -> Any:
             batcher.arrived()
         gauge.dec()
     state.metrics.observe_predictions(outs)
+    if state.capture is not None:
+        state.capture.offer(C.ROUTE_GRPC_INFER, feed, outs, request.id or None, _parameters(request.parameters))
     return encode_response(cfg, request.id, outs, wanted)
+
+
+def _parameters(params: Any) -> dict[str, Any] | None:
+    """A request's `parameters` map (InferParameter values) as plain values, the way JSON would carry them."""
+    if not params:
+        return None
+    return {k: getattr(v, v.WhichOneof("parameter_choice")) if v.WhichOneof("parameter_choice") else None
+            for k, v in params.items()}
 
 
 def decode_request(request: Any, cfg: ServingConfig) -> tuple[dict[str, np.ndarray], set[str] | None]:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployc import __version__
+from deployc import conventions as C
 from deployc.serve import codec, content, npfiles
 from deployc.serve.bodies import JSON, NPY, NPZ, json_response, outputs_json, read_body
 from deployc.serve.codec import ClientError
@@ -109,7 +110,9 @@ async def infer(state: ServerState, request: Request) -> Response:
         chosen = wanted if wanted is not None else [s.name for s in cfg.outputs]
         return feed, (req, wanted, codec.binary_outputs(req, chosen))
 
-    _, outs, (req, wanted, binary) = await _run(state, request, decode)
+    feed, outs, (req, wanted, binary) = await _run(state, request, decode)
+    if state.capture is not None:
+        state.capture.offer(C.ROUTE_INFER, feed, outs, req.get("id"), req.get("parameters"))
     if binary:
         return _binary_response(state, req, outs, wanted, binary)
     return json_response(_v2_response(state, req, outs, wanted))
@@ -188,8 +191,11 @@ async def invocations(state: ServerState, request: Request) -> Response:
         feed, kind, extra = _decode_json(body, cfg)
         return feed, (kind, extra)
 
-    _, outs, (kind, extra) = await _run(state, request, decode)
+    feed, outs, (kind, extra) = await _run(state, request, decode)
     wanted = extra[1] if kind == "v2" else None
+    if state.capture is not None:
+        req = extra[0] if kind == "v2" else {}
+        state.capture.offer(C.ROUTE_INVOCATIONS, feed, outs, req.get("id"), req.get("parameters"))
     names = [s.name for s in cfg.outputs]
     if accept == NPY:  # one array: the first output, or the first one the request names
         return Response(npfiles.encode_npy(outs[names.index(wanted[0]) if wanted else 0]), media_type=NPY)

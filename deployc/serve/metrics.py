@@ -79,6 +79,8 @@ class ServerMetrics:
         self._inputs: InputCounts | None = None
         if cfg.input_monitor is not None:
             self._input_counters(cfg)
+        if cfg.capture is not None:
+            self._capture_counters()
         self.batch_child = self.batch.labels(*self._base)
         self.in_flight_child = self.in_flight.labels(*self._base)
 
@@ -108,6 +110,29 @@ class ServerMetrics:
                                          outside.labels(*self._base, t.name)) for t in cfg.inputs}
         self._bin_children = {f.name: [bins.labels(*self._base, f.name, str(b)) for b in range(f.bins)]
                               for f in cfg.input_monitor.features}
+
+    def _capture_counters(self) -> None:
+        """The capture counters, every series created at 0; incremented by the request path (sampled) and the
+        writer thread (written, bytes, dropped), which prometheus_client's locks make safe."""
+        from deployc.serve.capture import DROP_REASONS
+
+        base, r = (C.LABEL_MODEL, C.LABEL_VERSION), self.registry
+        self.capture_sampled = Counter(C.METRIC_CAPTURE_SAMPLED, "Inference requests drawn for capture.", base,
+                                       registry=r).labels(*self._base)
+        self.capture_written = Counter(C.METRIC_CAPTURE_WRITTEN, "Masked capture records written.", base,
+                                       registry=r).labels(*self._base)
+        self.capture_bytes = Counter(C.METRIC_CAPTURE_BYTES, "Bytes of capture records written.", base,
+                                     registry=r).labels(*self._base)
+        dropped = Counter(C.METRIC_CAPTURE_DROPPED, "Sampled records not written (queue full, too large for a "
+                          "file, write error).", base + (C.LABEL_REASON,), registry=r)
+        self._capture_dropped = {reason: dropped.labels(*self._base, reason) for reason in DROP_REASONS}
+
+    def observe_capture_written(self, size: int) -> None:
+        self.capture_written.inc()
+        self.capture_bytes.inc(size)
+
+    def observe_capture_dropped(self, reason: str) -> None:
+        self._capture_dropped[reason].inc()
 
     def observe_inputs(self, feed: dict[str, np.ndarray]) -> None:
         """Count one inference request's inputs (decoded and validated, before the model runs)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deployc.errors import InputError
 from deployc.serve.batcher import Batcher
@@ -15,6 +16,9 @@ from deployc.serve.config import ServingConfig
 from deployc.serve.limits import LimitsState
 from deployc.serve.metrics import ServerMetrics
 from deployc.serve.runtime import ModelRunner
+
+if TYPE_CHECKING:
+    from deployc.serve.capture import Recorder
 
 
 @dataclass
@@ -27,6 +31,7 @@ class ServerState:
     draining: bool = False
     started: bool = False
     limits: LimitsState | None = None  # set while serving; the HTTP protocol reads and updates it
+    capture: Recorder | None = None  # masked data capture; None: off
 
     def lone_http_request(self) -> bool:
         """Whether the calling request is the only HTTP request in this process right now (head arrived,
@@ -39,7 +44,15 @@ class ServerState:
 
 
 def auth_token(cfg: ServingConfig) -> bytes | None:
-    """The bearer token from the environment variable serving.json names; refusing to start beats serving open."""
+    """The bearer token from the environment variable serving.json names; refusing to start beats serving open.
+
+    Every other secret and place the server needs before it serves is checked here too (the capture salts and
+    folder), since `deployc serve --workers N` calls this once before it starts any worker."""
+    if cfg.capture is not None:
+        from deployc.serve.capture import capture_folder, prepare_folder, read_salts
+
+        read_salts(cfg.capture, cfg.config_path)
+        prepare_folder(capture_folder(cfg.capture))
     if cfg.auth_token_env is None:
         return None
     value = os.environ.get(cfg.auth_token_env, "")

@@ -58,9 +58,10 @@ def batching_section(ctx: EmitContext, cfg: LocalConfig) -> dict[str, Any]:
     }
 
 
-def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = None, port: int | None = None
-                   ) -> dict[str, Any]:
-    """The `serving.json` document for a bundle folder holding model.onnx (and labels.txt)."""
+def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = None, port: int | None = None,
+                   capture: bool = False) -> dict[str, Any]:
+    """The `serving.json` document for a bundle folder holding model.onnx (and labels.txt); with `capture`, its
+    `capture` section when the spec's `monitoring.capture` is on (absent otherwise)."""
     return {
         "format_version": c.SERVING_CONFIG_VERSION,
         "name": ctx.spec.name,
@@ -87,7 +88,34 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
         "metrics": {"latency_buckets": list(ctx.latency_buckets)},
         "limits": cfg.limits.model_dump(),  # timeouts, connections, in-flight body bytes (docs/serving.md)
         **explain_fields(ctx),
+        **(capture_fields(ctx) if capture else {}),
     }
+
+
+MB = 1 << 20
+
+
+def capture_fields(ctx: EmitContext) -> dict[str, Any]:
+    """serving.json's `capture` (docs/serving.md, Capture): the sampling rate, the captured tensors by the
+    artifact's names, each field's mask (a salt's variable name, never a salt) and the files' bounds."""
+    mon = ctx.spec.monitoring
+    cap = mon.capture if mon is not None else None
+    if cap is None or not cap.enabled:
+        return {}
+    inputs = [t.name for t in ctx.inputs] if cap.inputs is None else list(cap.inputs)
+    outputs = [t.name for t in ctx.outputs] if cap.outputs is None else list(cap.outputs)
+    f = cap.files
+    return {"capture": {
+        "sampling_percent": float(cap.sampling_percent),
+        "inputs": inputs,
+        "outputs": outputs,
+        "fields": {name: rule.to_json() for name, rule in sorted(cap.fields.items())},
+        "request_id": cap.request_id.to_json(),
+        "parameters": cap.parameters.to_json(),
+        "files": {"folder": f.folder, "max_file_bytes": int(f.max_file_mb * MB),
+                  "max_total_bytes": int(f.max_total_mb * MB), "max_files": f.max_files,
+                  "queue_size": f.queue_size},
+    }}
 
 
 EXPLAIN_BASELINE = "explain.npz"  # beside serving.json: the explanation's baseline row of each input
@@ -123,13 +151,19 @@ def prediction_fields(ctx: EmitContext) -> dict[str, Any]:
 
 
 def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str | None = None,
-                  port: int | None = None) -> dict[str, bytes]:
+                  port: int | None = None, capture: bool | None = None) -> dict[str, bytes]:
     """model.onnx, serving.json and labels.txt, relative to the bundle folder (also packed by sagemaker); `cfg`
-    defaults to the spec's `targets.local` settings (or their defaults)."""
+    defaults to the spec's `targets.local` settings (or their defaults).
+
+    `capture` (default: for the bundle that keeps the spec's own host, the local target's) writes the capture
+    section: a platform's container either captures by itself (SageMaker's DataCaptureConfig) or has no folder
+    that outlives it, so the bundles made for a platform address (`host`) leave it out unless asked.
+    """
     cfg = cfg or local_config(ctx.spec)
     files = {
         "model.onnx": ctx.onnx_model.read_bytes(),
-        "serving.json": dump_json(serving_config(ctx, cfg, host=host, port=port)),
+        "serving.json": dump_json(serving_config(ctx, cfg, host=host, port=port,
+                                                 capture=host is None if capture is None else capture)),
     }
     if ctx.labels:
         files["labels.txt"] = ("\n".join(ctx.labels) + "\n").encode()

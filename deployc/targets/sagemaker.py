@@ -23,6 +23,8 @@ from deployc.manifest import sha256_bytes
 from deployc.render import dump_json, render_template, render_yaml
 from deployc.sagemaker_plan import PROVISIONING_S, build_plan, rollback_alarm_ids
 from deployc.schema.base import Located, SpecModel, choice, located, show
+from deployc.schema.capture import KMS_KEY as CAPTURE_KMS_KEY
+from deployc.schema.capture import S3_URI as CAPTURE_S3_URI
 from deployc.schema.envref import ENV_KEY, EnvRef, credential_ref_problem, is_env_ref, parameter_names
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.bundle import local_config, serving_files
@@ -33,11 +35,10 @@ from deployc.targets.sagemaker_instance_types import INSTANCE_TYPES
 # Config: `targets.sagemaker` in deploy.yaml.
 
 ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[A-Za-z0-9_+=,.@/-]{1,512}$"
-S3_URI = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_!\-.*'()/=+]*)?$"
+S3_URI = CAPTURE_S3_URI
 REGION = (r"^(us|eu|ap|sa|ca|me|af|il|mx|cn)(-gov|-iso|-isob)?-"
           r"(north|south|east|west|central|northeast|southeast|northwest|southwest)-\d{1,2}$")
-KMS_KEY = (r"^(arn:aws(-cn|-us-gov|-iso|-iso-b)?:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9_/-]+"
-           r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|alias/[A-Za-z0-9_/-]+)$")
+KMS_KEY = CAPTURE_KMS_KEY
 # registry/repository[:tag|@sha256:digest]; SageMaker pulls from ECR (or a private registry inside a VPC)
 IMAGE_URI = r"^[a-z0-9][a-z0-9.-]*(:\d{1,5})?/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})?$"
 SUBNET = r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"
@@ -187,7 +188,8 @@ class SageMakerConfig(SpecModel):
                                     "access (SageMaker still downloads model.tar.gz and the image for it; `deployc "
                                     "serve` needs nothing else). Set false only for a container that must call out, "
                                     "e.g. to read a secret store at start.")
-    data_capture: DataCapture | None = Field(None, description="Capture requests/responses to S3.")
+    data_capture: DataCapture | None = Field(None, description="Capture requests/responses to S3, unmasked "
+                                             "(monitoring.capture with its s3 place is the newer way; not both).")
     rollout: Rollout = Field(default_factory=Rollout, description="How an update shifts traffic.")
     tags: dict[str, str] = Field(default_factory=dict, max_length=50, description="Tags on every resource "
                                  "(and alarm): keys 1-128 and values 0-256 of letters, digits, spaces and "
@@ -357,8 +359,10 @@ class SageMakerTarget(Target):
         local_cfg = local_config(spec)
         tarball = model_tarball(serving_files(ctx, local_cfg, host="0.0.0.0", port=c.SAGEMAKER_PORT))
         alarms = read_alarms(ctx)
+        capture = spec.monitoring.capture if spec.monitoring is not None else None
         plan = build_plan(cfg, name=spec.name, version=spec.version, artifact_sha256=sha256_bytes(tarball),
-                          artifact_size=len(tarball), alarms=alarms)
+                          artifact_size=len(tarball), alarms=alarms,
+                          capture=capture if capture is not None and capture.enabled else None)
         header = c.GENERATED_HEADER.format(spec=ctx.spec_file)
         files = {} if ctx.monitoring is None else {
             ALARMS_FILE: ctx.monitoring.alarms_document(spec.name, c.SAGEMAKER_VARIANT_NAME)}
