@@ -83,11 +83,14 @@ demo: install-demo demo-system-deps
 	@echo "Files in build/digits (manifest.json lists each with its sha256):"
 	@cd build/digits && find . -type f | sort | sed 's|^\./|  |'
 	@echo
+	@echo "== the application examples (nlp, cv, recsys): train, validate, then build all three in parallel"
+	@pids=""; for ex in nlp cv recsys; do $(BIN)/python examples/$$ex/train.py & pids="$$pids $$!"; done; \
+	  for p in $$pids; do wait $$p || exit 1; done
+	@for ex in nlp cv recsys; do $(BIN)/deployc validate examples/$$ex/deploy.yaml || exit 1; done
+	$(BIN)/deployc build -q -j 2 examples/nlp/deploy.yaml examples/cv/deploy.yaml examples/recsys/deploy.yaml
 	@for ex in nlp cv recsys; do \
-	  echo; echo "== examples/$$ex: train, validate, build"; \
-	  $(BIN)/python examples/$$ex/train.py && $(BIN)/deployc validate examples/$$ex/deploy.yaml \
-	    && $(BIN)/deployc build -q examples/$$ex/deploy.yaml && sed -n '/^## Verification/,/^## Gates/p' build/$$ex/report.md \
-	    | grep '^|' || exit 1; \
+	  echo; echo "== examples/$$ex: verification"; \
+	  sed -n '/^## Verification/,/^## Gates/p' build/$$ex/report.md | grep '^|' || exit 1; \
 	done
 	@echo
 	@echo "The visual report (charts, attribution heatmaps, gates; one file, opens from disk):"
