@@ -176,24 +176,30 @@ def _visual_report(rep: dict[str, Any], label: str, cache: Cache, log: Callable[
 
 
 def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
-          log: Callable[[str], None] = _quiet) -> BuildResult:
+          log: Callable[[str], None] = _quiet, sign: str | None = None) -> BuildResult:
     """Run the plan (cached steps are reused), check the gates, emit every target, write atomically.
+
+    `sign`: a PEM EC private key (path or text) that signs the build (deployc.signing); default the spec's
+    `signing.key_env` variable or $DEPLOYC_SIGNING_KEY. The signatures are written with the build, atomically.
 
     `log` gets each progress line; a `deployc.progress.Progress` (a `RichProgress` on a terminal) also gets the
     long steps' tasks (training epochs, calibration, conversions) as they advance."""
     from deployc.compiler import emit
     from deployc.compiler.write import build_lock, check_replaceable, check_writable, recover, write_output
+    from deployc.signing import signed_build, signing_key
 
     validated = _load_validated(spec_path)
     out = out_dir or default_out_dir(validated[1])
+    key = signing_key(sign, validated[1])  # a required signature without a key fails before any step runs
     check_writable(out)
     with build_lock(out, log):
         recover(out)
         check_replaceable(out)
         cache = Cache(cache_dir or default_cache_dir())
         compiled = compile_build(spec_path, cache.root, log, out, validated)
-        write_output(out, compiled.files, check=emit.post_write_check(compiled.plan, cache))
-    return BuildResult(out_dir=out, files=compiled.files, cached=compiled.cached, report=compiled.report,
+        files = signed_build(compiled.files, key, validated[1].name)
+        write_output(out, files, check=emit.post_write_check(compiled.plan, cache))
+    return BuildResult(out_dir=out, files=files, cached=compiled.cached, report=compiled.report,
                        gates=compiled.gates)
 
 
@@ -210,16 +216,20 @@ class CheckResult:
 
 
 def check(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
-          log: Callable[[str], None] = _quiet) -> CheckResult:
-    """Compare what a build would write with the committed build folder; write nothing there."""
+          log: Callable[[str], None] = _quiet, sign: str | None = None) -> CheckResult:
+    """Compare what a build would write with the committed build folder; write nothing there. Signature files
+    are verified, not compared (deployc.signing.check_build): ECDSA signatures differ on every signing."""
     from deployc.compiler.write import read_tree
+    from deployc.signing import check_build
 
     validated = _load_validated(spec_path)
     out = out_dir or default_out_dir(validated[1])
     files = compile_build(spec_path, cache_dir, log, out, validated).files
-    have = read_tree(out) if out.is_dir() else {}
-    return CheckResult(out_dir=out, added=sorted(set(files) - set(have)), removed=sorted(set(have) - set(files)),
-                       changed=sorted(k for k in set(files) & set(have) if files[k] != have[k]))
+    have, sig_added, sig_removed, sig_changed = check_build(files, read_tree(out) if out.is_dir() else {}, out,
+                                                            validated[1], sign)
+    return CheckResult(out_dir=out, added=sorted(set(files) - set(have)) + sig_added,
+                       removed=sorted(set(have) - set(files)) + sig_removed,
+                       changed=sorted(k for k in set(files) & set(have) if files[k] != have[k]) + sig_changed)
 
 
 @dataclass(frozen=True)
@@ -241,7 +251,7 @@ class SpecBuild:
 
 def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bool = False, jobs: int = 0,
                cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
-               on_done: Callable[[SpecBuild], None] | None = None) -> list[SpecBuild]:
+               on_done: Callable[[SpecBuild], None] | None = None, sign: str | None = None) -> list[SpecBuild]:
     """Build (or, with `check`, compare) several specs in parallel worker processes, each into
     `<out_root>/<name>` (default root: build/).
 
@@ -266,7 +276,8 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
     done: dict[Path, SpecBuild] = {}
     ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log) for s in unique]
+        futures = [pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log, sign)
+                   for s in unique]
         for fut in as_completed(futures):
             outcome = fut.result()
             done[outcome.spec] = outcome
@@ -276,14 +287,14 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
 
 
 def _build_one(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Path | None,
-               log: Callable[[str], None]) -> SpecBuild:
+               log: Callable[[str], None], sign: str | None = None) -> SpecBuild:
     """The body of each `build_many` worker process: its tasks are reported as plain lines through `log`."""
     prefixed = as_progress(log).prefixed(f"{spec}: ")
     try:
         if check_only:
-            checked = check(spec, out, cache_dir, log=prefixed)
+            checked = check(spec, out, cache_dir, log=prefixed, sign=sign)
             return SpecBuild(spec, name, out, checked, exit_code=EXIT_OK if checked.clean else EXIT_INVALID)
-        return SpecBuild(spec, name, out, build(spec, out, cache_dir, log=prefixed))
+        return SpecBuild(spec, name, out, build(spec, out, cache_dir, log=prefixed, sign=sign))
     except DeploycError as exc:
         return SpecBuild(spec, name, out, None, error=type(exc).__name__, messages=exc.lines(),
                          exit_code=exc.exit_code)

@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", type=Path, help="step cache (default: $DEPLOYC_CACHE_DIR or ~/.cache/deployc)")
     b.add_argument("--format", choices=("text", "json"), default="text")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    b.add_argument("--sign", metavar="KEY", help="sign the build with this PEM EC private key (path or PEM text; "
+                   "default: the spec's signing.key_env, or $DEPLOYC_SIGNING_KEY); with --check, verify with it")
+
+    ve = sub.add_parser("verify", help="verify a build's signature (model.sig); exit 1 naming a changed, added "
+                        "or removed file")
+    ve.add_argument("build", type=Path, help="a build folder, or a served folder such as build/<name>/local")
+    ve.add_argument("--key", metavar="PUB", help="the PEM public key (path or PEM text; default $DEPLOYC_VERIFY_KEY)")
+    ve.add_argument("--format", choices=("text", "json"), default="text")
 
     d = sub.add_parser("diff", help="what changed between two build folders (Markdown for pull requests)")
     d.add_argument("old", type=Path)
@@ -150,6 +158,15 @@ def _run(args: argparse.Namespace) -> int:
         d = diff_builds(args.old, args.new)
         print(json.dumps(d, indent=2, sort_keys=True) if args.format == "json" else render_markdown(d))
         return EXIT_OK
+    if args.command == "verify":
+        from deployc.signing import verify_path
+
+        verified = verify_path(args.build, args.key)
+        if args.format == "json":
+            print(json.dumps({"ok": True, **verified.to_json()}, indent=2, sort_keys=True))
+        else:
+            print(f"{args.build}: signature verified (key sha256 {verified.key_sha256}, {verified.files} files)")
+        return EXIT_OK
     from deployc.extras import require
 
     specs = _expand_specs(args.spec)
@@ -181,8 +198,8 @@ def _build_one(spec: Path, args: argparse.Namespace) -> int:
 
     log = _reporter(args)
     if args.check:
-        return _print_check(spec, api.check(spec, args.out, args.cache_dir, log=log), args.format)
-    _print_built(api.build(spec, args.out, args.cache_dir, log=log), args.format)
+        return _print_check(spec, api.check(spec, args.out, args.cache_dir, log=log, sign=args.sign), args.format)
+    _print_built(api.build(spec, args.out, args.cache_dir, log=log, sign=args.sign), args.format)
     return EXIT_OK
 
 
@@ -192,7 +209,7 @@ def _build_many(specs: list[Path], args: argparse.Namespace) -> int:
 
     log = _no_progress if args.quiet or args.format == "json" else _progress
     results = api.build_many(specs, args.out, check=args.check, jobs=args.jobs, cache_dir=args.cache_dir,
-                             log=log, on_done=lambda r: _print_spec(r, args.format))
+                             log=log, sign=args.sign, on_done=lambda r: _print_spec(r, args.format))
     failed = sum(1 for r in results if not r.ok)
     print(f"{len(results) - failed} of {len(results)} builds succeeded", file=sys.stderr)
     return max(r.exit_code for r in results)

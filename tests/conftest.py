@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits"
 
 
+AUDIT_LOG = Path(tempfile.gettempdir()) / f"deployc-test-audit-{os.getpid()}.jsonl"
+os.environ.setdefault("DEPLOYC_AUDIT_LOG", str(AUDIT_LOG))  # in-process deploys too
+
+
 def deployc_env(cache_dir: Path | None = None, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.pop("DEPLOYC_DEBUG", None)
+    env.setdefault("DEPLOYC_AUDIT_LOG", str(AUDIT_LOG))  # deploy tests never write the user's own audit log
     if cache_dir is not None:
         env["DEPLOYC_CACHE_DIR"] = str(cache_dir)
     env.update(extra)

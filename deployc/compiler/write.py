@@ -17,6 +17,7 @@ from deployc import conventions as c
 from deployc.compiler.inputs import special_kind
 from deployc.errors import InputError, input_error
 from deployc.manifest import read_manifest
+from deployc.signing import signature_path, signed_folders
 
 
 def crash_point(name: str) -> None:
@@ -72,6 +73,7 @@ def check_replaceable(out: Path) -> None:
         listed = set(read_manifest(out)["files"])
     except (InputError, KeyError, TypeError):
         raise InputError(f"{refuse} (no deployc {c.MANIFEST})") from None
+    listed |= {signature_path(f) for f in signed_folders(listed)}  # a signed build's model.sig files
     for p in sorted(out.rglob("*")):
         mode = p.lstat().st_mode
         rel = p.relative_to(out).as_posix()

@@ -26,11 +26,18 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the endpoint to be InService (default 1800)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="json: progress off, one result document on stdout")
+    p.add_argument("--key", metavar="PUB", help="verify the build's signature (model.sig) with this PEM public key "
+                   "before any AWS call (default: $DEPLOYC_VERIFY_KEY, a path or the PEM text)")
+    p.add_argument("--require-signature", action="store_true", help="refuse a build whose signature does not "
+                   "verify, or that has none (also: DEPLOYC_REQUIRE_SIGNATURE=1)")
+    p.add_argument("--audit-log", metavar="PATH", type=Path, help="append this deploy's audit line here (default: "
+                   "$DEPLOYC_AUDIT_LOG, else $XDG_STATE_HOME/deployc/audit.jsonl)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok, 1 bad bundle or an unset !ENV variable, 2 usage, 4 AWS failed (docs/sagemaker.md)."""
+    """Exit codes: 0 ok, 1 bad, tampered or unsigned bundle or an unset !ENV variable, 2 usage, 4 AWS failed
+    (docs/sagemaker.md, docs/provenance.md)."""
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
@@ -43,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     as_json = args.format == "json"
     try:
         result = deploy(args.build_dir, dry_run=args.dry_run, endpoint_url=args.endpoint_url,
-                        wait_timeout_s=args.wait_timeout, log=(lambda m: None) if as_json else print)
+                        wait_timeout_s=args.wait_timeout, log=(lambda m: None) if as_json else print,
+                        verify_key=args.key, require_signature=args.require_signature, audit_log=args.audit_log)
     except DeploycError as exc:
         if as_json:
             print(json.dumps({"ok": False, "error": type(exc).__name__, "messages": exc.lines()}, indent=2))

@@ -11,6 +11,7 @@ from deployc.conventions import DEFAULT_LATENCY_BUCKETS
 from deployc.schema.base import CrossFieldErrors, Name, RelPath, SpecModel
 from deployc.schema.capture import Monitoring, capture_problems
 from deployc.schema.passes import PassItem, optimize_problems
+from deployc.schema.signing import Signing
 from deployc.schema.slo import (
     SLO,
     InputDriftSLO,
@@ -209,6 +210,8 @@ class DeploySpec(SpecModel):
     measure: Measure = Field(default_factory=Measure)
     explain: Explain | None = Field(None, description="Explain the original model and every artifact on data.eval, "
                                     "gate how far optimization may change the explanation, serve explanations.")
+    signing: Signing | None = Field(None, description="Sign the build in the OpenSSF model-signing format and "
+                                    "have its servers verify it (docs/provenance.md).")
     targets: Targets = Field(default_factory=Targets)
     slos: list[SLO] = Field(default_factory=list, max_length=64)
     monitoring: Monitoring | None = Field(None, description="What the served model records about its traffic: "

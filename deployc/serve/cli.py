@@ -1,11 +1,15 @@
 """`deployc serve BUNDLE`: check the bundle, load and warm the model, bind, serve, drain on SIGTERM, exit 0.
 
-Everything that can go wrong before serving (bundle, model hash, auth token, port) is checked before the port
-opens and reported as one line on stderr with exit code 1.
+Everything that can go wrong before serving (bundle, signature, model hash, auth token, port) is checked before
+the port opens and reported as one line on stderr with exit code 1. The signature (deployc.signing) is checked
+before anything of the bundle is loaded, when a key is given (--key, $DEPLOYC_VERIFY_KEY) or a signature is
+required (--require-signature, $DEPLOYC_REQUIRE_SIGNATURE=1, serving.json's `signature.required`).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -14,10 +18,11 @@ import socket
 import sys
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from deployc.errors import EXIT_OK, DeploycError, InputError
-from deployc.serve.config import ServingConfig, load_config
+from deployc.serve.config import ServingConfig, find_serving_json, load_config
 
 log = logging.getLogger("deployc.serve")
 
@@ -33,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: serving.json's server.grpc_port, off when null; 0 picks a free one)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level; 'debug' also writes an access log line per request")
+    p.add_argument("--key", metavar="PUB", help="verify the bundle's signature (model.sig) with this PEM public "
+                   "key before loading anything (default: $DEPLOYC_VERIFY_KEY, a path or the PEM text)")
+    p.add_argument("--require-signature", action="store_true", help="refuse to start unless the signature "
+                   "verifies (also: DEPLOYC_REQUIRE_SIGNATURE=1, or serving.json's signature.required)")
     return p
 
 
@@ -44,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        provenance = check_bundle(args.bundle, args.key, args.require_signature)
         cfg = load_config(args.bundle)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers),
                                        ("grpc_port", args.grpc_port)) if v is not None}
@@ -52,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--port must be 0..65535 and --workers >= 1")
         if cfg.grpc_port is not None and (not 0 <= cfg.grpc_port <= 65535 or cfg.grpc_port == cfg.port != 0):
             raise InputError(f"--grpc-port must be 0..65535 and differ from the HTTP port {cfg.port}")
+        log_startup(cfg, provenance)
         if cfg.workers == 1:
             return _serve_one(cfg, args.log_level)
         return _serve_many(cfg, args.log_level)
@@ -59,6 +70,45 @@ def main(argv: list[str] | None = None) -> int:
         for line in e.lines():
             print(f"deployc serve: error: {line}", file=sys.stderr)
         return e.exit_code
+
+
+def check_bundle(bundle: str, key: str | None, require: bool) -> dict[str, Any]:
+    """The signature check that runs before the bundle is loaded; returns what the startup line logs."""
+    from deployc import signing
+
+    serving_json = find_serving_json(bundle)
+    try:
+        raw = json.loads(serving_json.read_bytes())
+    except (OSError, ValueError):
+        raw = {}  # load_config reports it, with the reason
+    asked = isinstance(raw, dict) and isinstance(raw.get("signature"), dict) and raw["signature"].get("required")
+    required = require or signing.required_by_env() or asked is True
+    folder = Path(bundle).parent if Path(bundle).is_file() else Path(bundle)
+    try:
+        status = signing.check_provenance(folder, signing.verify_key(key), required)
+    except ModuleNotFoundError as exc:  # `python -m deployc.serve` too: one line naming the extra
+        from deployc.extras import missing_extra
+
+        if (err := missing_extra(exc, "deployc serve --key")) is None:
+            raise
+        raise err from None
+    served = serving_json.parent
+    digests = signing.folder_digests(served)
+    status["bundle_sha256"] = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(digests.items()))
+                                             .encode()).hexdigest()
+    return status
+
+
+def log_startup(cfg: ServingConfig, status: dict[str, Any]) -> None:
+    """One log line that says what is served: the bundle's content hash, the model's, and the signature."""
+    if status.get("verified"):
+        sig = f"signature verified (key sha256 {status['key_sha256']}, digest {status['digest']})"
+    elif status.get("signed"):
+        sig = "signed, not verified (no --key or DEPLOYC_VERIFY_KEY)"
+    else:
+        sig = "unsigned"
+    log.info("serving %s %s from %s: bundle sha256 %s, model sha256 %s; %s", cfg.name, cfg.version, cfg.root,
+             status["bundle_sha256"], cfg.model_sha256, sig)
 
 
 def _bound(host: str, port: int, option: int, what: str = "") -> socket.socket:

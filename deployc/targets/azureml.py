@@ -17,6 +17,7 @@ from deployc import conventions as c
 from deployc.errors import InputError
 from deployc.render import dump_yaml, render_template
 from deployc.schema.base import Located, SpecModel, choice
+from deployc.signing import REQUIRE_ENV, verifies_on_serve
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.common import (
     BASE_IMAGE,
@@ -181,7 +182,8 @@ def deployment_doc(ctx: EmitContext, cfg: AzureMLConfig, endpoint: str) -> dict[
         },
         "liveness_probe": _probe(cfg.liveness_probe),
         "readiness_probe": _probe(cfg.readiness_probe),
-        "environment_variables": dict(sorted(cfg.environment_variables.items())),
+        "environment_variables": dict(sorted({**cfg.environment_variables, **(
+            {REQUIRE_ENV: "1"} if verifies_on_serve(ctx.spec) else {})}.items())),
         "tags": {"deployc-model": ctx.spec.name, "deployc-version": ctx.spec.version},
     }
 
@@ -203,7 +205,8 @@ class AzureMLTarget(Target):
         out[f"{d}/endpoint.yml"] = dump_yaml(endpoint_doc(cfg, endpoint, description), header=header)
         out[f"{d}/deployment.yml"] = dump_yaml(deployment_doc(ctx, cfg, endpoint), header=header)
         out[f"{d}/Dockerfile"] = dockerfile(spec.name, spec.version, header=header,
-                                         requirement=serving_requirement(spec)).encode()
+                                         requirement=serving_requirement(spec),
+                                         signed=getattr(spec, "signing", None) is not None).encode()
         out[f"{d}/request.json"] = dump(instances_request(ctx))  # the README's `invoke --request-file`
         a = cfg.autoscaling
         out[f"{d}/README.md"] = render_template(
@@ -219,7 +222,7 @@ class AzureMLTarget(Target):
 
 
 def dockerfile(name: str, version: str, *, header: str,
-               requirement: str = f"deployc[serve]=={__version__}") -> str:
+               requirement: str = f"deployc[serve]=={__version__}", signed: bool = False) -> str:
     port = c.CLOUD_SERVING_PORT
     # Azure ML runs the image's own entrypoint; the model folder is <mount>/model (or the mount itself).
     command = (f'for d in "$DEPLOYC_MODEL_DIR/model" "$DEPLOYC_MODEL_DIR"; do '
@@ -228,4 +231,4 @@ def dockerfile(name: str, version: str, *, header: str,
     return render_template("azureml", "Dockerfile.j2", header=header, bundle_name=name, version=version,
                            base_image=BASE_IMAGE, base_tag=BASE_TAG, requirement=requirement,
                            port=port, uid=SERVING_UID, healthcheck=healthcheck(port, c.CLOUD_LIVE_ROUTE),
-                           model_dir=MODEL_MOUNT_PATH, entrypoint=["/bin/sh", "-c", command])
+                           model_dir=MODEL_MOUNT_PATH, entrypoint=["/bin/sh", "-c", command], signed=signed)

@@ -12,6 +12,7 @@ from deployc import conventions as c
 from deployc.compiler.steps import EXPLAIN, PROFILE
 from deployc.errors import SpecFieldError
 from deployc.render import dump_json
+from deployc.signing import serving_fields
 from deployc.targets import get_target, serves_metrics
 from deployc.targets.base import EmitContext
 from deployc.targets.invariance import INVARIANCE, LOCAL_FIELDS, BatchingDecision, batching_decision
@@ -89,6 +90,7 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
         "limits": cfg.limits.model_dump(),  # timeouts, connections, in-flight body bytes (docs/serving.md)
         **explain_fields(ctx),
         **(capture_fields(ctx) if capture else {}),
+        **serving_fields(ctx.spec),  # `signature`: servers verify the bundle before they load it
     }
 
 

@@ -19,11 +19,14 @@ __all__ = ["BASE_IMAGE", "BASE_TAG", "SERVING_UID", "cloud_model_files", "health
 
 def serving_requirement(spec: Any) -> str:
     """What the serving image pip-installs: deployc's `serve` extra (ONNX Runtime and the server, no TensorFlow),
-    with `explain` (shap) only when the bundle serves kernel-shap explanations."""
+    with `explain` (shap) only when the bundle serves kernel-shap explanations, and `sign` (model-signing) when
+    the build is signed, so that the server can verify the model folder at start (DEPLOYC_VERIFY_KEY)."""
     extras = ["serve"]
     explain = getattr(spec, "explain", None)
     if explain is not None and explain.serve.enabled and explain.method == "kernel-shap":
         extras.append("explain")
+    if getattr(spec, "signing", None) is not None:
+        extras.append("sign")
     return f"deployc[{','.join(extras)}]=={__version__}"
 
 

@@ -21,6 +21,7 @@ from deployc import conventions as c
 from deployc.errors import DeploycError, InputError
 from deployc.render import dump_yaml
 from deployc.schema.base import Located, SpecModel, located, name_within, show
+from deployc.signing import REQUIRE_ENV, VERIFY_KEY_ENV, verifies_on_serve
 from deployc.targets.base import EmitContext, Target
 from deployc.targets.bundle import local_config, serving_files
 from deployc.targets.common import SERVING_UID
@@ -366,6 +367,10 @@ def _container(ctx: EmitContext, cfg: KServeConfig) -> dict[str, Any]:
     if local is not None and local.auth is not None:  # the token comes from a Secret you create
         env.append({"name": local.auth.token_env,
                     "valueFrom": {"secretKeyRef": {"name": f"{ctx.spec.name}-auth", "key": "token"}}})
+    if cfg.runtime == "deployc" and verifies_on_serve(ctx.spec):  # the public key comes from a ConfigMap you create
+        env += [{"name": VERIFY_KEY_ENV, "valueFrom": {"configMapKeyRef": {"name": f"{ctx.spec.name}-signing-key",
+                                                                           "key": "public.pem"}}},
+                {"name": REQUIRE_ENV, "value": "1"}]
     sec = cfg.security
     security = {**_base_security_context(), "runAsNonRoot": True, "runAsUser": sec.run_as_user,
                 "runAsGroup": sec.run_as_user, "readOnlyRootFilesystem": sec.read_only_root_filesystem}
