@@ -15,6 +15,7 @@ from deployc.compiler.cache import Cache, default_cache_dir
 from deployc.compiler.gates import GateCheck
 from deployc.compiler.load import LoadedSpec, load_spec, value_position
 from deployc.compiler.plan import Plan, make_plan
+from deployc.compiler.remote import RemoteSettings
 from deployc.compiler.validate import dotted
 from deployc.compiler.validate import validate as _validate
 from deployc.errors import (
@@ -46,16 +47,35 @@ def validate(spec_path: Path) -> DeploySpec:
 class PlanResult:
     plan: Plan
     cached: dict[str, bool]
+    remote: dict[str, bool] | None = None  # with a remote cache: step id -> whether the remote holds it
 
     def to_json(self) -> dict[str, Any]:
-        return self.plan.to_json(self.cached)
+        doc = self.plan.to_json(self.cached)
+        if self.remote is not None:
+            for row in doc["steps"]:
+                row["remote"] = self.remote[row["id"]]
+        return doc
 
 
-def plan(spec_path: Path, cache_dir: Path | None = None) -> PlanResult:
+def open_cache(cache_dir: Path | None, remote: RemoteSettings | None = None) -> Cache:
+    """The step cache of a build: `cache_dir` (default $DEPLOYC_CACHE_DIR or ~/.cache/deployc), backed by the
+    remote cache `remote` names (None: the one $DEPLOYC_REMOTE_CACHE or deployc's config file names, if any)."""
+    from deployc.compiler.remote import RemoteCache  # boto3 itself only once the store is first asked
+
+    settings = remote if remote is not None else RemoteSettings.resolve()
+    return Cache(cache_dir or default_cache_dir(), RemoteCache(settings) if settings.enabled else None)
+
+
+def plan(spec_path: Path, cache_dir: Path | None = None, remote: RemoteSettings | None = None) -> PlanResult:
+    """The plan, with which steps the local cache holds (and, with a remote cache, which the remote holds: one
+    HEAD per step the local cache lacks)."""
     loaded = load_spec(spec_path)
     p = make_plan(_validate(loaded), spec_path, loaded.text)
-    cache = Cache(cache_dir or default_cache_dir())
-    return PlanResult(p, {s.id: cache.has(p.keys[s.id]) for s in p.steps})
+    cache = open_cache(cache_dir, remote)
+    cached = {s.id: cache.has(p.keys[s.id]) for s in p.steps}
+    if cache.remote is None:
+        return PlanResult(p, cached)
+    return PlanResult(p, cached, {s.id: not cached[s.id] and cache.has_remote(p.keys[s.id]) for s in p.steps})
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,7 @@ class BuildResult:
     cached: dict[str, bool]
     report: dict[str, Any]
     gates: list[GateCheck] = field(default_factory=list)
+    remote_hits: tuple[str, ...] = ()  # the cached steps that came from the remote cache
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,7 @@ class CompiledBuild:
     cached: dict[str, bool]  # step id -> whether its result came from the cache
     report: dict[str, Any]  # what report.json holds
     gates: list[GateCheck]
+    remote_hits: tuple[str, ...] = ()  # the cached steps that came from the remote cache
 
 
 def default_out_dir(spec: DeploySpec) -> Path:
@@ -89,15 +111,21 @@ def spec_label(spec_path: Path) -> str:
 
 
 def compile_build(spec_path: Path, cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
-                  out_dir: Path | None = None, validated: tuple[LoadedSpec, DeploySpec] | None = None
-                  ) -> CompiledBuild:
+                  out_dir: Path | None = None, validated: tuple[LoadedSpec, DeploySpec] | None = None,
+                  remote: RemoteSettings | None = None) -> CompiledBuild:
     """Everything a build writes, as {path: bytes}, without writing it (steps still fill the cache).
 
     `validated`: the spec as `_load_validated` returned it, so a caller that already validated (which reads
-    every data set) does not do it twice."""
-    loaded, spec = validated or _load_validated(spec_path)
+    every data set) does not do it twice. `remote`: see `open_cache`."""
+    return _compile_located(validated or _load_validated(spec_path), spec_path, open_cache(cache_dir, remote), log,
+                            out_dir)
+
+
+def _compile_located(validated: tuple[LoadedSpec, DeploySpec], spec_path: Path, cache: Cache,
+                     log: Callable[[str], None], out_dir: Path | None) -> CompiledBuild:
+    loaded, spec = validated
     try:
-        return _compile(loaded, spec, spec_path, cache_dir, log, out_dir)
+        return _compile(loaded, spec, spec_path, cache, log, out_dir)
     except SpecFieldError as exc:  # found by a step, reported at its field like any spec error
         line, col = value_position(loaded.tree, exc.loc)
         raise SpecError([Problem(loaded.display, line, col, dotted(exc.loc), exc.message)]) from None
@@ -108,7 +136,7 @@ def _load_validated(spec_path: Path) -> tuple[LoadedSpec, DeploySpec]:
     return loaded, _validate(loaded)
 
 
-def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: Path | None,
+def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache: Cache,
              log: Callable[[str], None], out_dir: Path | None) -> CompiledBuild:
     from deployc.compiler import emit, report, results
     from deployc.compiler.execute import execute
@@ -118,7 +146,6 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
 
     p = make_plan(spec, spec_path, loaded.text)
     out = out_dir or default_out_dir(spec)
-    cache = Cache(cache_dir or default_cache_dir())
     outputs, cached = execute(p, cache, log)
 
     checks: list[GateCheck] = []
@@ -145,7 +172,8 @@ def _compile(loaded: LoadedSpec, spec: DeploySpec, spec_path: Path, cache_dir: P
     manifest = make_manifest(files, name=p.resolved.name, version=p.resolved.version, spec_sha256=p.spec_sha256,
                              versions=versions)
     files[c.MANIFEST] = dump_json(manifest)
-    return CompiledBuild(plan=p, files=files, cached=cached, report=rep, gates=checks)
+    remote_hits = tuple(s.id for s in p.steps if p.keys[s.id] in cache.from_remote)
+    return CompiledBuild(plan=p, files=files, cached=cached, report=rep, gates=checks, remote_hits=remote_hits)
 
 
 def _visual_report(rep: dict[str, Any], label: str, cache: Cache, log: Callable[[str], None]) -> dict[str, bytes]:
@@ -176,14 +204,18 @@ def _visual_report(rep: dict[str, Any], label: str, cache: Cache, log: Callable[
 
 
 def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
-          log: Callable[[str], None] = _quiet, sign: str | None = None) -> BuildResult:
+          log: Callable[[str], None] = _quiet, sign: str | None = None, remote: RemoteSettings | None = None
+          ) -> BuildResult:
     """Run the plan (cached steps are reused), check the gates, emit every target, write atomically.
 
     `sign`: a PEM EC private key (path or text) that signs the build (deployc.signing); default the spec's
     `signing.key_env` variable or $DEPLOYC_SIGNING_KEY. The signatures are written with the build, atomically.
 
     `log` gets each progress line; a `deployc.progress.Progress` (a `RichProgress` on a terminal) also gets the
-    long steps' tasks (training epochs, calibration, conversions) as they advance."""
+    long steps' tasks (training epochs, calibration, conversions) as they advance.
+
+    `remote`: the shared step cache (deployc.compiler.remote); None: the one the environment or deployc's config
+    file names, if any."""
     from deployc.compiler import emit
     from deployc.compiler.write import build_lock, check_replaceable, check_writable, recover, write_output
     from deployc.signing import signed_build, signing_key
@@ -195,12 +227,12 @@ def build(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
     with build_lock(out, log):
         recover(out)
         check_replaceable(out)
-        cache = Cache(cache_dir or default_cache_dir())
-        compiled = compile_build(spec_path, cache.root, log, out, validated)
+        cache = open_cache(cache_dir, remote)
+        compiled = _compile_located(validated, spec_path, cache, log, out)
         files = signed_build(compiled.files, key, validated[1].name)
         write_output(out, files, check=emit.post_write_check(compiled.plan, cache))
     return BuildResult(out_dir=out, files=files, cached=compiled.cached, report=compiled.report,
-                       gates=compiled.gates)
+                       gates=compiled.gates, remote_hits=compiled.remote_hits)
 
 
 @dataclass(frozen=True)
@@ -216,7 +248,8 @@ class CheckResult:
 
 
 def check(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None = None,
-          log: Callable[[str], None] = _quiet, sign: str | None = None) -> CheckResult:
+          log: Callable[[str], None] = _quiet, sign: str | None = None, remote: RemoteSettings | None = None
+          ) -> CheckResult:
     """Compare what a build would write with the committed build folder; write nothing there. Signature files
     are verified, not compared (deployc.signing.check_build): ECDSA signatures differ on every signing."""
     from deployc.compiler.write import read_tree
@@ -224,7 +257,7 @@ def check(spec_path: Path, out_dir: Path | None = None, cache_dir: Path | None =
 
     validated = _load_validated(spec_path)
     out = out_dir or default_out_dir(validated[1])
-    files = compile_build(spec_path, cache_dir, log, out, validated).files
+    files = compile_build(spec_path, cache_dir, log, out, validated, remote).files
     have, sig_added, sig_removed, sig_changed = check_build(files, read_tree(out) if out.is_dir() else {}, out,
                                                             validated[1], sign)
     return CheckResult(out_dir=out, added=sorted(set(files) - set(have)) + sig_added,
@@ -251,7 +284,8 @@ class SpecBuild:
 
 def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bool = False, jobs: int = 0,
                cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
-               on_done: Callable[[SpecBuild], None] | None = None, sign: str | None = None) -> list[SpecBuild]:
+               on_done: Callable[[SpecBuild], None] | None = None, sign: str | None = None,
+               remote: RemoteSettings | None = None) -> list[SpecBuild]:
     """Build (or, with `check`, compare) several specs in parallel worker processes, each into
     `<out_root>/<name>` (default root: build/).
 
@@ -259,7 +293,8 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
     does not stop the others: its `SpecBuild` carries the error. `log` runs in the worker processes, with each
     line prefixed by its spec, so it must be picklable (a module-level function); the steps' tasks reach it as
     a few plain lines each (`deployc.progress.LineProgress`); `on_done` runs in this process
-    as each spec finishes. Returns the results in the order of `specs` (a file named twice is built once).
+    as each spec finishes. `remote`: as for `build` (resolved here, once, for every worker). Returns the results
+    in the order of `specs` (a file named twice is built once).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -272,11 +307,14 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
     if dupes:
         raise UsageError(f"several specs are named {dupes[0]!r}; names must be unique to build them together")
     root = out_root or Path("build")
+    settings = remote if remote is not None else RemoteSettings.resolve()
+    if settings.enabled:
+        settings.location()  # a malformed URL fails here, once, not in every worker
     workers = jobs or min(len(unique), os.cpu_count() or 1)
     done: dict[Path, SpecBuild] = {}
     ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log, sign)
+        futures = [pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log, sign, settings)
                    for s in unique]
         for fut in as_completed(futures):
             outcome = fut.result()
@@ -287,14 +325,15 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
 
 
 def _build_one(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Path | None,
-               log: Callable[[str], None], sign: str | None = None) -> SpecBuild:
+               log: Callable[[str], None], sign: str | None = None, remote: RemoteSettings | None = None
+               ) -> SpecBuild:
     """The body of each `build_many` worker process: its tasks are reported as plain lines through `log`."""
     prefixed = as_progress(log).prefixed(f"{spec}: ")
     try:
         if check_only:
-            checked = check(spec, out, cache_dir, log=prefixed, sign=sign)
+            checked = check(spec, out, cache_dir, log=prefixed, sign=sign, remote=remote)
             return SpecBuild(spec, name, out, checked, exit_code=EXIT_OK if checked.clean else EXIT_INVALID)
-        return SpecBuild(spec, name, out, build(spec, out, cache_dir, log=prefixed, sign=sign))
+        return SpecBuild(spec, name, out, build(spec, out, cache_dir, log=prefixed, sign=sign, remote=remote))
     except DeploycError as exc:
         return SpecBuild(spec, name, out, None, error=type(exc).__name__, messages=exc.lines(),
                          exit_code=exc.exit_code)

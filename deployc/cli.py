@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("spec", type=Path)
     pl.add_argument("--cache-dir", type=Path)
     pl.add_argument("--format", choices=("text", "json"), default="text")
+    _remote_cache_flags(pl, writes=False)
 
     b = sub.add_parser("build", help="run the plan and write the build folder")
     b.add_argument("spec", type=Path, nargs="+", help="deploy.yaml files, or folders searched for deploy.yaml")
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     b.add_argument("--sign", metavar="KEY", help="sign the build with this PEM EC private key (path or PEM text; "
                    "default: the spec's signing.key_env, or $DEPLOYC_SIGNING_KEY); with --check, verify with it")
+    _remote_cache_flags(b, writes=True)
 
     ve = sub.add_parser("verify", help="verify a build's signature (model.sig); exit 1 naming a changed, added "
                         "or removed file")
@@ -68,6 +70,29 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("deploy", help="deploy a build folder (sagemaker)", add_help=False)
     sub.add_parser("init", help="write a starting deploy.yaml for a model file", add_help=False)
     return p
+
+
+def _remote_cache_flags(p: argparse.ArgumentParser, writes: bool) -> None:
+    """The shared step cache (docs/ci.md, "Remote cache"); each flag also from the environment or deployc's
+    config file ($XDG_CONFIG_HOME/deployc/config.toml, [remote_cache])."""
+    g = p.add_argument_group("remote cache")
+    g.add_argument("--remote-cache", metavar="S3_URL", help="a shared step cache, s3://BUCKET/PREFIX, looked up "
+                   "after the local one (default: $DEPLOYC_REMOTE_CACHE)")
+    g.add_argument("--remote-cache-endpoint", metavar="URL", help="an S3-compatible store's URL, e.g. MinIO's "
+                   "(default: $DEPLOYC_REMOTE_CACHE_ENDPOINT, else $AWS_ENDPOINT_URL, else AWS)")
+    if writes:
+        g.add_argument("--remote-cache-read-only", action="store_true", help="read the remote cache, never write "
+                       "it (for untrusted pull-request runners; $DEPLOYC_REMOTE_CACHE_READ_ONLY=1)")
+    g.add_argument("--remote-cache-required", action="store_true", help="fail (exit 4) when the remote cache "
+                   "cannot be reached, instead of building locally ($DEPLOYC_REMOTE_CACHE_REQUIRED=1)")
+
+
+def _remote(args: argparse.Namespace) -> Any:
+    """The remote cache settings of this command: its flags, then the environment, then the config file."""
+    from deployc.compiler.remote import RemoteSettings
+
+    return RemoteSettings.resolve(args.remote_cache, args.remote_cache_endpoint,
+                                  getattr(args, "remote_cache_read_only", False), args.remote_cache_required)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{args.spec}: valid ({spec.name} {spec.version})")
         return EXIT_OK
     if args.command == "plan":
-        result = api.plan(args.spec, args.cache_dir)
+        result = api.plan(args.spec, args.cache_dir, remote=_remote(args))
         if args.format == "json":
             print(json.dumps(result.to_json(), indent=2, sort_keys=True))
         else:
@@ -197,9 +222,11 @@ def _build_one(spec: Path, args: argparse.Namespace) -> int:
     from deployc import api
 
     log = _reporter(args)
+    remote = _remote(args)
     if args.check:
-        return _print_check(spec, api.check(spec, args.out, args.cache_dir, log=log, sign=args.sign), args.format)
-    _print_built(api.build(spec, args.out, args.cache_dir, log=log, sign=args.sign), args.format)
+        return _print_check(spec, api.check(spec, args.out, args.cache_dir, log=log, sign=args.sign, remote=remote),
+                            args.format)
+    _print_built(api.build(spec, args.out, args.cache_dir, log=log, sign=args.sign, remote=remote), args.format)
     return EXIT_OK
 
 
@@ -209,7 +236,8 @@ def _build_many(specs: list[Path], args: argparse.Namespace) -> int:
 
     log = _no_progress if args.quiet or args.format == "json" else _progress
     results = api.build_many(specs, args.out, check=args.check, jobs=args.jobs, cache_dir=args.cache_dir,
-                             log=log, sign=args.sign, on_done=lambda r: _print_spec(r, args.format))
+                             log=log, sign=args.sign, remote=_remote(args),
+                             on_done=lambda r: _print_spec(r, args.format))
     failed = sum(1 for r in results if not r.ok)
     print(f"{len(results) - failed} of {len(results)} builds succeeded", file=sys.stderr)
     return max(r.exit_code for r in results)
@@ -245,12 +273,17 @@ def _print_check(spec: Path, res: CheckResult, fmt: str, prefix: str = "") -> in
 
 def _print_built(built: BuildResult, fmt: str, prefix: str = "") -> None:
     if fmt == "json":
-        print(json.dumps({"ok": True, "out": str(built.out_dir), "cached": built.cached,
-                          "gates": built.report["gates"], "artifacts": built.report["artifacts"],
-                          "files": sorted(built.files)}, indent=2, sort_keys=True))
+        doc: dict[str, Any] = {"ok": True, "out": str(built.out_dir), "cached": built.cached,
+                               "gates": built.report["gates"], "artifacts": built.report["artifacts"],
+                               "files": sorted(built.files)}
+        if built.remote_hits:
+            doc["remote_cached"] = list(built.remote_hits)
+        print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         hits = sum(built.cached.values())
-        print(f"{prefix}built {built.out_dir} ({len(built.files)} files; {hits}/{len(built.cached)} steps from cache)")
+        remote = f", {len(built.remote_hits)} from the remote cache" if built.remote_hits else ""
+        print(f"{prefix}built {built.out_dir} ({len(built.files)} files; {hits}/{len(built.cached)} steps from "
+              f"cache{remote})")
 
 
 def _print_plan(result: PlanResult) -> None:
@@ -258,7 +291,7 @@ def _print_plan(result: PlanResult) -> None:
     print(f"plan for {data['name']} {data['version']} (spec sha256 {data['spec_sha256'][:12]})")
     width = max(len(s["id"]) for s in data["steps"])
     for s in data["steps"]:
-        state = "cached" if s["cached"] else "to run"
+        state = "cached" if s["cached"] else "remote" if s.get("remote") else "to run"
         print(f"  {s['id']:<{width}}  {s['key'][:12]}  {state:<6}  {s['description']}")
     if data["targets"]:
         print(f"targets: {', '.join(data['targets'])}")

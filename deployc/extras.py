@@ -18,7 +18,7 @@ EXTRAS: dict[str, str] = {
     "serve": "deployc serve (ONNX Runtime, Starlette, uvicorn, gRPC, Prometheus client; no TensorFlow)",
     "explain": "kernel-shap explanations at serving time (shap)",
     "sign": "signed builds: build --sign, verify, serve --require-signature (model-signing)",
-    "aws": "deployc deploy to SageMaker (boto3)",
+    "aws": "deployc deploy to SageMaker, and the remote step cache on S3 (boto3)",
 }
 
 # top-level import name -> the extra that installs it

@@ -4,6 +4,10 @@ Layout: `<root>/steps/<key[:2]>/<key>/` holds the step's files and `_entry.json`
 sha256}), the last a digest over the file list and the result. A half-written entry never exists (entries are
 built in a locked staging folder under `<root>/tmp/` and renamed into place); an entry whose files, file list or
 result do not match its digest is removed and rebuilt, never trusted.
+
+With a remote cache (deployc.compiler.remote), a local miss is looked up there: a remote entry is downloaded
+into a staging folder, verified, and stored locally like a built one; a step built here is uploaded after it is
+stored (unless the remote is read-only).
 """
 from __future__ import annotations
 
@@ -15,11 +19,14 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployc.compiler.steps import file_digest
 from deployc.compiler.write import crash_point
 from deployc.errors import InputError, describe_os_error
+
+if TYPE_CHECKING:
+    from deployc.compiler.remote import RemoteCache
 
 ENTRY = "_entry.json"
 LOCK_SUFFIX = ".lock"
@@ -34,8 +41,10 @@ def default_cache_dir() -> Path:
 
 
 class Cache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, remote: RemoteCache | None = None):
         self.root = root
+        self.remote = remote
+        self.from_remote: set[str] = set()  # the keys this build downloaded from the remote cache
         self._locks: dict[Path, int] = {}  # staging folder -> the descriptor holding its lock
         self._swept = False
 
@@ -46,7 +55,33 @@ class Cache:
         """Cheap check (no hashing) for `deployc plan`."""
         return (self._dir(key) / ENTRY).is_file()
 
+    def has_remote(self, key: str) -> bool:
+        """Whether the remote cache claims the entry (one HEAD; unverified until a build downloads it)."""
+        return self.remote is not None and self.remote.has(key)
+
     def get(self, key: str) -> tuple[Path, dict[str, Any]] | None:
+        """The entry's folder and result, from the local cache or else the remote one (downloaded, verified and
+        stored locally); None for a miss."""
+        hit = self.get_local(key)
+        if hit is not None or self.remote is None or self.remote.down:
+            return hit
+        try:
+            staged = self.staging()
+        except InputError:  # a read-only local cache: no room to verify a download in
+            return None
+        try:
+            result = self.remote.fetch(key, staged)
+        except BaseException:
+            self.discard(staged)
+            raise
+        if result is None:
+            self.discard(staged)
+            return None
+        stored = self._store(key, staged, result)
+        self.from_remote.add(key)
+        return stored
+
+    def get_local(self, key: str) -> tuple[Path, dict[str, Any]] | None:
         """The entry's folder and result, only when all of it (every file, the result, the file list) matches the
         digest recorded with it; anything else is removed and rebuilt, never trusted."""
         d = self._dir(key)
@@ -103,7 +138,14 @@ class Cache:
     def put(self, key: str, staged: Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
         """Store the staged folder under `key`; the stored entry's folder and result. When another build stored
         the key first, theirs is kept and returned (a measured figure may differ between two runs of one step, and
-        every build must report what the cache holds, so the next build from cache gives the same output)."""
+        every build must report what the cache holds, so the next build from cache gives the same output).
+        A writable remote cache then gets the stored entry."""
+        final, stored = self._store(key, staged, result)
+        if self.remote is not None:
+            self.remote.upload(key, final, ENTRY)
+        return final, stored
+
+    def _store(self, key: str, staged: Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
         try:
             return self._put(key, staged, result)
         except OSError as exc:
@@ -126,7 +168,7 @@ class Cache:
                 os.rename(staged, final)
                 break
             except OSError:  # another build stored the same key first: keep theirs, if it is sound
-                stored = self.get(key)  # (a corrupt entry is removed here, and the rename is tried again)
+                stored = self.get_local(key)  # (a corrupt entry is removed here, and the rename is tried again)
                 if stored is not None:
                     shutil.rmtree(staged, ignore_errors=True)
                     self._release(staged)

@@ -1,4 +1,5 @@
-"""Stage 4: run the plan's steps in order, each looked up in the cache by its key first."""
+"""Stage 4: run the plan's steps in order, each looked up in the cache by its key first (the local cache, then
+the remote one when the build has it: deployc.compiler.remote)."""
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ def execute(plan: Plan, cache: Cache, log: Callable[[str], None]) -> tuple[dict[
         if hit is not None:
             outputs[step.id] = StepOutput(hit[0], hit[1])
             cached[step.id] = True
-            log(f"[{i}/{n}] {step.id}: cached ({key[:12]})")
+            where = "from the remote cache" if key in cache.from_remote else "cached"
+            log(f"[{i}/{n}] {step.id}: {where} ({key[:12]})")
             _check(plan, step.id, hit[1])
             continue
         log(f"[{i}/{n}] {step.id}: {step.description}")

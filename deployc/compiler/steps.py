@@ -1,14 +1,19 @@
 """A plan step: a named unit of work whose result is cached under a content hash of everything it reads.
 
 A step's key hashes its id, its parameters, the content of its input files, the keys of the steps it depends on,
-and the versions of deployc and of the libraries it uses. The key is known before anything runs, so `deployc
-plan` can say which steps the cache already holds. `run` writes files into `ctx.out_dir` and returns a JSON-able
-result (figures for the report); both are cached together.
+and the versions of deployc and of the libraries it uses. A step that measures (its params hold `measure`
+settings: latency, throughput) also hashes this machine's CPU fingerprint, so a figure measured on another CPU
+(another runner sharing a remote cache) is never reported as this machine's. The key is known before anything
+runs, so `deployc plan` can say which steps the cache already holds. `run` writes files into `ctx.out_dir` and
+returns a JSON-able result (figures for the report); both are cached together.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -151,6 +156,36 @@ def code_fingerprint() -> str:
     return f"{__version__}+{h.hexdigest()[:16]}"
 
 
+# CPU features that change which kernels ONNX Runtime and LiteRT run (x86 `flags`, Arm `Features`)
+KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "asimdhp", "sve",
+                "sve2", "i8mm", "bf16")
+
+
+@cache
+def cpu_fingerprint() -> str:
+    """This machine's CPU as measured figures depend on it: the model name, the core count and the kernel-relevant
+    ISA flags it has, e.g. `Intel(R) Xeon(R) ..., 8 CPUs, x86_64, avx avx2 avx512_vnni fma`."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    m = re.search(r"^(?:model name|Model|cpu model)\s*:\s*(.+)$", text, re.M)
+    model = m.group(1).strip() if m else (platform.processor() or "unknown CPU")
+    if not m and "CPU part" in text:  # Arm: implementer and part name the core
+        parts = sorted(set(re.findall(r"^CPU (?:implementer|part)\s*:\s*(\S+)$", text, re.M)))
+        model = f"{model} ({' '.join(parts)})"
+    f = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
+    have = set(f.group(1).split()) if f else set()
+    flags = " ".join(x for x in KERNEL_FLAGS if x in have) or "no flags known"
+    return f"{model}, {os.cpu_count()} CPUs, {platform.machine()}, {flags}"
+
+
+def measures(step: Step) -> bool:
+    """Whether the step's result holds figures measured on this machine (latency, throughput)."""
+    return "measure" in step.params
+
+
 def step_key(step: Step, dep_keys: Mapping[str, str], deployc_version: str, within: Path) -> str:
     """The step's content hash; its input files are read (and refused when they leave `within`) every time."""
     doc = {
@@ -161,4 +196,6 @@ def step_key(step: Step, dep_keys: Mapping[str, str], deployc_version: str, with
         "libs": {d: lib_version(d) for d in sorted(step.libs)},
         "deployc": deployc_version,
     }
+    if measures(step):
+        doc["cpu"] = cpu_fingerprint()
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str, allow_nan=False).encode()).hexdigest()
