@@ -276,6 +276,7 @@ class SpecBuild:
     error: str | None = None  # the class name of the DeploycError that stopped it
     messages: list[str] = field(default_factory=list)  # that error's lines, as the CLI prints them
     exit_code: int = EXIT_OK  # the error's exit code; 1 for a check that found differences
+    seconds: float | None = None  # the spec's wall time
 
     @property
     def ok(self) -> bool:
@@ -285,9 +286,12 @@ class SpecBuild:
 def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bool = False, jobs: int = 0,
                cache_dir: Path | None = None, log: Callable[[str], None] = _quiet,
                on_done: Callable[[SpecBuild], None] | None = None, sign: str | None = None,
-               remote: RemoteSettings | None = None) -> list[SpecBuild]:
+               remote: RemoteSettings | None = None, fail_fast: bool = False) -> list[SpecBuild]:
     """Build (or, with `check`, compare) several specs in parallel worker processes, each into
     `<out_root>/<name>` (default root: build/).
+
+    With `fail_fast`, at most `jobs` specs run at once and none starts after the first failure; those never
+    started come back with `error=deployc.summary.SKIPPED`, exit code 0.
 
     Every spec is validated, and the names checked unique (UsageError), before any build starts. A failing spec
     does not stop the others: its `SpecBuild` carries the error. `log` runs in the worker processes, with each
@@ -297,7 +301,9 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
     in the order of `specs` (a file named twice is built once).
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    from deployc.summary import SKIPPED
 
     unique = list(dict.fromkeys(specs))
     if not unique:
@@ -312,15 +318,33 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
         settings.location()  # a malformed URL fails here, once, not in every worker
     workers = jobs or min(len(unique), os.cpu_count() or 1)
     done: dict[Path, SpecBuild] = {}
+    waiting = list(unique)
+    failed: SpecBuild | None = None  # with fail_fast: the first spec that failed
     ctx = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log, sign, settings)
-                   for s in unique]
-        for fut in as_completed(futures):
-            outcome = fut.result()
-            done[outcome.spec] = outcome
-            if on_done is not None:
-                on_done(outcome)
+        running: set[Future[SpecBuild]] = set()
+        while waiting or running:
+            # without fail_fast every spec is queued at once; with it, the next one only as a worker frees up
+            while waiting and failed is None and (not fail_fast or len(running) < workers):
+                s = waiting.pop(0)
+                running.add(pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log, sign,
+                                        settings))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                outcome = fut.result()
+                done[outcome.spec] = outcome
+                if on_done is not None:
+                    on_done(outcome)
+                if fail_fast and not outcome.ok and failed is None:
+                    failed = outcome
+    for s in waiting:  # never started: fail_fast stopped after `failed`
+        skipped = SpecBuild(s, names[s], root / names[s], None, error=SKIPPED, messages=[
+            f"{s}: not built: --fail-fast stopped after {failed.spec if failed else 'a failure'} failed"])
+        done[s] = skipped
+        if on_done is not None:
+            on_done(skipped)
     return [done[s] for s in unique]
 
 
@@ -328,15 +352,20 @@ def _build_one(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Pa
                log: Callable[[str], None], sign: str | None = None, remote: RemoteSettings | None = None
                ) -> SpecBuild:
     """The body of each `build_many` worker process: its tasks are reported as plain lines through `log`."""
+    import time
+
+    t0 = time.perf_counter()
     prefixed = as_progress(log).prefixed(f"{spec}: ")
     try:
         if check_only:
             checked = check(spec, out, cache_dir, log=prefixed, sign=sign, remote=remote)
-            return SpecBuild(spec, name, out, checked, exit_code=EXIT_OK if checked.clean else EXIT_INVALID)
-        return SpecBuild(spec, name, out, build(spec, out, cache_dir, log=prefixed, sign=sign, remote=remote))
+            return SpecBuild(spec, name, out, checked, exit_code=EXIT_OK if checked.clean else EXIT_INVALID,
+                             seconds=time.perf_counter() - t0)
+        built = build(spec, out, cache_dir, log=prefixed, sign=sign, remote=remote)
+        return SpecBuild(spec, name, out, built, seconds=time.perf_counter() - t0)
     except DeploycError as exc:
         return SpecBuild(spec, name, out, None, error=type(exc).__name__, messages=exc.lines(),
-                         exit_code=exc.exit_code)
+                         exit_code=exc.exit_code, seconds=time.perf_counter() - t0)
 
 
 def _plugin_versions(p: Plan) -> dict[str, str]:

@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     b.add_argument("--sign", metavar="KEY", help="sign the build with this PEM EC private key (path or PEM text; "
                    "default: the spec's signing.key_env, or $DEPLOYC_SIGNING_KEY); with --check, verify with it")
+    b.add_argument("--changed-since", metavar="REF", help="only the specs with an input changed since the git ref "
+                   "REF (committed since the branch left REF, uncommitted, or untracked)")
+    b.add_argument("--list", action="store_true", help="print the specs that would be built (one a line; "
+                   "--format json: one JSON list) and build nothing")
+    b.add_argument("--fail-fast", action="store_true", help="with several specs: start no build after the first "
+                   "failure; the specs not started are reported as skipped")
+    b.add_argument("--summary", metavar="FILE", type=Path, help="append the summary table as Markdown to FILE "
+                   "(e.g. $GITHUB_STEP_SUMMARY)")
     _remote_cache_flags(b, writes=True)
 
     ve = sub.add_parser("verify", help="verify a build's signature (model.sig); exit 1 naming a changed, added "
@@ -195,6 +203,20 @@ def _run(args: argparse.Namespace) -> int:
     from deployc.extras import require
 
     specs = _expand_specs(args.spec)
+    if args.changed_since:
+        from deployc.changed import changed_specs
+
+        specs = list(changed_specs(specs, args.changed_since))
+    if args.list:
+        if args.format == "json":
+            print(json.dumps([str(s) for s in specs]))
+        else:
+            for s in specs:
+                print(s)
+        return EXIT_OK
+    if not specs:
+        print(f"no spec has an input changed since {args.changed_since}", file=sys.stderr)
+        return EXIT_OK
     require("build")
     if len(specs) > 1:
         return _build_many(specs, args)
@@ -223,6 +245,16 @@ def _build_one(spec: Path, args: argparse.Namespace) -> int:
 
     log = _reporter(args)
     remote = _remote(args)
+    if args.summary is not None:  # one spec of a CI matrix: its row of the summary, as Markdown
+        from deployc.summary import append_markdown, summarize
+
+        name = api.validate(spec).name
+        plain = _no_progress if args.quiet or args.format == "json" else _progress
+        outcome = api._build_one(spec, name, args.out or Path("build") / name, args.check, args.cache_dir, plain,
+                                 args.sign, remote)
+        _print_spec(outcome, args.format)
+        append_markdown(summarize([outcome]), args.summary)
+        return outcome.exit_code
     if args.check:
         return _print_check(spec, api.check(spec, args.out, args.cache_dir, log=log, sign=args.sign, remote=remote),
                             args.format)
@@ -232,15 +264,24 @@ def _build_one(spec: Path, args: argparse.Namespace) -> int:
 
 def _build_many(specs: list[Path], args: argparse.Namespace) -> int:
     """Several specs, built in parallel (each into <out>/<name>); the exit code is the worst of them."""
+    import time
+
     from deployc import api
+    from deployc.summary import append_markdown, summarize
 
     log = _no_progress if args.quiet or args.format == "json" else _progress
+    t0 = time.perf_counter()
     results = api.build_many(specs, args.out, check=args.check, jobs=args.jobs, cache_dir=args.cache_dir,
-                             log=log, sign=args.sign, remote=_remote(args),
+                             log=log, sign=args.sign, remote=_remote(args), fail_fast=args.fail_fast,
                              on_done=lambda r: _print_spec(r, args.format))
+    summary = summarize(results, time.perf_counter() - t0)
+    if args.format != "json":
+        print(summary.text(), end="", file=sys.stderr)
+    if args.summary is not None:
+        append_markdown(summary, args.summary)
     failed = sum(1 for r in results if not r.ok)
     print(f"{len(results) - failed} of {len(results)} builds succeeded", file=sys.stderr)
-    return max(r.exit_code for r in results)
+    return summary.exit_code
 
 
 def _print_spec(result: SpecBuild, fmt: str) -> None:
