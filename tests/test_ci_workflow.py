@@ -158,3 +158,23 @@ def test_nothing_stops_processes_by_name() -> None:
              for i, line in enumerate(f.read_text().splitlines(), 1)
              if by_name.search(line) and "by_name" not in line and "never by name" not in line]
     assert found == []
+
+
+def test_fail_fast_skips_the_specs_not_started_and_summarises(digits: Path, session_cache: Path,
+                                                               tmp_path: Path) -> None:
+    """One worker, the first spec fails its gate: --fail-fast starts neither of the others; the summary table
+    (stderr, and Markdown with --summary) names each spec's status, and the exit code is the failure's."""
+    specs = tmp_path / "specs"
+    for i, gate in enumerate(("0.0001", "5", "5")):
+        d = specs / f"m{i}"
+        shutil.copytree(digits, d)
+        (d / "deploy.yaml").write_text(SPEC.replace("GATE_SIZE", gate).replace("name: digits", f"name: model-{i}"))
+    md = tmp_path / "summary.md"
+    r = run_deployc("build", str(specs), "--out", str(tmp_path / "out"), "-q", "-j", "1", "--fail-fast",
+                    "--summary", str(md), cache_dir=session_cache)
+    assert r.returncode == 3, r.stderr
+    rows = {line.split()[1]: line.split()[2:4] for line in r.stderr.splitlines() if line.startswith(str(specs))}
+    assert rows["model-0"][0:2] == ["gate", "failed"] and rows["model-1"][0] == rows["model-2"][0] == "skipped", rows
+    assert not (tmp_path / "out" / "model-1").exists() and not (tmp_path / "out" / "model-2").exists()
+    table = md.read_text()
+    assert table.count("| skipped |") == 2 and "| **gate failed** |" in table, table
