@@ -252,20 +252,26 @@ def test_under_wrk_load_no_request_is_lost_and_the_counts_add_up(tmp_path: Path)
         assert "Non-2xx" not in out and "Socket errors" not in out, out
         total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
         deadline = time.monotonic() + 10
-        while True:  # the writer threads drain their queues
+
+        def counts() -> tuple[float, float, float, float]:
             snap = metric_samples(srv)
             sampled = metric_value(snap, C.METRIC_CAPTURE_SAMPLED + "_total") or metric_value(
                 snap, C.METRIC_CAPTURE_SAMPLED)
-            written = _counter(snap, C.METRIC_CAPTURE_WRITTEN)
-            dropped = _counter(snap, C.METRIC_CAPTURE_DROPPED)
-            if written + dropped == sampled or time.monotonic() > deadline:
+            return (sampled, _counter(snap, C.METRIC_CAPTURE_WRITTEN), _counter(snap, C.METRIC_CAPTURE_DROPPED),
+                    _counter(snap, C.METRIC_REQUESTS, route="infer", code="200"))
+
+        # the writer threads drain their queues, and requests wrk abandoned when it stopped are still answered:
+        # settled when two reads of the counters, with the files read between them, agree
+        while True:
+            sampled, written, dropped, answered = counts()
+            recs = records(folder)  # every line whole JSON: no interleaving across the two workers
+            settled = counts() == (sampled, written, dropped, answered)
+            if (settled and written + dropped == sampled and len(recs) == written) or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
-        answered = _counter(snap, C.METRIC_REQUESTS, route="infer", code="200")
+            time.sleep(0.2)
     assert answered >= total  # wrk counts only completed requests; every answer was a 200
     assert sampled > 0 and written + dropped == sampled, (sampled, written, dropped)
     assert abs(sampled / answered - 0.5) < 0.05, (sampled, answered)
-    recs = records(folder)  # every line whole JSON: no interleaving across the two workers
     assert len(recs) == written and all("x" not in r["inputs"] for r in recs)
     pids = {_pid_of(p) for p in folder.glob("capture-*.jsonl")}
     assert pids and str(srv.proc.pid) not in pids and len(pids) <= 2  # a file per worker (the kernel spreads
