@@ -327,7 +327,7 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
             # without fail_fast every spec is queued at once; with it, the next one only as a worker frees up
             while waiting and failed is None and (not fail_fast or len(running) < workers):
                 s = waiting.pop(0)
-                running.add(pool.submit(_build_one, s, names[s], root / names[s], check, cache_dir, log, sign,
+                running.add(pool.submit(build_spec, s, names[s], root / names[s], check, cache_dir, log, sign,
                                         settings))
             if not running:
                 break
@@ -348,10 +348,11 @@ def build_many(specs: Sequence[Path], out_root: Path | None = None, *, check: bo
     return [done[s] for s in unique]
 
 
-def _build_one(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Path | None,
+def build_spec(spec: Path, name: str, out: Path, check_only: bool, cache_dir: Path | None,
                log: Callable[[str], None], sign: str | None = None, remote: RemoteSettings | None = None
                ) -> SpecBuild:
-    """The body of each `build_many` worker process: its tasks are reported as plain lines through `log`."""
+    """One spec of `build_many` (the body of each worker process), as a SpecBuild that carries any error: its
+    tasks are reported as plain lines through `log`."""
     import time
 
     t0 = time.perf_counter()

@@ -250,7 +250,7 @@ def _build_one(spec: Path, args: argparse.Namespace) -> int:
 
         name = api.validate(spec).name
         plain = _no_progress if args.quiet or args.format == "json" else _progress
-        outcome = api._build_one(spec, name, args.out or Path("build") / name, args.check, args.cache_dir, plain,
+        outcome = api.build_spec(spec, name, args.out or Path("build") / name, args.check, args.cache_dir, plain,
                                  args.sign, remote)
         _print_spec(outcome, args.format)
         append_markdown(summarize([outcome]), args.summary)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,14 @@ def read_manifest(build_dir: Path) -> dict[str, Any]:
     return doc
 
 
-def verify_build(build_dir: Path) -> dict[str, Any]:
-    """Check every file against the manifest (and that no file was added); return the manifest."""
+def verify_build(build_dir: Path, unlisted: Callable[[dict[str, Any]], set[str]] = lambda listed: set()
+                 ) -> dict[str, Any]:
+    """Check every file against the manifest (and that no file or link was added); return the manifest.
+    `unlisted(files)`: the paths that may exist without being listed (a signed build's signature files)."""
     doc = read_manifest(build_dir)
     problems = []
     listed = doc["files"]
+    allowed = unlisted(listed)
     for rel, meta in sorted(listed.items()):
         p = build_dir / rel
         if not p.is_file():
@@ -52,7 +56,7 @@ def verify_build(build_dir: Path) -> dict[str, Any]:
             problems.append(f"{rel}: modified since the build")
     for p in sorted(build_dir.rglob("*")):
         rel = p.relative_to(build_dir).as_posix()
-        if p.is_file() and rel != c.MANIFEST and rel not in listed:
+        if (p.is_file() or p.is_symlink()) and rel != c.MANIFEST and rel not in listed and rel not in allowed:
             problems.append(f"{rel}: not part of the build")
     if problems:
         raise InputError(f"{build_dir}: the build does not match its manifest:\n  " + "\n  ".join(problems))

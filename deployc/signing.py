@@ -31,7 +31,8 @@ from typing import Any
 
 from deployc import conventions as c
 from deployc.errors import InputError, input_error
-from deployc.manifest import read_manifest, sha256_bytes
+from deployc.manifest import sha256_bytes
+from deployc.manifest import verify_build as verify_build_files
 
 SIGNATURE = "model.sig"
 KEY_ENV = "DEPLOYC_SIGNING_KEY"  # the private key that `deployc build` signs with (a PEM file's path, or PEM text)
@@ -265,23 +266,7 @@ def verify_folder(folder: Path, public_key: str) -> Verified:
 def check_manifest(build_dir: Path) -> dict[str, Any]:
     """manifest.json's check (deployc.manifest.verify_build) with the signature files of a signed build allowed:
     they are not listed, since they sign manifest.json. Returns the manifest."""
-    doc = read_manifest(build_dir)
-    listed = doc["files"]
-    problems = []
-    for rel, meta in sorted(listed.items()):
-        p = build_dir / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
-        elif p.stat().st_size != meta["size"] or sha256_bytes(p.read_bytes()) != meta["sha256"]:
-            problems.append(f"{rel}: modified since the build")
-    signed_at = {signature_path(f) for f in signed_folders(listed)}
-    for p in sorted(build_dir.rglob("*")):
-        rel = p.relative_to(build_dir).as_posix()
-        if (p.is_file() or p.is_symlink()) and rel != c.MANIFEST and rel not in listed and rel not in signed_at:
-            problems.append(f"{rel}: not part of the build")
-    if problems:
-        raise InputError(f"{build_dir}: the build does not match its manifest:\n  " + "\n  ".join(problems))
-    return dict(doc)
+    return verify_build_files(build_dir, lambda listed: {signature_path(f) for f in signed_folders(listed)})
 
 
 def verify_build(build_dir: Path, public_key: str) -> Verified:
