@@ -16,6 +16,7 @@ from deployc.errors import DeploycError
 EXTRAS: dict[str, str] = {
     "build": "deployc build (TensorFlow, Keras, tf2onnx, onnx, ONNX Runtime, LiteRT, the passes, the report)",
     "serve": "deployc serve (ONNX Runtime, Starlette, uvicorn, gRPC, Prometheus client; no TensorFlow)",
+    "openvino": "OpenVINO artifacts in deployc serve (the OpenVINO runtime; deployc[build] makes them, with NNCF)",
     "explain": "kernel-shap explanations at serving time (shap)",
     "sign": "signed builds: build --sign, verify, serve --require-signature (model-signing)",
     "aws": "deployc deploy to SageMaker, and the remote step cache on S3 (boto3)",
@@ -28,6 +29,8 @@ MODULE_EXTRA: dict[str, str] = {
     **dict.fromkeys(("onnxruntime", "starlette", "uvicorn", "orjson", "prometheus_client", "grpc",
                      "google.protobuf"), "serve"),
     "shap": "explain",
+    "openvino": "openvino",
+    "nncf": "build",
     **dict.fromkeys(("model_signing", "sigstore"), "sign"),
     **dict.fromkeys(("boto3", "botocore"), "aws"),
 }

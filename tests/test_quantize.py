@@ -67,6 +67,9 @@ def test_pass_declares_itself() -> None:
     assert data_needed_for(QuantizeConfig(mode="int8-static")) == ("calibration",)
     assert data_needed_for(QuantizeConfig(mode="auto")) == ("calibration", "eval")
     assert data_needed_for(QuantizeConfig(mode="auto", candidates=["float16"])) == ("eval",)
+    assert data_needed_for(QuantizeConfig(mode="openvino-int8")) == ("calibration",)
+    assert p.libs_for(QuantizeConfig(mode="auto")) == ("onnx", "onnxruntime", "openvino", "nncf")
+    assert p.libs_for(QuantizeConfig(mode="auto", candidates=["float16", "int8-static"])) == ("onnx", "onnxruntime")
 
 
 def test_dynamic_is_int8_and_agrees(mlp: Path, tmp_path: Path) -> None:
@@ -156,7 +159,8 @@ def test_output_is_deterministic(mlp: Path, tmp_path: Path, mode: str, method: s
 
 
 def test_auto_keeps_smallest_passing(mlp: Path, tmp_path: Path) -> None:
-    res = run(mlp, tmp_path, gates={"min_agreement": 0.9}, mode="auto", candidates=["float16", "int8-dynamic"])
+    res = run(mlp, tmp_path, gates={"min_agreement": 0.9}, mode="auto", candidates=["float16", "int8-dynamic"],
+              objective="size")
     d = res.details
     assert d["chosen"] == "int8-dynamic" and TensorProto.INT8 in initializer_types(res.model).values()
     rows = {r["mode"]: r for r in d["candidates"]}
@@ -171,8 +175,9 @@ def test_auto_keeps_float16_when_only_it_passes(mlp: Path, tmp_path: Path) -> No
     d = res.details
     assert d["chosen"] == "float16"
     rows = {r["mode"]: r for r in d["candidates"]}
-    assert set(rows) == {"int8-dynamic", "int8-static", "float16"}
-    for mode in ("int8-dynamic", "int8-static"):
+    assert set(rows) == {"int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8"}
+    assert {r["runtime"] for r in d["candidates"]} == {"onnxruntime", "openvino"}
+    for mode in ("int8-dynamic", "int8-static", "int8-static-per-tensor", "openvino-int8"):
         assert rows[mode]["kept"] is False and rows[mode]["why"].startswith("gates failed: max_abs_error")
     assert {t for t in initializer_types(res.model).values()} == {TensorProto.FLOAT16}
 
@@ -180,10 +185,11 @@ def test_auto_keeps_float16_when_only_it_passes(mlp: Path, tmp_path: Path) -> No
 def test_auto_without_passing_candidate_raises(mlp: Path, tmp_path: Path) -> None:
     with pytest.raises(GateError) as err:
         run(mlp, tmp_path, gates={"max_size_bytes": 1000}, mode="auto")
-    assert "int8-dynamic, int8-static, float16" in str(err.value)
+    assert "int8-dynamic, int8-static, int8-static-per-tensor, float16, openvino-int8" in str(err.value)
     table = err.value.table.splitlines()
-    assert table[0].split()[0] == "candidate" and [line.split()[0] for line in table[1:]] == [
-        "int8-dynamic", "int8-static", "float16"]
+    assert table[0].split()[:2] == ["candidate", "runtime"] and [line.split()[:2] for line in table[1:]] == [
+        ["int8-dynamic", "onnxruntime"], ["int8-static", "onnxruntime"], ["int8-static-per-tensor", "onnxruntime"],
+        ["float16", "onnxruntime"], ["openvino-int8", "openvino"]]
     assert all("size" in line and "> 1000" in line for line in table[1:])
     assert not (tmp_path / "model.onnx").exists()
 
@@ -276,7 +282,7 @@ def test_auto_drops_candidate_the_evaluator_rejects(mlp: Path, tmp_path: Path) -
     res = QuantizePass().apply(inp)
     rows = {r["mode"]: r for r in res.details["candidates"]}
     assert rows["int8-dynamic"]["why"].startswith("not evaluated: ") and rows["int8-dynamic"]["kept"] is False
-    assert res.details["chosen"] == "float16" and rows["float16"]["why"] == "smallest passing candidate"
+    assert res.details["chosen"] == "float16" and rows["float16"]["why"] == "fastest passing candidate"
 
 
 def test_choose_breaks_near_size_ties_by_latency() -> None:
@@ -289,9 +295,9 @@ def test_choose_breaks_near_size_ties_by_latency() -> None:
                  "figures": {"size_bytes": 50, "latency_p50_ms": 0.5}}]
 
     near = rows(103)
-    assert choose(near, ["int8-dynamic", "int8-static", "float16"])["mode"] == "int8-static"
+    assert choose(near, ["int8-dynamic", "int8-static", "float16"], "size")["mode"] == "int8-static"
     assert near[0]["why"].startswith("size ties with int8-static, slower p50")
     assert near[2]["why"] == "gates failed: agreement 0.5 < 0.99"
     far = rows(110)
-    assert choose(far, ["int8-dynamic", "int8-static", "float16"])["mode"] == "int8-dynamic"
+    assert choose(far, ["int8-dynamic", "int8-static", "float16"], "size")["mode"] == "int8-dynamic"
     assert far[1]["why"] == "passes, but larger than int8-dynamic (110 vs 100 bytes)"

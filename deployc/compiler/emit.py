@@ -61,10 +61,15 @@ def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict
         step_results={k: v.result for k, v in outputs.items()},
         monitoring=monitoring,
         resolved=plan.resolved,
+        model_format=str(outputs[plan.final_step].result.get("format") or "onnx"),
     )
     files: dict[str, bytes] = dict(monitoring.files()) if monitoring is not None else {}
     for name in plan.resolved.target_names():  # in emit order (each after the targets it names in `after`)
-        for rel, data in get_target(name).emit(ctx).items():
+        target = get_target(name)
+        if ctx.model_format not in target.formats(target.config(plan.spec)):  # validate refuses such specs
+            raise DeploycError(f"targets.{name} cannot take the shipped {ctx.model_format} artifact (it takes "
+                               f"{', '.join(target.formats(target.config(plan.spec)))})")
+        for rel, data in target.emit(ctx).items():
             if rel in files:
                 raise DeploycError(f"targets.{name} emits {rel}, which the build already holds")
             files[rel] = data

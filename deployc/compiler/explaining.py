@@ -48,9 +48,9 @@ def targets_of(pred: np.ndarray, task: str) -> np.ndarray:
 
 def onnx_predictor(path: Path, output: str | None) -> tuple[Predict, list[str], list[Any]]:
     """A prediction function over one onnxruntime session (input names and dtypes with it)."""
-    from deployc.ml.evaluate import _ORT_DTYPES, onnx_session
+    from deployc.ml.evaluate import _ORT_DTYPES, model_session
 
-    sess = onnx_session(path, 1)
+    sess = model_session(path, 1)
     ins = sess.get_inputs()
     names = [i.name for i in ins]
     dtypes = [_ORT_DTYPES.get(i.type, np.float32) for i in ins]

@@ -167,7 +167,7 @@ def run_pass(ctx: StepContext, name: str, index: int, prev: str, data_sets: tupl
     ev = Evaluator(ctx) if REFERENCE in ctx.deps else _no_eval
     result = p.apply(PassInput(model=model_path(ctx.deps[prev]), out_dir=ctx.out_dir, config=cfg, data=data,
                                evaluate=ev, gates=ctx.resolved.gates, log=ctx.progress, spec_dir=ctx.spec_dir))
-    return {"model": result.model.relative_to(ctx.out_dir).as_posix(), "format": p.output_format,
+    return {"model": result.model.relative_to(ctx.out_dir).as_posix(), "format": result.format or p.output_format,
             "details": result.details}
 
 

@@ -143,7 +143,7 @@ def _pass_step(r: Resolved, use: PassUse, prev: str, explained: bool = False) ->
             params["explain"] = r.explain_params()
             deps = (prev, REFERENCE, EXPLAIN)
     files = r.data_files(*sets) + tuple(r.spec_dir / rel for rel in p.input_files(config))
-    description, libs = p.describe(config), p.libs
+    description, libs = p.describe(config), p.libs_for(config)
     if not entry.builtin:
         description, libs = f"{description}, from {entry.distribution} {entry.version}", (*libs, entry.distribution)
     return Step(use.step_id, description,

@@ -59,10 +59,16 @@ def make_report(plan: Plan, outputs: dict[str, StepOutput], checks: list[GateChe
                   for c in checks],
         "steps": [{"id": s.id, "description": s.description, "key": plan.keys[s.id]} for s in plan.steps],
         "targets": list(plan.targets),
+        "runtime": _runtime(plan, outputs),
         "batching": _batching(plan, outputs),
         "target_batching": _target_batching(plan, outputs),
         **_explanation(plan, outputs, [(str(a["step"]), str(a["artifact"])) for a in artifacts]),
     }
+
+
+def _runtime(plan: Plan, outputs: dict[str, StepOutput]) -> str:
+    """What runs the shipped artifact in `deployc serve`: onnxruntime, or openvino (quantize openvino-int8)."""
+    return "openvino" if outputs[plan.final_step].result.get("format") == "openvino" else "onnxruntime"
 
 
 def _explanation(plan: Plan, outputs: dict[str, StepOutput], artifacts: list[tuple[str, str]]) -> dict[str, Any]:
@@ -134,6 +140,10 @@ def render_markdown(report: dict[str, Any], spec_file: str, charts: Sequence[str
             lines.append(f"| {name} | " + " | ".join(_fmt(ev.get(k), f) for k, _, f in cols)
                          + f" | {ratio} | {speed} |")
         lines.append("")
+    if report.get("runtime"):
+        files = "`model.xml` + `model.bin`" if report["runtime"] == "openvino" else "`model.onnx`"
+        engine = md_text(RUNTIME_NAMES.get(report["runtime"], report["runtime"]))
+        lines += [f"The shipped artifact ({files}) runs on {engine} in `deployc serve`.", ""]
     if report.get("batching"):
         lines += [f"Cross-request batching: {md_text(report['batching']['reason'])}.", ""]
     for name, d in report.get("target_batching", {}).items():
@@ -153,12 +163,35 @@ def render_markdown(report: dict[str, Any], spec_file: str, charts: Sequence[str
         lines += ["## Passes", ""]
         for p in report["passes"]:
             lines.append(f"- {md_code(p['step'])}: " + ", ".join(f"{md_text(k)}={_short(v)}"
-                                                              for k, v in sorted(p["details"].items())))
+                                                              for k, v in sorted(p["details"].items())
+                                                              if k != "candidates"))
         lines.append("")
+        for p in report["passes"]:
+            lines += _candidate_lines(p)
     lines += ["## Steps", "", "| step | what | key |", "|---|---|---|"]
     lines += [f"| {md_code(s['id'], in_table=True)} | {md_text(s['description'])} | {md_code(s['key'][:12])} |"
               for s in report["steps"]]
     return "\n".join(lines) + "\n"
+
+
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def _candidate_lines(p: dict[str, Any]) -> list[str]:
+    """quantize auto's candidates: each one's runtime, figures, and why it was kept or dropped."""
+    rows = p["details"].get("candidates")
+    if not isinstance(rows, list) or not rows:
+        return []
+    objective = p["details"].get("objective", "size")
+    lines = [f"### {md_code(p['step'])}: auto's candidates (objective {md_text(objective)})", "",
+             "| candidate | runtime | size | p50 ms | agreement | kept | why |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r.get("figures") or {}
+        lines.append(f"| {md_text(r.get('mode', '?'))} | {md_text(RUNTIME_NAMES.get(r.get('runtime', ''), '–'))} | "
+                     f"{_fmt(f.get('size_bytes'), 'bytes')} | {_fmt(f.get('latency_p50_ms'), '{:.4f}')} | "
+                     f"{_fmt(f.get('agreement'), '{:.4f}')} | {'**yes**' if r.get('kept') else 'no'} | "
+                     f"{_short(r.get('why', ''))} |")
+    return [*lines, ""]
 
 
 def _explanation_lines(ex: dict[str, Any] | None) -> list[str]:

@@ -305,8 +305,12 @@ def _passes(spec: DeploySpec) -> tuple[PassUse, ...]:
     from deployc.schema.passes import pass_config, pass_name
 
     entries = pass_entries()
-    return tuple(PassUse(i, pass_name(item), pass_config(item), get_pass(pass_name(item)),
-                         entries[pass_name(item)]) for i, item in enumerate(spec.optimize))
+    uses = []
+    for i, item in enumerate(spec.optimize):
+        impl = get_pass(pass_name(item))
+        uses.append(PassUse(i, pass_name(item), impl.settle(spec, i, pass_config(item)), impl,
+                            entries[pass_name(item)]))
+    return tuple(uses)
 
 
 def _targets(spec: DeploySpec) -> tuple[TargetUse, ...]:

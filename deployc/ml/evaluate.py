@@ -11,7 +11,13 @@ from deployc.errors import InputError
 from deployc.ml import feeds, measure
 
 
-def onnx_session(path: Path, threads: int = 1) -> Any:
+def model_session(path: Path, threads: int = 1) -> Any:
+    """A session over an artifact with onnxruntime's interface (`get_inputs`, `get_outputs`, `run`): an ONNX file
+    runs in onnxruntime, an OpenVINO artifact (a folder holding model.xml) in OpenVINO (deployc.ml.openvino)."""
+    from deployc.ml import openvino
+
+    if openvino.is_artifact(path):
+        return openvino.OpenVINOSession(path, threads)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -39,7 +45,7 @@ def session_feed(session: Any, x: feeds.Inputs, what: str = "the model") -> dict
 def predict_onnx(path: Path, x: feeds.Inputs, batch_size: int = 256, threads: int = 1,
                  output: str | None = None) -> np.ndarray:
     """The prediction output of an ONNX model on every row of `x`, in batches."""
-    sess = onnx_session(path, threads)
+    sess = model_session(path, threads)
     feed = session_feed(sess, x, path.name)
     names = [o.name for o in sess.get_outputs()]
     chosen = [names[feeds.output_index(names, output, path.name)]]
@@ -212,7 +218,7 @@ def measure_onnx(path: Path, x: feeds.Inputs, threads: int = 1, batch_size: int 
                  min_seconds: float = 0.5) -> dict[str, Any]:
     """Batch-1 latency p50/p99 (deployc.ml.measure's definition) and throughput at `batch_size` over half of
     `min_seconds`, on this machine."""
-    sess = onnx_session(path, threads)
+    sess = model_session(path, threads)
     feed = session_feed(sess, x, path.name)
     one = feeds.take(feed, slice(0, 1))
     lat = measure.measure_latency(lambda: sess.run(None, one), min_seconds=min_seconds)  # type: ignore[arg-type]

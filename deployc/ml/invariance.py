@@ -27,9 +27,14 @@ BATCH_DEPENDENT_OPS = ("DynamicQuantizeLinear", "DynamicQuantizeMatMul", "Dynami
 
 
 def scan(model: Path) -> list[str]:
-    """Operators in the graph (subgraphs included) whose result depends on the whole batch, sorted."""
+    """Operators in the graph (subgraphs included) whose result depends on the whole batch, sorted. An OpenVINO
+    artifact has none: NNCF's int8 is static (FakeQuantize with calibrated ranges)."""
     import onnx
 
+    from deployc.ml import openvino
+
+    if openvino.is_artifact(model):
+        return []
     found: set[str] = set()
 
     def walk(graph: Any) -> None:
@@ -124,9 +129,9 @@ def measure(model: Path, x: Any, task: str) -> dict[str, Any]:
     import numpy as np
 
     from deployc.ml import feeds
-    from deployc.ml.evaluate import onnx_session, session_feed
+    from deployc.ml.evaluate import model_session, session_feed
 
-    sess = onnx_session(model)
+    sess = model_session(model)
     result: dict[str, Any] = {"measured": True, "batchable": True, "batch_dependent_ops": scan(model),
                               "relative_tolerance": RELATIVE_TOLERANCE, "hostile_scale": HOSTILE_SCALE}
     if any(not (isinstance(i.shape[0], str) or i.shape[0] in (None, -1)) for i in sess.get_inputs()):

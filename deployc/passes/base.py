@@ -5,7 +5,7 @@ A pass is one class, and its metadata is what the rest of deployc reads about it
   spec's validation are built from them);
 - `input_format` / `output_format` ("keras" or "onnx"): where the plan puts it. Keras-format passes run on the
   Keras model before its conversion to ONNX, ONNX-format passes after it; a spec must list them in that order;
-- `libs`: the distributions whose versions enter the step's cache key;
+- `libs` (or `libs_for(config)`): the distributions whose versions enter the step's cache key;
 - `data_needed` (or `data_needed_for(config)`) and `data_optional`: the data sets the step reads, so hashes. A
   needed set the spec does not set is an error `check` reports. Needing `eval` means the pass compares models
   with the reference on data.eval (`PassInput.evaluate`): its step then depends on the reference step and hashes
@@ -57,6 +57,8 @@ class PassInput:
 class PassResult:
     model: Path  # the new model, inside out_dir
     details: dict[str, Any] = field(default_factory=dict)  # JSON-able, shown in report.json / report.md
+    format: str | None = None  # what `model` is, when not the pass's output_format: "openvino" (a folder with
+    # model.xml and model.bin, run by OpenVINO); only the last item of `optimize:` may return one
 
 
 class Pass:
@@ -71,6 +73,11 @@ class Pass:
     def data_needed_for(self, config: Any) -> tuple[str, ...]:
         """The data sets a run with `config` needs; a pass whose needs depend on its settings overrides this."""
         return self.data_needed
+
+    def libs_for(self, config: Any) -> tuple[str, ...]:
+        """The distributions whose versions enter a run's key with `config`; a pass whose libraries depend on
+        its settings overrides this."""
+        return self.libs
 
     def input_files(self, config: Any) -> tuple[str, ...]:
         """Files the settings name (relative to the folder of deploy.yaml): read by the pass, so hashed."""
@@ -87,6 +94,11 @@ class Pass:
     def config_in(self, spec: DeploySpec, index: int) -> Any:
         """The settings of this pass at `spec.optimize[index]`."""
         return getattr(spec.optimize[index], self.name)
+
+    def settle(self, spec: DeploySpec, index: int, config: Any) -> Any:
+        """The settings the build runs, from those at `spec.optimize[index]`: a pass whose defaults depend on the
+        rest of the spec fills them here (the step's key hashes the result). Default: `config` as it is."""
+        return config
 
     def check(self, spec: DeploySpec, index: int) -> list[Located]:
         """Problems of `spec.optimize[index]` (this pass) with the rest of the spec, located from the spec's root.

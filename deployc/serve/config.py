@@ -75,6 +75,8 @@ class ServingConfig:
     explain: ExplainConfig | None = None  # the explain route's method and limits; None: the route answers 404
     input_monitor: InputMonitor | None = None  # input ranges and watched features; None: no input counters
     capture: CaptureConfig | None = None  # masked data capture (deployc/serve/capture.py); None: off
+    runtime: str = "onnxruntime"  # what runs the model: onnxruntime (model.onnx) or openvino (model.xml + .bin)
+    weights_path: Path | None = None  # openvino: model.bin, checked against its sha256 like the model file
 
     @property
     def config_path(self) -> Path:
@@ -186,6 +188,30 @@ def _model_file(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) 
     return model_path, sha
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _runtime(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> tuple[str, Path | None]:
+    """model.runtime (default onnxruntime) and, for openvino, the weights file beside model.xml, verified."""
+    runtime = _get(model, "runtime", str, f"{w}: model", "onnxruntime")
+    if runtime not in RUNTIMES:
+        raise InputError(f"{w}: model.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        return runtime, None
+    weights = _get(model, "weights", dict, f"{w}: model")
+    model_xml = _inside(root, _get(model, "path", str, f"{w}: model"), f"{w}: model.path")
+    path = _inside(root, _get(weights, "path", str, f"{w}: model.weights"), f"{w}: model.weights.path")
+    if path != model_xml.with_suffix(".bin"):
+        raise InputError(f"{w}: model.weights.path: OpenVINO reads the weights beside the graph, "
+                         f"{model_xml.with_suffix('.bin').name}; got {weights['path']!r}")
+    if not path.is_file():
+        raise InputError(f"{w}: model.weights.path: {path} does not exist")
+    sha = _get(weights, "sha256", str, f"{w}: model.weights").lower()
+    if verify_sha256 and _sha256(path) != sha:
+        raise InputError(f"{path}: sha256 does not match serving.json (the weights changed after the build)")
+    return runtime, path
+
+
 def _labels(raw: dict[str, Any], root: Path, w: str) -> tuple[str, ...] | None:
     """The class labels from the file `labels` names (one a line, blank lines skipped); None without one."""
     if raw.get("labels") is None:
@@ -248,6 +274,7 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
     root = path.parent
     model = _get(raw, "model", dict, f"{w}:")
     model_path, sha = _model_file(model, root, w, verify_sha256)
+    runtime_name, weights_path = _runtime(model, root, w, verify_sha256)
     labels = _labels(raw, root, w)
     server = _get(raw, "server", dict, f"{w}:", {})
     runtime = _get(raw, "runtime", dict, f"{w}:", {})
@@ -274,6 +301,7 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
         latency_buckets=latency_buckets,
         grpc_port=_get(server, "grpc_port", int, ws, None),
         limits=_limits(_get(raw, "limits", dict, f"{w}:", {}), f"{w}: limits"),
+        runtime=runtime_name, weights_path=weights_path,
     )
     _check_ranges(cfg, w)
     shapes = {t.name: t.shape for t in cfg.inputs}

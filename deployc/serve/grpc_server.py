@@ -25,6 +25,7 @@ from deployc.serve import codec
 from deployc.serve.codec import ClientError
 from deployc.serve.config import DATATYPES, ServingConfig, TensorSpec
 from deployc.serve.proto import grpc_predict_v2_pb2 as pb
+from deployc.serve.runtime import PLATFORMS
 from deployc.serve.state import ServerState, bearer_ok
 
 log = logging.getLogger("deployc.serve")
@@ -187,7 +188,7 @@ async def model_metadata(state: ServerState, request: Any) -> Any:
     _check_model(cfg, request.name, request.version)
     tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
-        name=cfg.name, versions=[cfg.version], platform="onnxruntime_onnx",
+        name=cfg.name, versions=[cfg.version], platform=PLATFORMS[cfg.runtime],
         inputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in cfg.inputs],
         outputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in cfg.outputs])
 

@@ -13,6 +13,7 @@ from deployc.serve import codec, content, npfiles
 from deployc.serve.bodies import JSON, NPY, NPZ, json_response, outputs_json, read_body
 from deployc.serve.codec import ClientError
 from deployc.serve.config import ServingConfig
+from deployc.serve.runtime import PLATFORMS
 from deployc.serve.state import ServerState
 
 
@@ -50,7 +51,7 @@ async def model_metadata(state: ServerState, request: Request) -> Response:
     _check_model(state, request)
     cfg = state.cfg
     return json_response({
-        "name": cfg.name, "versions": [cfg.version], "platform": "onnxruntime_onnx",
+        "name": cfg.name, "versions": [cfg.version], "platform": PLATFORMS[cfg.runtime],
         "inputs": [t.as_json() for t in cfg.inputs], "outputs": [t.as_json() for t in cfg.outputs],
         "parameters": {"task": cfg.task, "prediction": cfg.prediction or cfg.outputs[0].name,
                        **({"threshold": cfg.threshold} if cfg.task == "binary" else {}),

@@ -1,4 +1,5 @@
-"""The onnxruntime session behind the server: built from serving.json, checked against it, warmed up."""
+"""The session behind the server: built from serving.json (onnxruntime for model.onnx, OpenVINO for an OpenVINO
+artifact; model.runtime says which), checked against it, warmed up."""
 from __future__ import annotations
 
 import re
@@ -18,24 +19,44 @@ _ORT_TYPES = {f"tensor({t})": dt for dt, t in {
     "FP16": "float16", "FP32": "float", "FP64": "double"}.items()}
 
 
+# the Open Inference Protocol's model metadata `platform`, by runtime
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+
+class _NoSuchError(Exception):
+    """Stands for a runtime's invalid-argument error where the runtime has none (OpenVINO)."""
+
+
+def _session(cfg: ServingConfig) -> tuple[Any, type[Exception]]:
+    """The runtime's session (onnxruntime's interface) and the exception type it raises for inputs it refuses."""
+    if cfg.runtime == "openvino":
+        from deployc.ml.openvino import OpenVINOSession
+
+        return OpenVINOSession(cfg.model_path, threads=cfg.intra_op_threads), _NoSuchError
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cfg.intra_op_threads
+    opts.inter_op_num_threads = cfg.inter_op_threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(cfg.model_path), sess_options=opts,
+                                    providers=["CPUExecutionProvider"]), InvalidArgument
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+        first = str(e).splitlines()[0]
+        raise InputError(f"{cfg.model_path}: onnxruntime cannot load the model ({first})") from None
+
+
 class ModelRunner:
-    """Owns the session. `run` is called from a worker thread: onnxruntime releases the GIL while it computes."""
+    """Owns the session. `run` is called from a worker thread: onnxruntime and OpenVINO release the GIL while
+    they compute."""
 
     def __init__(self, cfg: ServingConfig):
-        import onnxruntime as ort
-
         self.cfg = cfg
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.intra_op_threads
-        opts.inter_op_num_threads = cfg.inter_op_threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(cfg.model_path), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            first = str(e).splitlines()[0]
-            raise InputError(f"{cfg.model_path}: onnxruntime cannot load the model ({first})") from None
+        self.session, self._invalid_argument = _session(cfg)
+        self.platform = PLATFORMS[cfg.runtime]
         self._check("inputs", cfg.inputs, self.session.get_inputs())
         self._check("outputs", cfg.outputs, self.session.get_outputs())
         self.input_dtypes = {t.name: np.dtype(DATATYPES[t.datatype]) for t in cfg.inputs}
@@ -43,9 +64,6 @@ class ModelRunner:
         # Batching needs every input and output to carry the batch axis first.
         self.batchable = all(t.batched for t in cfg.inputs + cfg.outputs)
         self.batch1_s: float | None = None  # the fastest of the warm-up's batch-1 runs, in seconds
-        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
-
-        self._invalid_argument: type[Exception] = InvalidArgument
 
     def _check(self, kind: str, declared: tuple[TensorSpec, ...], actual: list[Any]) -> None:
         where = f"{self.cfg.config_path}: model.{kind}"

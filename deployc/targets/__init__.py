@@ -75,6 +75,16 @@ def serves_metrics(spec: DeploySpec) -> bool:
     return any(get_target(n).serves_metrics(getattr(spec.targets, n)) for n in configured(spec))
 
 
+def onnx_only_targets(spec: DeploySpec) -> dict[str, str]:
+    """The configured targets that cannot take an OpenVINO artifact, each with why (for the spec's errors)."""
+    found = {}
+    for n in configured(spec):
+        t = get_target(n)
+        if "openvino" not in t.formats(getattr(spec.targets, n)):
+            found[n] = "loads model.onnx with a runtime of its own"
+    return found
+
+
 def emit_order(names: tuple[str, ...]) -> tuple[str, ...]:
     """`names` ordered so that each target comes after the targets it names in `after` (those among `names`);
     ties keep registry order. A cycle is refused."""
@@ -111,5 +121,5 @@ def target_steps(name: str, spec: DeploySpec, spec_dir: Path, final_model_step: 
 
 
 __all__ = ["REGISTRY", "EmitContext", "Target", "TensorInfo", "configured", "emit_order", "get_target",
-           "registry", "serves_metrics", "serving_targets", "target_class", "target_names",
+           "onnx_only_targets", "registry", "serves_metrics", "serving_targets", "target_class", "target_names",
            "target_steps"]

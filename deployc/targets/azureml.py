@@ -189,6 +189,7 @@ def deployment_doc(ctx: EmitContext, cfg: AzureMLConfig, endpoint: str) -> dict[
 
 
 class AzureMLTarget(Target):
+    model_formats = ("onnx", "openvino")  # its image runs `deployc serve`
     name = "azureml"
     config_model = AzureMLConfig
     description = "An Azure ML managed online endpoint."
@@ -205,7 +206,7 @@ class AzureMLTarget(Target):
         out[f"{d}/endpoint.yml"] = dump_yaml(endpoint_doc(cfg, endpoint, description), header=header)
         out[f"{d}/deployment.yml"] = dump_yaml(deployment_doc(ctx, cfg, endpoint), header=header)
         out[f"{d}/Dockerfile"] = dockerfile(spec.name, spec.version, header=header,
-                                         requirement=serving_requirement(spec),
+                                         requirement=serving_requirement(spec, ctx.model_format),
                                          signed=getattr(spec, "signing", None) is not None).encode()
         out[f"{d}/request.json"] = dump(instances_request(ctx))  # the README's `invoke --request-file`
         a = cfg.autoscaling

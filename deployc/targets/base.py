@@ -46,7 +46,8 @@ class EmitContext:
 
     spec: DeploySpec
     spec_file: str  # the spec's path as the user gave it, for generated-file headers
-    onnx_model: Path  # the final ONNX artifact (after every pass), in the cache
+    onnx_model: Path  # the final artifact (after every pass), in the cache: model.onnx, or for model_format
+    # "openvino" the folder holding model.xml and model.bin
     onnx_sha256: str
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
@@ -57,6 +58,7 @@ class EmitContext:
     step_results: dict[str, dict[str, Any]] = field(default_factory=dict)  # step id -> its JSON result
     monitoring: Monitoring | None = None  # the resolved SLO monitoring (None without SLOs), built from the spec
     resolved: Resolved | None = None  # the spec lowered by the compiler (deployc.compiler.resolved), defaults filled
+    model_format: str = "onnx"  # what onnx_model is: "onnx", or "openvino" (quantize openvino-int8)
 
 
 class Target:
@@ -70,6 +72,10 @@ class Target:
     serves: ClassVar[bool] = False
     #: names of other targets this one is emitted after (a topological order; a cycle is refused)
     after: ClassVar[tuple[str, ...]] = ()
+    #: the kinds of shipped artifact (EmitContext.model_format) the target can take: "onnx" (model.onnx) and
+    #: "openvino" (an OpenVINO model, which `deployc serve` runs). A target that loads the ONNX file with a
+    #: runtime of its own keeps the default.
+    model_formats: ClassVar[tuple[str, ...]] = ("onnx",)
 
     def config(self, spec: DeploySpec) -> Any:
         return getattr(spec.targets, self.name)
@@ -83,6 +89,10 @@ class Target:
     def serves_metrics(self, cfg: Any) -> bool:
         """Whether this configuration runs `deployc serve` (and so exports the metrics SLOs are computed from)."""
         return self.serves
+
+    def formats(self, cfg: Any) -> tuple[str, ...]:
+        """The artifact kinds this configuration can take (see `model_formats`)."""
+        return self.model_formats
 
     def check(self, spec: DeploySpec) -> list[Located]:
         """Problems found in the spec alone, as (location from the spec's root, message); called by the spec's

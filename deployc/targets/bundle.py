@@ -1,4 +1,5 @@
-"""The `deployc serve` bundle: model.onnx, serving.json and labels.txt (docs/bundle.md).
+"""The `deployc serve` bundle: the model (model.onnx, or model.xml and model.bin for an OpenVINO artifact),
+serving.json and labels.txt (docs/bundle.md).
 
 Every target that runs `deployc serve` ships one (local, sagemaker, kserve, vertex, azureml), so it lives here,
 not in one of them. Its `batching` section follows the `local:batch-invariance` measurement
@@ -61,7 +62,7 @@ def batching_section(ctx: EmitContext, cfg: LocalConfig) -> dict[str, Any]:
 
 def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = None, port: int | None = None,
                    capture: bool = False) -> dict[str, Any]:
-    """The `serving.json` document for a bundle folder holding model.onnx (and labels.txt); with `capture`, its
+    """The `serving.json` document for a bundle folder holding the model (and labels.txt); with `capture`, its
     `capture` section when the spec's `monitoring.capture` is on (absent otherwise)."""
     return {
         "format_version": c.SERVING_CONFIG_VERSION,
@@ -70,8 +71,7 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
         "task": ctx.spec.model.task,
         **prediction_fields(ctx),
         "model": {
-            "path": "model.onnx",
-            "sha256": ctx.onnx_sha256,
+            **model_section(ctx),
             "inputs": [t.to_json() for t in ctx.inputs],
             "outputs": [t.to_json() for t in ctx.outputs],
         },
@@ -95,6 +95,28 @@ def serving_config(ctx: EmitContext, cfg: LocalConfig, *, host: str | None = Non
 
 
 MB = 1 << 20
+ONNX_FILE = "model.onnx"
+OPENVINO_FILES = ("model.xml", "model.bin")  # the graph, then the weights (OpenVINO reads the .bin beside the .xml)
+
+
+def model_files(ctx: EmitContext) -> dict[str, bytes]:
+    """The shipped artifact's files, by their names in a bundle folder."""
+    if ctx.model_format == "openvino":
+        return {name: (ctx.onnx_model / name).read_bytes() for name in OPENVINO_FILES}
+    return {ONNX_FILE: ctx.onnx_model.read_bytes()}
+
+
+def model_section(ctx: EmitContext) -> dict[str, Any]:
+    """serving.json's model file(s), their sha256 and the runtime that runs them (docs/bundle.md)."""
+    if ctx.model_format != "openvino":
+        return {"path": ONNX_FILE, "sha256": ctx.onnx_sha256, "runtime": "onnxruntime"}
+    from deployc.compiler.steps import file_digest
+    from deployc.ml.openvino import settings_of
+
+    xml, weights = (ctx.onnx_model / name for name in OPENVINO_FILES)
+    return {"path": OPENVINO_FILES[0], "sha256": file_digest(xml), "runtime": "openvino",
+            "weights": {"path": OPENVINO_FILES[1], "sha256": file_digest(weights)},
+            "openvino": settings_of(ctx.onnx_model)}
 
 
 def capture_fields(ctx: EmitContext) -> dict[str, Any]:
@@ -154,7 +176,7 @@ def prediction_fields(ctx: EmitContext) -> dict[str, Any]:
 
 def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str | None = None,
                   port: int | None = None, capture: bool | None = None) -> dict[str, bytes]:
-    """model.onnx, serving.json and labels.txt, relative to the bundle folder (also packed by sagemaker); `cfg`
+    """The model's files, serving.json and labels.txt, relative to the bundle folder (also packed by sagemaker); `cfg`
     defaults to the spec's `targets.local` settings (or their defaults).
 
     `capture` (default: for the bundle that keeps the spec's own host, the local target's) writes the capture
@@ -163,7 +185,7 @@ def serving_files(ctx: EmitContext, cfg: LocalConfig | None = None, *, host: str
     """
     cfg = cfg or local_config(ctx.spec)
     files = {
-        "model.onnx": ctx.onnx_model.read_bytes(),
+        **model_files(ctx),
         "serving.json": dump_json(serving_config(ctx, cfg, host=host, port=port,
                                                  capture=host is None if capture is None else capture)),
     }

@@ -17,11 +17,14 @@ SERVING_UID = 10001
 __all__ = ["BASE_IMAGE", "BASE_TAG", "SERVING_UID", "cloud_model_files", "healthcheck", "serving_requirement"]
 
 
-def serving_requirement(spec: Any) -> str:
+def serving_requirement(spec: Any, model_format: str = "onnx") -> str:
     """What the serving image pip-installs: deployc's `serve` extra (ONNX Runtime and the server, no TensorFlow),
-    with `explain` (shap) only when the bundle serves kernel-shap explanations, and `sign` (model-signing) when
-    the build is signed, so that the server can verify the model folder at start (DEPLOYC_VERIFY_KEY)."""
+    with `openvino` (the OpenVINO runtime) only when the build ships an OpenVINO artifact, `explain` (shap) only
+    when the bundle serves kernel-shap explanations, and `sign` (model-signing) when the build is signed, so that
+    the server can verify the model folder at start (DEPLOYC_VERIFY_KEY)."""
     extras = ["serve"]
+    if model_format == "openvino":
+        extras.append("openvino")
     explain = getattr(spec, "explain", None)
     if explain is not None and explain.serve.enabled and explain.method == "kernel-shap":
         extras.append("explain")

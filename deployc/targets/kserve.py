@@ -266,6 +266,11 @@ class KServeTarget(Target):
     config_model = KServeConfig
     description = "A KServe InferenceService (Kubernetes)."
     serves = True
+    model_formats = ("onnx", "openvino")
+
+    def formats(self, cfg: Any) -> tuple[str, ...]:
+        """runtime deployc serves what `deployc serve` runs; KServe's onnx runtime loads model.onnx only."""
+        return ("onnx",) if cfg.runtime == "onnx" else self.model_formats
 
     def serves_metrics(self, cfg: KServeConfig) -> bool:
         return cfg.runtime == "deployc"  # KServe's own ONNX runtime does not export deployc's metrics

@@ -98,6 +98,7 @@ class LocalConfig(SpecModel):
 # The target.
 
 class LocalTarget(Target):
+    model_formats = ("onnx", "openvino")  # `deployc serve` runs both
     name = "local"
     config_model = LocalConfig
     description = "A bundle `deployc serve` runs."

@@ -348,6 +348,7 @@ def checked_alarms(alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class SageMakerTarget(Target):
+    model_formats = ("onnx", "openvino")  # its image runs `deployc serve`
     name = "sagemaker"
     config_model = SageMakerConfig
     description = "A SageMaker endpoint."
@@ -373,7 +374,7 @@ class SageMakerTarget(Target):
             f"{c.SAGEMAKER_DIR}/cloudformation.yaml": cloudformation(plan, alarms, cfg, header=header,
                                                                       description=_description(spec)),
             f"{c.SAGEMAKER_DIR}/Dockerfile": dockerfile(spec.name, spec.version, header=header,
-                                         requirement=serving_requirement(spec)).encode(),
+                                         requirement=serving_requirement(spec, ctx.model_format)).encode(),
         }
 
 

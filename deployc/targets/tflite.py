@@ -212,6 +212,7 @@ def run_verify(ctx: StepContext, cfg: TFLiteConfig) -> dict[str, Any]:
 
 
 class TFLiteTarget(Target):
+    model_formats = ("onnx", "openvino")  # converts the Keras-stage model; never reads the shipped one
     name = "tflite"
     config_model = TFLiteConfig
     description = "A LiteRT bundle for devices."

@@ -212,6 +212,7 @@ def run_verify(ctx: StepContext) -> dict[str, Any]:
 
 
 class TFServingTarget(Target):
+    model_formats = ("onnx", "openvino")  # exports the Keras-stage model; never reads the shipped one
     name = "tfserving"
     config_model = TFServingConfig
     description = "A versioned SavedModel for TensorFlow Serving."

@@ -229,6 +229,7 @@ def endpoint_body(cfg: VertexConfig, name: str) -> dict[str, Any]:
 
 
 class VertexTarget(Target):
+    model_formats = ("onnx", "openvino")  # its image runs `deployc serve`
     name = "vertex"
     config_model = VertexConfig
     description = "A Vertex AI model and endpoint."

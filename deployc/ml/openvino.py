@@ -1,0 +1,256 @@
+"""OpenVINO artifacts: the ONNX model converted by OpenVINO's converter and quantized by NNCF (post-training int8),
+and the session that runs them with onnxruntime's interface, so every part of deployc that runs a model (the
+verification, the measurement, the explanations, the batch-invariance check, `deployc serve`) runs them alike.
+
+An artifact is a folder: `model.xml` (the graph) and `model.bin` (the weights). What the session must know to run
+it as it was verified lives in the graph's own runtime info (`rt_info` under `deployc`), so the two files are the
+whole artifact:
+- `static_batch1`: the session also compiles the model with its batch axis fixed to 1 and runs single-row calls
+  on that copy (OpenVINO's CPU kernels skip shape inference and reallocation on static shapes); other calls run
+  the dynamic model. Both compute each row alone, so answers do not depend on the batch.
+- static input shapes the spec declared are baked into the graph itself; a batch axis declared 1 makes the session
+  run multi-row calls a row at a time.
+
+The session pins the inference precision to f32: OpenVINO's CPU plugin otherwise computes the model's float parts
+in bf16 on CPUs that have bf16 instructions, and the answers verified on one machine would change on another.
+openvino and nncf are imported inside the functions (`deployc[openvino]` serves, `deployc[build]` builds).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import queue
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployc.errors import InputError
+from deployc.ml import feeds
+
+XML, BIN = "model.xml", "model.bin"
+RT_KEY = "deployc"
+PRESETS = ("performance", "mixed")
+MODEL_TYPES = ("auto", "transformer", "default")
+# onnxruntime's type strings by OpenVINO element type name (what `session.get_inputs()[i].type` says)
+_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
+          "i32": "tensor(int32)", "i16": "tensor(int16)", "i8": "tensor(int8)", "u8": "tensor(uint8)",
+          "u16": "tensor(uint16)", "u32": "tensor(uint32)", "u64": "tensor(uint64)", "boolean": "tensor(bool)"}
+
+
+def is_artifact(path: Path) -> bool:
+    """True for an OpenVINO artifact: a folder holding model.xml, or a model.xml file itself."""
+    return (path.is_dir() and (path / XML).is_file()) or path.suffix == ".xml"
+
+
+def xml_of(path: Path) -> Path:
+    return path / XML if path.is_dir() else path
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output as onnxruntime's NodeArg shows it: name, type string, shape (str for a free axis)."""
+
+    name: str
+    type: str
+    shape: list[int | str]
+
+
+def _port(p: Any, i: int, kind: str) -> Port:
+    names = p.get_names()
+    name = p.get_any_name() if names else f"{kind}_{i}"
+    shape: list[int | str] = [d.get_length() if d.is_static else f"d{k}" for k, d in enumerate(p.get_partial_shape())]
+    return Port(name, _TYPES.get(p.get_element_type().get_type_name(), "tensor(float)"), shape)
+
+
+def _rt(model: Any, key: str) -> str | None:
+    with contextlib.suppress(Exception):  # absent keys raise
+        if model.has_rt_info([RT_KEY, key]):
+            return str(model.get_rt_info([RT_KEY, key]).astype(str))
+    return None
+
+
+def settings_of(path: Path) -> dict[str, Any]:
+    """What serving.json records of an artifact, read from model.xml alone: `static_batch1` and the input
+    shapes (-1: a free axis)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_of(path)))
+    return {"static_batch1": _rt(model, "static_batch1") == "true",
+            "input_shapes": {p.name: [d if isinstance(d, int) else -1 for d in p.shape]
+                             for p in (_port(q, i, "input") for i, q in enumerate(model.inputs))}}
+
+
+class OpenVINOSession:
+    """An OpenVINO compiled model behind onnxruntime's InferenceSession interface: `get_inputs()`,
+    `get_outputs()` and `run(output_names, feed)`. `run` is thread-safe (an infer request per concurrent call,
+    kept in a pool); OpenVINO releases the GIL while it computes."""
+
+    def __init__(self, path: Path, threads: int = 1, streams: int = 1):
+        import openvino as ov
+
+        xml = xml_of(path)
+        if not xml.is_file() or not xml.with_suffix(".bin").is_file():
+            raise InputError(f"{xml}: an OpenVINO artifact needs {xml.name} and {xml.with_suffix('.bin').name}")
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        try:
+            model = core.read_model(str(xml))
+            self._compiled = core.compile_model(model, "CPU", config)
+            self._static = None
+            if _rt(model, "static_batch1") == "true" and model.inputs[0].get_partial_shape()[0].is_dynamic:
+                one = model.clone()
+                one.reshape({p: [1, *list(p.get_partial_shape())[1:]] for p in one.inputs})
+                self._static = core.compile_model(one, "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{xml}: OpenVINO cannot load the model ({first})") from None
+        self._inputs = [_port(p, i, "input") for i, p in enumerate(self._compiled.inputs)]
+        self._outputs = [_port(p, i, "output") for i, p in enumerate(self._compiled.outputs)]
+        batch_axis = self._inputs[0].shape[0] if self._inputs and self._inputs[0].shape else None
+        self.fixed_batch = batch_axis if isinstance(batch_axis, int) else None  # a declared static batch size
+        self._pools: dict[int, queue.SimpleQueue[Any]] = {id(self._compiled): queue.SimpleQueue()}
+        if self._static is not None:
+            self._pools[id(self._static)] = queue.SimpleQueue()
+        self._tensor = ov.Tensor
+
+    def get_inputs(self) -> list[Port]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[Port]:
+        return list(self._outputs)
+
+    @property
+    def static_batch1(self) -> bool:
+        return self._static is not None
+
+    @contextlib.contextmanager
+    def _request(self, compiled: Any) -> Iterator[Any]:
+        pool = self._pools[id(compiled)]
+        try:
+            req = pool.get_nowait()
+        except queue.Empty:
+            req = compiled.create_infer_request()
+        try:
+            yield req
+        finally:
+            pool.put(req)
+
+    def _infer(self, compiled: Any, arrays: list[np.ndarray], wanted: list[int]) -> list[np.ndarray]:
+        with self._request(compiled) as req:
+            for i, a in enumerate(arrays):
+                # zero-copy for writeable contiguous arrays; OpenVINO refuses to share a read-only buffer (a
+                # request body decoded in place), which it copies
+                req.set_input_tensor(i, self._tensor(np.ascontiguousarray(a), shared_memory=a.flags.writeable))
+            req.infer()
+            return [np.array(req.get_output_tensor(k).data, copy=True) for k in wanted]
+
+    def run(self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray], *_: Any) -> list[np.ndarray]:
+        names = [p.name for p in self._outputs]
+        wanted = list(range(len(names))) if not output_names else [names.index(n) for n in output_names]
+        arrays = [np.asarray(feed[p.name]) for p in self._inputs]
+        n = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
+        if self.fixed_batch == 1 and n != 1:  # a static batch of 1: a row at a time
+            parts = [self._infer(self._compiled, [a[i:i + 1] for a in arrays], wanted) for i in range(n)]
+            return [np.concatenate([p[k] for p in parts]) for k in range(len(wanted))]
+        compiled = self._static if (self._static is not None and n == 1) else self._compiled
+        return self._infer(compiled, arrays, wanted)
+
+
+def has_attention(onnx_path: Path) -> bool:
+    """A Softmax fed by a MatMul of two activations (attention scores): where NNCF's transformer preset applies."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                           for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type != "Softmax":
+            continue
+        seen, todo = 0, list(n.input)
+        while todo and seen < 8:  # walk back through scaling, masking and casts to the scores' MatMul
+            src = producer.get(todo.pop())
+            seen += 1
+            if src is None:
+                continue
+            if src.op_type in ("MatMul", "Einsum") and not any(i in consts for i in src.input):
+                return True
+            todo += [i for i in src.input if i not in consts]
+    return False
+
+
+def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, preset: str = "performance",
+                         model_type: str = "auto", subset_size: int = 300, fast_bias_correction: bool = True,
+                         static_batch1: bool = True, shapes: Mapping[str, Sequence[int]] | None = None,
+                         compress_to_fp16: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write `src` (ONNX) as an int8 OpenVINO artifact folder `dst`: converted by openvino.convert_model, quantized
+    by nncf.quantize on `calibration` rows, saved as model.xml + model.bin. Details say what ran."""
+    import nncf
+    import openvino as ov
+
+    if preset not in PRESETS or model_type not in MODEL_TYPES:
+        raise InputError(f"openvino: preset is one of {', '.join(PRESETS)}, model_type one of {', '.join(MODEL_TYPES)}")
+    rows = feeds.rows(calibration)
+    if rows == 0:
+        raise InputError("openvino-int8 needs calibration rows (data.calibration is empty)")
+    transformer = model_type == "transformer" or (model_type == "auto" and has_attention(src))
+    with _nncf_quiet():
+        try:
+            model = ov.convert_model(str(src))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"openvino.convert_model cannot convert the ONNX model ({first})") from None
+        if shapes:
+            known = {p.get_any_name(): p for p in model.inputs}
+            unknown = sorted(set(shapes) - set(known))
+            if unknown:
+                raise InputError(f"openvino.shapes names {', '.join(unknown)}; the model's inputs are "
+                                 f"{', '.join(known)}")
+            bad = sorted(k for k, v in shapes.items() if v and v[0] not in (1, -1))
+            if bad:
+                raise InputError(f"openvino.shapes: the batch axis (the first) of {', '.join(bad)} is 1 or -1")
+            model.reshape({known[k]: list(v) for k, v in shapes.items()})
+        ins = [p.get_any_name() for p in model.inputs]
+        dtypes = [np.dtype(p.get_element_type().to_dtype()) for p in model.inputs]
+        fed = feeds.feed(calibration, ins, dtypes, "the model")
+        items = [{k: v[i:i + 1] for k, v in fed.items()} for i in range(rows)]
+        dataset = nncf.Dataset(items, lambda item: [item[k] for k in ins])
+        kwargs: dict[str, Any] = {
+            "preset": nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            "subset_size": min(subset_size, len(items)), "fast_bias_correction": fast_bias_correction}
+        if transformer:
+            kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        quantized = nncf.quantize(model, dataset, **kwargs)
+    quantized.set_rt_info("true" if static_batch1 else "false", [RT_KEY, "static_batch1"])
+    dst.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(dst / XML), compress_to_fp16=compress_to_fp16)
+    ops: dict[str, int] = {}
+    for op in quantized.get_ordered_ops():
+        t = op.get_type_name()
+        if t in ("FakeQuantize", "FakeConvert", "Convert"):
+            ops[t] = ops.get(t, 0) + 1
+    log(f"openvino-int8: {ops.get('FakeQuantize', 0)} quantizers, "
+        f"{'transformer' if transformer else 'default'} model type")
+    return {"runtime": "openvino", "openvino": ov.get_version().split("-")[0], "nncf": nncf.__version__,
+            "preset": preset, "model_type": "transformer" if transformer else "default",
+            "calibration_rows": int(min(subset_size, rows)), "fast_bias_correction": fast_bias_correction,
+            "static_batch1": static_batch1, "shapes": {k: list(v) for k, v in (shapes or {}).items()},
+            "compress_to_fp16": compress_to_fp16, "quant_ops": {"FakeQuantize": ops.get("FakeQuantize", 0)}}
+
+
+@contextlib.contextmanager
+def _nncf_quiet() -> Iterator[None]:
+    """NNCF logs its progress bars and notes at INFO on stdout: the build prints its own progress."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,324 @@
+"""OpenVINO artifacts (quantize openvino-int8, NNCF int8): the pass, the session, a whole build of an ONNX model
+that ships one, `deployc serve` running it (JSON, tritonclient's binary default, gRPC), the images that install the
+runtime, auto's choice across runtimes, and what `validate` refuses (docs/optimize.md)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import run_deployc
+
+try:  # tests/ may or may not be a package
+    from tests.quant_support import digits, digits_mlp
+    from tests.serve_support import Server
+except ImportError:
+    from quant_support import digits, digits_mlp
+    from serve_support import Server
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+SPEC = """\
+apiVersion: deployc/v1
+name: digits-ov
+version: 1.0.0
+model: {path: model.onnx, labels: labels.txt}
+data:
+  eval: {path: data.npz, x: x_eval, y: y_eval}
+  calibration: {path: data.npz, x: x_calib}
+optimize:
+  - quantize: QUANTIZE
+gates: {min_agreement: 0.95, max_accuracy_drop: 0.03}
+measure: {min_seconds: 0.05}
+targets:
+  local: {}
+  sagemaker:
+    region: eu-west-1
+    role_arn: arn:aws:iam::123456789012:role/sagemaker-exec
+    image_uri: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/deployc-serve:0.1.0
+    s3_prefix: s3://my-models/deployc
+"""
+
+
+def project(root: Path, quantize: str = "{mode: openvino-int8}", extra: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    digits_mlp(root / "model.onnx")
+    x, _, xe, ye = digits()
+    np.savez(root / "data.npz", x_eval=xe, y_eval=ye, x_calib=x[:300])
+    (root / "labels.txt").write_text("".join(f"digit-{i}\n" for i in range(10)))
+    (root / "deploy.yaml").write_text(SPEC.replace("QUANTIZE", quantize) + extra)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = project(tmp_path_factory.mktemp("ov") / "digits")
+    r = run_deployc("build", "deploy.yaml", "--out", "out", "-q", cwd=d, cache_dir=d / ".cache")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(built: Path) -> Iterator[Server]:
+    with Server(built / "out", "--grpc-port", "0") as s:
+        yield s
+
+
+def ov_predict(folder: Path, x: np.ndarray) -> np.ndarray:
+    """The shipped artifact run by OpenVINO directly (no deployc code)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.asarray(compiled([x])[0])
+
+
+def test_pass_writes_an_int8_openvino_model(tmp_path: Path) -> None:
+    import openvino as ov
+
+    from deployc.passes.base import PassInput
+    from deployc.passes.quantize import QuantizeConfig, QuantizePass
+
+    src = digits_mlp(tmp_path / "m.onnx")
+    x, _, xe, _ = digits()
+    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=QuantizeConfig(
+        mode="openvino-int8"), data=lambda which: (x[:200], None), evaluate=lambda p: {}, gates=None,
+        log=lambda s: None))
+    assert res.format == "openvino" and res.model == tmp_path / "out" / "openvino"
+    assert sorted(p.name for p in res.model.iterdir()) == ["model.bin", "model.xml"]
+    model = ov.Core().read_model(str(res.model / "model.xml"))
+    fq = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert len(fq) == res.details["quant_ops"]["FakeQuantize"] >= 3  # every MatMul's input and weights
+    assert res.details["runtime"] == "openvino" and res.details["model_type"] == "default"
+    assert res.details["calibration_rows"] == 200 and res.details["static_batch1"] is True
+    # int8 weights: the file holds about a quarter of the fp32 weights' bytes
+    fp32_bytes = sum(a.nbytes for a in _onnx_weights(src))
+    assert (res.model / "model.bin").stat().st_size < 0.4 * fp32_bytes
+
+
+def _onnx_weights(path: Path) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
+
+
+def test_session_matches_openvino_and_runs_rows_alone(tmp_path: Path) -> None:
+    """The session's answers are OpenVINO's own, a row's answer does not depend on its batch, and a batch-1 call
+    runs on the static copy."""
+    from deployc.ml.evaluate import model_session, predict_onnx
+    from deployc.passes.base import PassInput
+    from deployc.passes.quantize import QuantizeConfig, QuantizePass
+
+    src = digits_mlp(tmp_path / "m.onnx")
+    x, _, xe, _ = digits()
+    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=QuantizeConfig(
+        mode="openvino-int8"), data=lambda which: (x[:200], None), evaluate=lambda p: {}, gates=None,
+        log=lambda s: None))
+    sess = model_session(res.model)
+    assert sess.static_batch1
+    assert [(i.name, i.type, i.shape[1]) for i in sess.get_inputs()] == [("x", "tensor(float)", 64)]
+    assert [o.name for o in sess.get_outputs()] == ["output"]
+    batch = sess.run(None, {"x": xe[:50]})[0]
+    np.testing.assert_allclose(batch, ov_predict(res.model, xe[:50]), rtol=1e-5, atol=1e-6)
+    alone = np.concatenate([sess.run(["output"], {"x": xe[i:i + 1]})[0] for i in range(50)])
+    np.testing.assert_allclose(alone, batch, rtol=1e-4, atol=1e-6)
+    ref = predict_onnx(src, xe)
+    assert np.mean(predict_onnx(res.model, xe).argmax(1) == ref.argmax(1)) >= 0.95
+
+
+def test_declared_static_shape_runs_batches_a_row_at_a_time(tmp_path: Path) -> None:
+    from deployc.ml.evaluate import model_session
+    from deployc.passes.base import PassInput
+    from deployc.passes.quantize import QuantizeConfig, QuantizePass
+
+    src = digits_mlp(tmp_path / "m.onnx")
+    x, _, xe, _ = digits()
+    cfg = QuantizeConfig(mode="openvino-int8", openvino={"shapes": {"x": [1, 64]}})
+    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=cfg,
+                                         data=lambda which: (x[:100], None), evaluate=lambda p: {}, gates=None,
+                                         log=lambda s: None))
+    sess = model_session(res.model)
+    assert sess.get_inputs()[0].shape == [1, 64] and sess.fixed_batch == 1
+    out = sess.run(None, {"x": xe[:7]})[0]
+    assert out.shape == (7, 10)
+    np.testing.assert_allclose(out[3:4], sess.run(None, {"x": xe[3:4]})[0], rtol=1e-6)
+
+
+def test_unknown_static_shape_input_is_an_input_error(tmp_path: Path) -> None:
+    from deployc.errors import InputError
+    from deployc.ml.openvino import convert_and_quantize
+
+    src = digits_mlp(tmp_path / "m.onnx")
+    x, _, _, _ = digits()
+    with pytest.raises(InputError, match="openvino.shapes names pixels; the model's inputs are x"):
+        convert_and_quantize(src, tmp_path / "ov", x[:10], shapes={"pixels": [1, 64]}, log=lambda s: None)
+
+
+# --- the whole build and the real server ---------------------------------------------------------------------
+
+def test_build_ships_the_openvino_model_and_records_its_runtime(built: Path) -> None:
+    local = built / "out" / "local"
+    assert sorted(p.name for p in local.iterdir()) == ["labels.txt", "model.bin", "model.xml", "serving.json"]
+    cfg = json.loads((local / "serving.json").read_text())
+    import hashlib
+
+    model = cfg["model"]
+    assert model["runtime"] == "openvino" and model["path"] == "model.xml"
+    assert model["sha256"] == hashlib.sha256((local / "model.xml").read_bytes()).hexdigest()
+    assert model["weights"] == {"path": "model.bin",
+                                "sha256": hashlib.sha256((local / "model.bin").read_bytes()).hexdigest()}
+    assert model["openvino"] == {"static_batch1": True, "input_shapes": {"x": [-1, 64]}}
+    assert cfg["batching"]["batch_invariant"]["invariant"] is True  # static int8: no batch-dependent scales
+    report = json.loads((built / "out" / "report.json").read_text())
+    assert report["runtime"] == "openvino"
+    shipped = next(a for a in report["artifacts"] if a["shipped"])
+    assert shipped["artifact"] == "quantize-openvino-int8" and shipped["evaluation"]["agreement"] >= 0.95
+    assert shipped["evaluation"]["size_ratio"] < 0.5
+    md = (built / "out" / "report.md").read_text()
+    assert "The shipped artifact (`model.xml` + `model.bin`) runs on OpenVINO in `deployc serve`." in md
+
+
+def test_serving_image_installs_the_openvino_runtime(built: Path) -> None:
+    from deployc import __version__
+
+    docker = (built / "out" / "sagemaker" / "Dockerfile").read_text()
+    assert f"deployc[serve,openvino]=={__version__}" in docker
+    import tarfile
+
+    with tarfile.open(built / "out" / "sagemaker" / "model.tar.gz") as tar:
+        assert {"model.xml", "model.bin", "serving.json"} <= {Path(n).name for n in tar.getnames()}
+
+
+def test_server_answers_with_openvino(built: Path, server: Server) -> None:
+    x = digits()[2][:9].astype(np.float32)
+    status, meta = server.json("GET", "/v2/models/digits-ov")
+    assert status == 200 and meta["platform"] == "openvino"
+    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    status, out = server.json("POST", "/v2/models/digits-ov/infer", body)
+    assert status == 200, out
+    got = np.asarray(out["outputs"][0]["data"], dtype=np.float32).reshape(out["outputs"][0]["shape"])
+    np.testing.assert_allclose(got, ov_predict(built / "out" / "local", x), rtol=1e-4, atol=1e-6)
+
+
+def test_tritonclient_binary_and_grpc_defaults(built: Path, server: Server) -> None:
+    import re
+
+    http = pytest.importorskip("tritonclient.http")
+    grpc = pytest.importorskip("tritonclient.grpc")
+    x = digits()[2][:5].astype(np.float32)
+    want = ov_predict(built / "out" / "local", x)
+    inp = http.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)  # binary by default
+    got = http.InferenceServerClient(f"127.0.0.1:{server.port}").infer("digits-ov", [inp]).as_numpy("output")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    port = int(re.search(r"gRPC on 127\.0\.0\.1:(\d+)", server.text()).group(1))  # type: ignore[union-attr]
+    gin = grpc.InferInput("x", list(x.shape), "FP32")
+    gin.set_data_from_numpy(x)
+    gout = grpc.InferenceServerClient(f"127.0.0.1:{port}").infer("digits-ov", [gin]).as_numpy("output")
+    np.testing.assert_allclose(gout, want, rtol=1e-4, atol=1e-6)
+
+
+def test_server_refuses_changed_weights(built: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(built / "out" / "local", bundle)
+    data = bytearray((bundle / "model.bin").read_bytes())
+    data[100] ^= 0xFF
+    (bundle / "model.bin").write_bytes(bytes(data))
+    r = run_deployc("serve", str(bundle), "--port", "0")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "model.bin: sha256 does not match serving.json (the weights changed after the build)" in r.stderr
+
+
+def test_serving_json_weights_must_sit_beside_the_graph(built: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(built / "out" / "local", bundle)
+    cfg = json.loads((bundle / "serving.json").read_text())
+    cfg["model"]["weights"]["path"] = "../model.bin"
+    (bundle / "serving.json").write_text(json.dumps(cfg))
+    r = run_deployc("serve", str(bundle), "--port", "0")
+    assert r.returncode != 0 and "model.weights.path: '../model.bin' leaves the bundle folder" in r.stderr
+
+
+# --- auto across runtimes, and what validate says --------------------------------------------------------------
+
+def test_auto_measures_every_runtime_and_says_why(tmp_path: Path) -> None:
+    from deployc.passes.base import PassInput
+    from deployc.passes.quantize import QuantizeConfig, QuantizePass
+
+    src = digits_mlp(tmp_path / "m.onnx")
+    x, _, _, _ = digits()
+    p50 = {"int8-dynamic": 0.05, "int8-static": 0.04, "int8-static-per-tensor": 0.041, "float16": 0.09}
+
+    def evaluate(path: Path) -> dict[str, Any]:  # figures as the build's evaluation gives them; openvino fastest
+        mode = "openvino-int8" if path.is_dir() else path.stem.split("-", 1)[1]
+        assert (path / "model.xml").is_file() if mode == "openvino-int8" else path.suffix == ".onnx"
+        return {"size_bytes": 1000 if mode != "int8-static" else 900, "latency_p50_ms": p50.get(mode, 0.02),
+                "agreement": 1.0, "gate_failures": []}
+
+    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=QuantizeConfig(mode="auto"),
+                                         data=lambda which: (x[:100], None), evaluate=evaluate, gates=None,
+                                         log=lambda s: None))
+    assert res.details["chosen"] == "openvino-int8" and res.details["runtime"] == "openvino"
+    assert res.format == "openvino" and (res.model / "model.xml").is_file()
+    why = {r["mode"]: (r["runtime"], r["kept"], r["why"]) for r in res.details["candidates"]}
+    assert why["openvino-int8"] == ("openvino", True, "fastest passing candidate")
+    assert why["int8-static"] == ("onnxruntime", False,
+                                  "passes, but slower than openvino-int8 (p50 0.04 ms vs 0.02 ms)")
+
+
+def test_choose_latency_ties_go_to_the_smaller() -> None:
+    from deployc.passes.quantize import choose
+
+    rows = [{"mode": m, "gate_failures": [], "figures": {"size_bytes": s, "latency_p50_ms": t}}
+            for m, s, t in (("int8-dynamic", 1000, 0.100), ("int8-static", 800, 0.103), ("float16", 500, 0.5))]
+    best = choose(rows, ["int8-dynamic", "int8-static", "float16"])
+    assert best is not None and best["mode"] == "int8-static"
+    assert rows[0]["why"] == "p50 ties with int8-static, larger (1000 vs 800 bytes)"
+    best = choose(rows, ["int8-dynamic", "int8-static", "float16"], objective="size")
+    assert best is not None and best["mode"] == "float16"
+
+
+def _validate(d: Path) -> Any:
+    return run_deployc("validate", "deploy.yaml", cwd=d)
+
+
+TRITON = """\
+  triton: {}
+"""
+
+
+def test_validate_refuses_openvino_for_a_target_that_loads_onnx(tmp_path: Path) -> None:
+    d = project(tmp_path / "p", extra=TRITON)
+    r = _validate(d)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert ("deploy.yaml:9:16: optimize[0].quantize.mode: openvino-int8 makes an OpenVINO model, but "
+            "targets.triton loads model.onnx with a runtime of its own: leave openvino-int8 out of this pass"
+            ) in r.stderr
+
+
+def test_validate_refuses_openvino_before_another_pass(tmp_path: Path) -> None:
+    d = project(tmp_path / "p", quantize="{mode: openvino-int8}\n  - quantize: {mode: float16}")
+    r = _validate(d)
+    assert r.returncode != 0
+    assert "openvino-int8 makes an OpenVINO model, which no later optimize item can read" in r.stderr
+
+
+def test_auto_leaves_openvino_out_where_it_could_not_ship(tmp_path: Path) -> None:
+    from deployc.api import validate
+    from deployc.compiler.resolved import resolve
+
+    d = project(tmp_path / "p", quantize="{mode: auto}", extra=TRITON)
+    assert _validate(d).returncode == 0
+    (use,) = resolve(validate(d / "deploy.yaml"), d).passes
+    assert use.config.candidates == ["int8-dynamic", "int8-static", "int8-static-per-tensor", "float16"]
+    plain = project(tmp_path / "q", quantize="{mode: auto}")
+    (use,) = resolve(validate(plain / "deploy.yaml"), plain).passes
+    assert use.config.candidates[-1] == "openvino-int8"
