@@ -116,3 +116,37 @@ def make_evaluate(reference: Path, x: np.ndarray, y: np.ndarray | None,
         return figures
 
     return evaluate
+
+
+ONNX_SPEC = """\
+apiVersion: deployc/v1
+name: digits-ov
+version: 1.0.0
+model: {path: model.onnx, labels: labels.txt}
+data:
+  eval: {path: data.npz, x: x_eval, y: y_eval}
+  calibration: {path: data.npz, x: x_calib}
+optimize:
+  - quantize: QUANTIZE
+gates: {min_agreement: 0.95, max_accuracy_drop: 0.03}
+measure: {min_seconds: 0.05}
+targets:
+  local: {}
+  sagemaker:
+    region: eu-west-1
+    role_arn: arn:aws:iam::123456789012:role/sagemaker-exec
+    image_uri: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/deployc-serve:0.1.0
+    s3_prefix: s3://my-models/deployc
+"""
+
+
+def onnx_project(root: Path, quantize: str = "{mode: openvino-int8}", extra: str = "") -> Path:
+    """A project of the digits MLP as an ONNX input, calibration and eval data, one quantize item (`quantize`:
+    its settings as YAML flow), targets local and sagemaker (`extra`: more target lines)."""
+    root.mkdir(parents=True, exist_ok=True)
+    digits_mlp(root / "model.onnx")
+    x, _, xe, ye = digits()
+    np.savez(root / "data.npz", x_eval=xe, y_eval=ye, x_calib=x[:300])
+    (root / "labels.txt").write_text("".join(f"digit-{i}\n" for i in range(10)))
+    (root / "deploy.yaml").write_text(ONNX_SPEC.replace("QUANTIZE", quantize) + extra)
+    return root

@@ -1,5 +1,5 @@
 """examples/cv: a MobileNet-style CNN (BatchNorm, depthwise-separable blocks, ReLU6, a residual Add),
-int8-static quantized."""
+quantized by auto (every candidate on both runtimes, the attribution gate among the gates)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,7 +3,8 @@
 - core only (`pip install deployc`): validate, plan, schema and init run; build, serve and deploy name the
   extra to install, exit 1, no traceback;
 - `[serve]` only (what the generated serving images install): `deployc serve` answers inference and explain
-  requests on the digits bundle, and TensorFlow is not installed.
+  requests on the digits bundle, and TensorFlow is not installed; a bundle of an OpenVINO artifact names
+  `deployc[openvino]`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_deployc, session_folder
+from quant_support import onnx_project
 from serve_support import free_port
 
 from deployc import __version__
@@ -174,3 +176,16 @@ def test_serve_install_serves_the_digits_bundle(serve_bin: Path, digits: Path, s
     # the server in [serve] cannot build
     r = _run(serve_bin / "deployc", "build", "deploy.yaml", cwd=digits)
     assert r.returncode == 1 and "pip install 'deployc[build]'" in r.stderr, r.stderr
+
+
+def test_serve_install_names_the_openvino_extra(serve_bin: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    d = onnx_project(tmp_path / "ov")
+    (d / "deploy.yaml").write_text((d / "deploy.yaml").read_text().split("  sagemaker:")[0])
+    r = run_deployc("build", "deploy.yaml", "--out", "out", "-q", cwd=d, cache_dir=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _run(serve_bin / "python", "-c", "import openvino").returncode == 1, "openvino is in [serve]"
+    r = _run(serve_bin / "deployc", "serve", str(d / "out"), "--port", "0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert ("model.runtime openvino needs openvino, which is not installed: pip install 'deployc[openvino]'"
+            in r.stderr), r.stderr

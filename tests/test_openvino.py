@@ -13,50 +13,18 @@ import pytest
 from conftest import run_deployc
 
 try:  # tests/ may or may not be a package
-    from tests.quant_support import digits, digits_mlp
+    from tests.quant_support import digits, digits_mlp, onnx_project
     from tests.serve_support import Server
 except ImportError:
-    from quant_support import digits, digits_mlp
+    from quant_support import digits, digits_mlp, onnx_project
     from serve_support import Server
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-SPEC = """\
-apiVersion: deployc/v1
-name: digits-ov
-version: 1.0.0
-model: {path: model.onnx, labels: labels.txt}
-data:
-  eval: {path: data.npz, x: x_eval, y: y_eval}
-  calibration: {path: data.npz, x: x_calib}
-optimize:
-  - quantize: QUANTIZE
-gates: {min_agreement: 0.95, max_accuracy_drop: 0.03}
-measure: {min_seconds: 0.05}
-targets:
-  local: {}
-  sagemaker:
-    region: eu-west-1
-    role_arn: arn:aws:iam::123456789012:role/sagemaker-exec
-    image_uri: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/deployc-serve:0.1.0
-    s3_prefix: s3://my-models/deployc
-"""
-
-
-def project(root: Path, quantize: str = "{mode: openvino-int8}", extra: str = "") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    digits_mlp(root / "model.onnx")
-    x, _, xe, ye = digits()
-    np.savez(root / "data.npz", x_eval=xe, y_eval=ye, x_calib=x[:300])
-    (root / "labels.txt").write_text("".join(f"digit-{i}\n" for i in range(10)))
-    (root / "deploy.yaml").write_text(SPEC.replace("QUANTIZE", quantize) + extra)
-    return root
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = project(tmp_path_factory.mktemp("ov") / "digits")
+    d = onnx_project(tmp_path_factory.mktemp("ov") / "digits")
     r = run_deployc("build", "deploy.yaml", "--out", "out", "-q", cwd=d, cache_dir=d / ".cache")
     assert r.returncode == 0, r.stderr
     return d
@@ -296,7 +264,7 @@ TRITON = """\
 
 
 def test_validate_refuses_openvino_for_a_target_that_loads_onnx(tmp_path: Path) -> None:
-    d = project(tmp_path / "p", extra=TRITON)
+    d = onnx_project(tmp_path / "p", extra=TRITON)
     r = _validate(d)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert ("deploy.yaml:9:16: optimize[0].quantize.mode: openvino-int8 makes an OpenVINO model, but "
@@ -305,7 +273,7 @@ def test_validate_refuses_openvino_for_a_target_that_loads_onnx(tmp_path: Path) 
 
 
 def test_validate_refuses_openvino_before_another_pass(tmp_path: Path) -> None:
-    d = project(tmp_path / "p", quantize="{mode: openvino-int8}\n  - quantize: {mode: float16}")
+    d = onnx_project(tmp_path / "p", quantize="{mode: openvino-int8}\n  - quantize: {mode: float16}")
     r = _validate(d)
     assert r.returncode != 0
     assert "openvino-int8 makes an OpenVINO model, which no later optimize item can read" in r.stderr
@@ -315,10 +283,85 @@ def test_auto_leaves_openvino_out_where_it_could_not_ship(tmp_path: Path) -> Non
     from deployc.api import validate
     from deployc.compiler.resolved import resolve
 
-    d = project(tmp_path / "p", quantize="{mode: auto}", extra=TRITON)
+    d = onnx_project(tmp_path / "p", quantize="{mode: auto}", extra=TRITON)
     assert _validate(d).returncode == 0
     (use,) = resolve(validate(d / "deploy.yaml"), d).passes
     assert use.config.candidates == ["int8-dynamic", "int8-static", "int8-static-per-tensor", "float16"]
-    plain = project(tmp_path / "q", quantize="{mode: auto}")
+    plain = onnx_project(tmp_path / "q", quantize="{mode: auto}")
     (use,) = resolve(validate(plain / "deploy.yaml"), plain).passes
     assert use.config.candidates[-1] == "openvino-int8"
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ("{pixels: [1, 64]}", "optimize[0].quantize.openvino.shapes.pixels: the model has no input named 'pixels' "
+                          "(its inputs: x)"),
+    ("{x: [1, 8, 8]}", "optimize[0].quantize.openvino.shapes.x: [1, 8, 8] has 3 axes; input x has 2 (shape [-1, 64])"),
+    ("{x: [1, 32]}", "optimize[0].quantize.openvino.shapes.x: [1, 32] changes an axis the model fixes (input x has "
+                     "shape [-1, 64])"),
+    ("{x: [4, 64]}", "optimize[0].quantize.openvino.shapes.x: [4, 64]: axes are positive or -1 (free), and the batch "
+                     "axis (the first) is 1 or -1"),
+])
+def test_validate_checks_static_shapes_against_the_model(tmp_path: Path, shapes: str, message: str) -> None:
+    d = onnx_project(tmp_path / "p", quantize="{mode: openvino-int8, openvino: {shapes: " + shapes + "}}")
+    r = _validate(d)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert message in r.stderr, r.stderr
+
+
+def _graph(path: Path, attention: bool, mask_chain: int = 10) -> Path:
+    """Softmax over masked attention scores (a select written as mask * s + (1 - mask) * -1e9, the mask through
+    `mask_chain` Identity nodes, as exported Keras graphs have casts and reshapes), or over a Dense head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array(0.35, np.float32), "scale"),
+             numpy_helper.from_array(np.array(-1e9, np.float32), "neg"),
+             numpy_helper.from_array(np.ones((8, 4), np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["q", "k" if attention else "w"], ["s"])]
+    prev = "mask"
+    for i in range(mask_chain):
+        nodes.append(helper.make_node("Identity", [prev], [f"m{i}"]))
+        prev = f"m{i}"
+    nodes += [helper.make_node("Mul", ["s", "scale"], ["ss"]), helper.make_node("Cast", [prev], ["mf"], to=f),
+              helper.make_node("Not", [prev], ["nm"]), helper.make_node("Cast", ["nm"], ["nmf"], to=f),
+              helper.make_node("Mul", ["ss", "mf"], ["a"]), helper.make_node("Mul", ["nmf", "neg"], ["b"]),
+              helper.make_node("Add", ["a", "b"], ["z"]), helper.make_node("Softmax", ["z"], ["out"], axis=-1)]
+    ins = [helper.make_tensor_value_info("q", f, ["N", 4, 8]), helper.make_tensor_value_info("k", f, ["N", 8, 4]),
+           helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 4, 4])]
+    graph = helper.make_graph(nodes, "g", ins if attention else [ins[0], ins[2]],
+                              [helper.make_tensor_value_info("out", f, ["N", 4, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_attention_is_found_behind_a_long_mask_path(tmp_path: Path) -> None:
+    """NNCF's transformer model type is what keeps a masked attention accurate (examples/nlp: agreement 0.82
+    without it, 1.0 with it); the search must reach the scores' MatMul past the mask's casts."""
+    from deployc.ml.openvino import has_attention
+
+    assert has_attention(_graph(tmp_path / "a.onnx", attention=True))
+    assert not has_attention(_graph(tmp_path / "d.onnx", attention=False))
+
+
+def test_building_an_openvino_model_reports_nothing_to_intel(tmp_path: Path) -> None:
+    """NNCF's telemetry (openvino_telemetry) writes a client id under ~/intel and sends usage events unless it is
+    kept out; a build in a real process (no pytest, which NNCF exempts itself in) leaves HOME untouched."""
+    import subprocess
+    import sys
+
+    src = digits_mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", digits()[0][:50])
+    code = ("import sys, numpy as np; from pathlib import Path; from deployc.ml.openvino import convert_and_quantize; "
+            f"convert_and_quantize(Path({str(src)!r}), Path({str(tmp_path / 'ov')!r}), "
+            f"np.load({str(tmp_path / 'x.npy')!r}), log=lambda s: None); "
+            "print(sys.modules.get('openvino_telemetry', 'absent'))")
+    home = tmp_path / "home"
+    home.mkdir()
+    from conftest import deployc_env
+
+    r = subprocess.run([sys.executable, "-c", code], env={**deployc_env(), "HOME": str(home)}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "None"
+    assert (tmp_path / "ov" / "model.xml").is_file() and list(home.iterdir()) == []

@@ -182,13 +182,45 @@ def _content_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tupl
     from deployc.compiler.resolved import model_inputs
 
     sets = [(w, ds) for w in ("eval", "calibration", "train") if (ds := getattr(spec.data, w)) is not None]
-    inputs = model_inputs(spec, base) if sets else ()
+    inputs = model_inputs(spec, base) if sets or _openvino_shapes(spec) else ()
     dtypes = {t.name: t.dtype for t in inputs}
     for which, ds in sets:
         found += content.data_problems(base, which, ds, dtypes, spec.model.task)
     return (found + _declared_inputs_problems(base, spec) + _input_mapping_problems(sets, [t.name for t in inputs])
             + _prediction_problems(base, spec, fmt) + _explain_input_problems(spec, inputs)
-            + _watched_feature_problems(spec, inputs) + _capture_model_problems(base, spec, fmt))
+            + _watched_feature_problems(spec, inputs) + _capture_model_problems(base, spec, fmt)
+            + _openvino_shape_problems(spec, inputs))
+
+
+def _openvino_shapes(spec: DeploySpec) -> list[tuple[int, dict[str, list[int]]]]:
+    """(optimize index, openvino.shapes) of each quantize item that declares static shapes."""
+    found = []
+    for i, item in enumerate(spec.optimize):
+        cfg = getattr(item, "quantize", None)
+        shapes = getattr(getattr(cfg, "openvino", None), "shapes", None)
+        if shapes:
+            found.append((i, shapes))
+    return found
+
+
+def _openvino_shape_problems(spec: DeploySpec, inputs: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+    """`quantize.openvino.shapes` must name the model's inputs, with their rank, keeping the axes the model fixes."""
+    if not inputs:
+        return []
+    known = {t.name: tuple(t.shape) for t in inputs}
+    found: list[tuple[tuple[Any, ...], str]] = []
+    for i, shapes in _openvino_shapes(spec):
+        for name, dims in shapes.items():
+            at = ("optimize", i, "quantize", "openvino", "shapes", name)
+            if name not in known:
+                found.append((at, f"the model has no input named {name!r} (its inputs: {', '.join(known)})"))
+            elif len(dims) != len(known[name]):
+                found.append((at, f"{dims} has {len(dims)} axes; input {name} has {len(known[name])} "
+                              f"(shape {list(known[name])})"))
+            elif any(m > 0 and d > 0 and m != d for m, d in zip(known[name], dims, strict=True)):
+                found.append((at, f"{dims} changes an axis the model fixes (input {name} has shape "
+                              f"{list(known[name])})"))
+    return found
 
 
 def _capture_model_problems(base: Path, spec: DeploySpec, fmt: str) -> list[tuple[tuple[Any, ...], str]]:

@@ -11,6 +11,10 @@ whole artifact:
 - static input shapes the spec declared are baked into the graph itself; a batch axis declared 1 makes the session
   run multi-row calls a row at a time.
 
+Neither library reports usage from deployc's process: OpenVINO's converter and NNCF send telemetry through the
+`openvino_telemetry` package (NNCF without asking: it writes a client id under ~/intel and sends events on every
+quantization), which `no_telemetry` blocks before either is imported; both fall back to their own stubs.
+
 The session pins the inference precision to f32: OpenVINO's CPU plugin otherwise computes the model's float parts
 in bf16 on CPUs that have bf16 instructions, and the answers verified on one machine would change on another.
 openvino and nncf are imported inside the functions (`deployc[openvino]` serves, `deployc[build]` builds).
@@ -21,6 +25,8 @@ import contextlib
 import io
 import logging
 import queue
+import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +41,18 @@ XML, BIN = "model.xml", "model.bin"
 RT_KEY = "deployc"
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = ("auto", "transformer", "default")
+ATTENTION_SEARCH = 32  # nodes visited back from a Softmax looking for the attention scores' MatMul
 # onnxruntime's type strings by OpenVINO element type name (what `session.get_inputs()[i].type` says)
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
           "i32": "tensor(int32)", "i16": "tensor(int16)", "i8": "tensor(int8)", "u8": "tensor(uint8)",
           "u16": "tensor(uint16)", "u32": "tensor(uint32)", "u64": "tensor(uint64)", "boolean": "tensor(bool)"}
+
+
+def no_telemetry() -> None:
+    """Make `import openvino_telemetry` fail in this process (a None entry in sys.modules), so that OpenVINO's
+    converter and NNCF use their telemetry stubs: nothing is written under ~/intel, nothing is sent."""
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
 
 
 def is_artifact(path: Path) -> bool:
@@ -76,6 +90,7 @@ def _rt(model: Any, key: str) -> str | None:
 def settings_of(path: Path) -> dict[str, Any]:
     """What serving.json records of an artifact, read from model.xml alone: `static_batch1` and the input
     shapes (-1: a free axis)."""
+    no_telemetry()
     import openvino as ov
 
     model = ov.Core().read_model(str(xml_of(path)))
@@ -90,6 +105,7 @@ class OpenVINOSession:
     kept in a pool); OpenVINO releases the GIL while it computes."""
 
     def __init__(self, path: Path, threads: int = 1, streams: int = 1):
+        no_telemetry()
         import openvino as ov
 
         xml = xml_of(path)
@@ -172,15 +188,17 @@ def has_attention(onnx_path: Path) -> bool:
     for n in model.graph.node:
         if n.op_type != "Softmax":
             continue
-        seen, todo = 0, list(n.input)
-        while todo and seen < 8:  # walk back through scaling, masking and casts to the scores' MatMul
-            src = producer.get(todo.pop())
-            seen += 1
-            if src is None:
+        # breadth first back through scaling, masking (a select written as mask * scores + (1 - mask) * -1e9)
+        # and casts to the scores' MatMul; a softmax head over a Dense layer has a MatMul of a weight instead
+        todo, seen = deque(n.input), set[int]()
+        while todo and len(seen) < ATTENTION_SEARCH:
+            src = producer.get(todo.popleft())
+            if src is None or id(src) in seen:
                 continue
+            seen.add(id(src))
             if src.op_type in ("MatMul", "Einsum") and not any(i in consts for i in src.input):
                 return True
-            todo += [i for i in src.input if i not in consts]
+            todo.extend(i for i in src.input if i not in consts)
     return False
 
 
@@ -190,6 +208,7 @@ def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, pre
                          compress_to_fp16: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write `src` (ONNX) as an int8 OpenVINO artifact folder `dst`: converted by openvino.convert_model, quantized
     by nncf.quantize on `calibration` rows, saved as model.xml + model.bin. Details say what ran."""
+    no_telemetry()
     import nncf
     import openvino as ov
 

@@ -198,6 +198,12 @@ def _runtime(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> 
         raise InputError(f"{w}: model.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if runtime == "onnxruntime":
         return runtime, None
+    from importlib.util import find_spec
+
+    from deployc.extras import MissingExtra
+
+    if find_spec("openvino") is None:  # the serving image of such a build installs deployc[serve,openvino]
+        raise MissingExtra(f"{w}: model.runtime openvino", "openvino", "openvino")
     weights = _get(model, "weights", dict, f"{w}: model")
     model_xml = _inside(root, _get(model, "path", str, f"{w}: model"), f"{w}: model.path")
     path = _inside(root, _get(weights, "path", str, f"{w}: model.weights"), f"{w}: model.weights.path")
