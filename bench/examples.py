@@ -238,6 +238,8 @@ for _model in ("recsys", "nlp", "nlp-bench"):
 for _model in ("cv", "cv-bench"):
     row(_model, "quantize:int8-static")(_quantize("int8-static"))
     row(_model, "quantize:int8-static-u8")(_quantize("int8-static", activation_type="uint8"))
+for _model in ("recsys", "nlp", "nlp-bench", "cv", "cv-bench"):
+    row(_model, "quantize:openvino-int8")(_quantize("openvino-int8"))
     row(_model, "prune:structured-50")(_prune)
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import http.client
 import json
 import os
@@ -54,8 +53,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 PEERS = BENCH / "peers"
-VENVS = BENCH / ".venvs"
 sys.path.insert(0, str(ROOT / "tests"))
+import venvs  # noqa: E402
 from machine import cpu_info  # noqa: E402
 from serve_support import make_mlp  # noqa: E402
 
@@ -302,32 +301,10 @@ def group_pids(pgids: list[int]) -> set[int]:
 
 # --- peer environments -------------------------------------------------------------------------------------------
 def ensure_venv(peer: str) -> tuple[Path | None, str]:
-    """bench/.venvs/<peer> with bench/peers/<peer>/requirements.txt installed: (its python, version) or (None,
-    why not). Reinstalled only when the requirements file changes."""
-    venv, req = VENVS / peer, PEERS / peer / "requirements.txt"
-    python, stamp = venv / "bin" / "python", venv / ".bench-requirements-sha256"
-    want = hashlib.sha256(req.read_bytes()).hexdigest()
-    if not (python.exists() and stamp.exists() and stamp.read_text() == want):
-        print(f"installing {peer} into {venv.relative_to(ROOT)} (pip, a few minutes the first time)", flush=True)
-        log = VENVS / f"{peer}-install.log"
-        VENVS.mkdir(parents=True, exist_ok=True)
-        try:
-            with log.open("w") as out:
-                if not python.exists():
-                    subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", str(venv)], check=True,
-                                   stdout=out, stderr=subprocess.STDOUT, timeout=300)
-                subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(req)],
-                               check=True, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-            tail = [ln for ln in log.read_text(errors="replace").splitlines() if not ln.startswith("WARNING: Loc")]
-            return None, f"install failed ({e}); {' | '.join(tail[-4:])} (full log: {log.relative_to(ROOT)})"
-        stamp.write_text(want)
-    pkgs = [PEER_PACKAGES[peer], "onnxruntime", "numpy"] + (["uvloop"] if peer == "mlserver" else [])
-    code = "import importlib.metadata as m, sys; print(' '.join(p + ' ' + m.version(p) for p in sys.argv[1:]))"
-    versions = subprocess.run([str(python), "-c", code, *pkgs], capture_output=True, text=True, timeout=120)
-    if versions.returncode != 0:
-        return None, f"its venv is broken: {versions.stderr.strip().splitlines()[-1:]}"
-    return python, versions.stdout.strip()
+    """bench/.venvs/<peer> (bench/venvs.py): (its python, versions of the peer, onnxruntime and numpy) or (None,
+    why not)."""
+    return venvs.ensure_venv(peer, [PEER_PACKAGES[peer], "onnxruntime", "numpy"]
+                             + (["uvloop"] if peer == "mlserver" else []))
 
 
 def local_versions() -> str:
