@@ -61,7 +61,7 @@ def test_pass_writes_an_int8_openvino_model(tmp_path: Path) -> None:
     fq = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
     assert len(fq) == res.details["quant_ops"]["FakeQuantize"] >= 3  # every MatMul's input and weights
     assert res.details["runtime"] == "openvino" and res.details["model_type"] == "default"
-    assert res.details["calibration_rows"] == 200 and res.details["static_batch1"] is True
+    assert res.details["calibration_rows"] == 200 and res.details["static_batch"] is None
     # int8 weights: the file holds about a quarter of the fp32 weights' bytes
     fp32_bytes = sum(a.nbytes for a in _onnx_weights(src))
     assert (res.model / "model.bin").stat().st_size < 0.4 * fp32_bytes
@@ -75,8 +75,7 @@ def _onnx_weights(path: Path) -> list[np.ndarray]:
 
 
 def test_session_matches_openvino_and_runs_rows_alone(tmp_path: Path) -> None:
-    """The session's answers are OpenVINO's own, a row's answer does not depend on its batch, and a batch-1 call
-    runs on the static copy."""
+    """The session's answers are OpenVINO's own, and a row's answer does not depend on its batch."""
     from deployc.ml.evaluate import model_session, predict_onnx
     from deployc.passes.base import PassInput
     from deployc.passes.quantize import QuantizeConfig, QuantizePass
@@ -87,7 +86,7 @@ def test_session_matches_openvino_and_runs_rows_alone(tmp_path: Path) -> None:
         mode="openvino-int8"), data=lambda which: (x[:200], None), evaluate=lambda p: {}, gates=None,
         log=lambda s: None))
     sess = model_session(res.model)
-    assert sess.static_batch1
+    assert sess.fixed_batch is None
     assert [(i.name, i.type, i.shape[1]) for i in sess.get_inputs()] == [("x", "tensor(float)", 64)]
     assert [o.name for o in sess.get_outputs()] == ["output"]
     batch = sess.run(None, {"x": xe[:50]})[0]
@@ -98,22 +97,30 @@ def test_session_matches_openvino_and_runs_rows_alone(tmp_path: Path) -> None:
     assert np.mean(predict_onnx(res.model, xe).argmax(1) == ref.argmax(1)) >= 0.95
 
 
-def test_declared_static_shape_runs_batches_a_row_at_a_time(tmp_path: Path) -> None:
-    from deployc.ml.evaluate import model_session
+@pytest.mark.parametrize("mode, settings", [("openvino-int8-batch1", {}),
+                                            ("openvino-int8", {"shapes": {"x": [1, 64]}})])
+def test_static_batch_runs_batches_a_row_at_a_time(tmp_path: Path, mode: str, settings: dict[str, Any]) -> None:
+    """A static batch of 1 (the batch1 mode, or declared shapes): the evaluation, which runs data.eval through
+    the same session, checks the one path that serves."""
+    from deployc.ml.evaluate import model_session, predict_onnx
+    from deployc.ml.openvino import settings_of
     from deployc.passes.base import PassInput
     from deployc.passes.quantize import QuantizeConfig, QuantizePass
 
     src = digits_mlp(tmp_path / "m.onnx")
     x, _, xe, _ = digits()
-    cfg = QuantizeConfig(mode="openvino-int8", openvino={"shapes": {"x": [1, 64]}})
+    cfg = QuantizeConfig(mode=mode, openvino=settings)
     res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=cfg,
                                          data=lambda which: (x[:100], None), evaluate=lambda p: {}, gates=None,
                                          log=lambda s: None))
+    assert res.format == "openvino"
     sess = model_session(res.model)
     assert sess.get_inputs()[0].shape == [1, 64] and sess.fixed_batch == 1
+    assert settings_of(res.model) == {"input_shapes": {"x": [1, 64]}, "static_batch": 1}
     out = sess.run(None, {"x": xe[:7]})[0]
     assert out.shape == (7, 10)
-    np.testing.assert_allclose(out[3:4], sess.run(None, {"x": xe[3:4]})[0], rtol=1e-6)
+    np.testing.assert_array_equal(out[3:4], sess.run(None, {"x": xe[3:4]})[0])
+    np.testing.assert_array_equal(predict_onnx(res.model, xe[:20])[:7], out)
 
 
 def test_unknown_static_shape_input_is_an_input_error(tmp_path: Path) -> None:
@@ -139,7 +146,7 @@ def test_build_ships_the_openvino_model_and_records_its_runtime(built: Path) -> 
     assert model["sha256"] == hashlib.sha256((local / "model.xml").read_bytes()).hexdigest()
     assert model["weights"] == {"path": "model.bin",
                                 "sha256": hashlib.sha256((local / "model.bin").read_bytes()).hexdigest()}
-    assert model["openvino"] == {"static_batch1": True, "input_shapes": {"x": [-1, 64]}}
+    assert model["openvino"] == {"input_shapes": {"x": [-1, 64]}, "static_batch": None}
     assert cfg["batching"]["batch_invariant"]["invariant"] is True  # static int8: no batch-dependent scales
     report = json.loads((built / "out" / "report.json").read_text())
     assert report["runtime"] == "openvino"
@@ -223,11 +230,12 @@ def test_auto_measures_every_runtime_and_says_why(tmp_path: Path) -> None:
 
     src = digits_mlp(tmp_path / "m.onnx")
     x, _, _, _ = digits()
-    p50 = {"int8-dynamic": 0.05, "int8-static": 0.04, "int8-static-per-tensor": 0.041, "float16": 0.09}
+    p50 = {"int8-dynamic": 0.05, "int8-static": 0.04, "int8-static-per-tensor": 0.041, "float16": 0.09,
+           "openvino-int8-batch1": 0.03}
 
     def evaluate(path: Path) -> dict[str, Any]:  # figures as the build's evaluation gives them; openvino fastest
-        mode = "openvino-int8" if path.is_dir() else path.stem.split("-", 1)[1]
-        assert (path / "model.xml").is_file() if mode == "openvino-int8" else path.suffix == ".onnx"
+        mode = path.name.split("-", 1)[1].removesuffix(".onnx")
+        assert (path / "model.xml").is_file() if mode.startswith("openvino") else path.suffix == ".onnx"
         return {"size_bytes": 1000 if mode != "int8-static" else 900, "latency_p50_ms": p50.get(mode, 0.02),
                 "agreement": 1.0, "gate_failures": []}
 
@@ -252,6 +260,11 @@ def test_choose_latency_ties_go_to_the_smaller() -> None:
     assert rows[0]["why"] == "p50 ties with int8-static, larger (1000 vs 800 bytes)"
     best = choose(rows, ["int8-dynamic", "int8-static", "float16"], objective="size")
     assert best is not None and best["mode"] == "float16"
+    for r, rows_s in zip(rows, (9000.0, 8700.0, 3000.0), strict=True):
+        r["figures"]["throughput_rows_s"] = rows_s
+    best = choose(rows, ["int8-dynamic", "int8-static", "float16"], objective="throughput")
+    assert best is not None and best["mode"] == "int8-static"  # within 5% of the most, and smaller
+    assert rows[2]["why"] == "passes, but fewer rows a second than int8-static (3000.0 vs 8700.0)"
 
 
 def _validate(d: Path) -> Any:
@@ -289,7 +302,7 @@ def test_auto_leaves_openvino_out_where_it_could_not_ship(tmp_path: Path) -> Non
     assert use.config.candidates == ["int8-dynamic", "int8-static", "int8-static-per-tensor", "float16"]
     plain = onnx_project(tmp_path / "q", quantize="{mode: auto}")
     (use,) = resolve(validate(plain / "deploy.yaml"), plain).passes
-    assert use.config.candidates[-1] == "openvino-int8"
+    assert use.config.candidates[-2:] == ["openvino-int8", "openvino-int8-batch1"]
 
 
 @pytest.mark.parametrize("shapes, message", [
@@ -365,3 +378,25 @@ def test_building_an_openvino_model_reports_nothing_to_intel(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "None"
     assert (tmp_path / "ov" / "model.xml").is_file() and list(home.iterdir()) == []
+
+
+def test_batch1_artifact_serves_multi_row_requests_a_row_at_a_time(tmp_path: Path) -> None:
+    d = onnx_project(tmp_path / "b1", quantize="{mode: openvino-int8-batch1}")
+    (d / "deploy.yaml").write_text((d / "deploy.yaml").read_text().split("  sagemaker:")[0])
+    r = run_deployc("build", "deploy.yaml", "--out", "out", "-q", cwd=d, cache_dir=tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((d / "out" / "local" / "serving.json").read_text())
+    assert cfg["model"]["openvino"] == {"input_shapes": {"x": [1, 64]}, "static_batch": 1}
+    assert cfg["batching"]["enabled"] is False  # nothing to merge requests into
+    x = digits()[2][:6].astype(np.float32)
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(d / "out" / "local" / "model.xml"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    want = np.concatenate([compiled([x[i:i + 1]])[0] for i in range(len(x))])
+    with Server(d / "out") as srv:
+        body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        status, out = srv.json("POST", "/v2/models/digits-ov/infer", body)
+    assert status == 200, out
+    got = np.asarray(out["outputs"][0]["data"], dtype=np.float32).reshape(out["outputs"][0]["shape"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

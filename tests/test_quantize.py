@@ -175,9 +175,10 @@ def test_auto_keeps_float16_when_only_it_passes(mlp: Path, tmp_path: Path) -> No
     d = res.details
     assert d["chosen"] == "float16"
     rows = {r["mode"]: r for r in d["candidates"]}
-    assert set(rows) == {"int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8"}
+    assert set(rows) == {"int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8",
+                         "openvino-int8-batch1"}
     assert {r["runtime"] for r in d["candidates"]} == {"onnxruntime", "openvino"}
-    for mode in ("int8-dynamic", "int8-static", "int8-static-per-tensor", "openvino-int8"):
+    for mode in ("int8-dynamic", "int8-static", "int8-static-per-tensor", "openvino-int8", "openvino-int8-batch1"):
         assert rows[mode]["kept"] is False and rows[mode]["why"].startswith("gates failed: max_abs_error")
     assert {t for t in initializer_types(res.model).values()} == {TensorProto.FLOAT16}
 
@@ -185,11 +186,12 @@ def test_auto_keeps_float16_when_only_it_passes(mlp: Path, tmp_path: Path) -> No
 def test_auto_without_passing_candidate_raises(mlp: Path, tmp_path: Path) -> None:
     with pytest.raises(GateError) as err:
         run(mlp, tmp_path, gates={"max_size_bytes": 1000}, mode="auto")
-    assert "int8-dynamic, int8-static, int8-static-per-tensor, float16, openvino-int8" in str(err.value)
+    assert ("int8-dynamic, int8-static, int8-static-per-tensor, float16, openvino-int8, openvino-int8-batch1"
+            in str(err.value))
     table = err.value.table.splitlines()
     assert table[0].split()[:2] == ["candidate", "runtime"] and [line.split()[:2] for line in table[1:]] == [
         ["int8-dynamic", "onnxruntime"], ["int8-static", "onnxruntime"], ["int8-static-per-tensor", "onnxruntime"],
-        ["float16", "onnxruntime"], ["openvino-int8", "openvino"]]
+        ["float16", "onnxruntime"], ["openvino-int8", "openvino"], ["openvino-int8-batch1", "openvino"]]
     assert all("size" in line and "> 1000" in line for line in table[1:])
     assert not (tmp_path / "model.onnx").exists()
 

@@ -60,7 +60,7 @@ def test_full_spec_resolves_names_dtypes_shapes_data_and_defaults() -> None:
         ("optimize[0].distill", True), ("optimize[1].prune", True), ("optimize[2].quantize", True)]
     quantize = r.passes[2].config
     assert quantize.mode == "auto" and quantize.candidates == [
-        "int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8"]
+        "int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8", "openvino-int8-batch1"]
     assert r.passes[1].config.epochs == 2  # a default the spec leaves out
     assert r.target_names() == ("local", "tflite", "sagemaker")
     assert r.local.port == 9000 and r.local is r.targets[0].config

@@ -209,10 +209,12 @@ def _candidates(report: dict[str, Any]) -> list[str]:
         if not rows:
             continue
         out.append(f"<h3>Candidates of <code>{_e(p.get('step'))}</code></h3><table><tr><th class=\"l\">mode</th>"
-                   '<th>size</th><th>p50 ms</th><th>agreement</th><th>kept</th><th class="l">why</th></tr>')
+                   '<th class="l">runtime</th><th>size</th><th>p50 ms</th><th>agreement</th><th>kept</th>'
+                   '<th class="l">why</th></tr>')
         for r in rows:
             f = r.get("figures") or {}
-            out.append(f'<tr><td class="l">{_e(r.get("mode"))}</td><td>{_fmt(f.get("size_bytes"), "bytes")}</td>'
+            out.append(f'<tr><td class="l">{_e(r.get("mode"))}</td><td class="l">{_e(r.get("runtime", "–"))}</td>'
+                       f'<td>{_fmt(f.get("size_bytes"), "bytes")}</td>'
                        f'<td>{_fmt(f.get("latency_p50_ms"), "{:.3f}")}</td>'
                        f'<td>{_fmt(f.get("agreement"), "{:.4f}")}</td><td>{"yes" if r.get("kept") else "no"}</td>'
                        f'<td class="l">{_e(r.get("why", ""))}</td></tr>')

@@ -2,14 +2,12 @@
 and the session that runs them with onnxruntime's interface, so every part of deployc that runs a model (the
 verification, the measurement, the explanations, the batch-invariance check, `deployc serve`) runs them alike.
 
-An artifact is a folder: `model.xml` (the graph) and `model.bin` (the weights). What the session must know to run
-it as it was verified lives in the graph's own runtime info (`rt_info` under `deployc`), so the two files are the
-whole artifact:
-- `static_batch1`: the session also compiles the model with its batch axis fixed to 1 and runs single-row calls
-  on that copy (OpenVINO's CPU kernels skip shape inference and reallocation on static shapes); other calls run
-  the dynamic model. Both compute each row alone, so answers do not depend on the batch.
-- static input shapes the spec declared are baked into the graph itself; a batch axis declared 1 makes the session
-  run multi-row calls a row at a time.
+An artifact is a folder: `model.xml` (the graph) and `model.bin` (the weights); the two files are the whole
+artifact. Static input shapes are baked into the graph itself. A static batch axis of 1 (quantize
+`openvino-int8-batch1`, OpenVINO's recommended latency set-up: its CPU kernels skip shape inference and
+reallocation on static shapes) makes the session run a multi-row call a row at a time, so the verification, which
+runs data.eval through the same session, checks the one path that serves. The session compiles one model: a row's
+answer never depends on which copy of the model ran it.
 
 Neither library reports usage from deployc's process: OpenVINO's converter and NNCF send telemetry through the
 `openvino_telemetry` package (NNCF without asking: it writes a client id under ~/intel and sends events on every
@@ -38,7 +36,6 @@ from deployc.errors import InputError
 from deployc.ml import feeds
 
 XML, BIN = "model.xml", "model.bin"
-RT_KEY = "deployc"
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = ("auto", "transformer", "default")
 ATTENTION_SEARCH = 32  # nodes visited back from a Softmax looking for the attention scores' MatMul
@@ -80,23 +77,17 @@ def _port(p: Any, i: int, kind: str) -> Port:
     return Port(name, _TYPES.get(p.get_element_type().get_type_name(), "tensor(float)"), shape)
 
 
-def _rt(model: Any, key: str) -> str | None:
-    with contextlib.suppress(Exception):  # absent keys raise
-        if model.has_rt_info([RT_KEY, key]):
-            return str(model.get_rt_info([RT_KEY, key]).astype(str))
-    return None
-
-
 def settings_of(path: Path) -> dict[str, Any]:
-    """What serving.json records of an artifact, read from model.xml alone: `static_batch1` and the input
-    shapes (-1: a free axis)."""
+    """What serving.json records of an artifact, read from model.xml alone: the input shapes (-1: a free axis)
+    and the static batch size (None: the batch axis is free)."""
     no_telemetry()
     import openvino as ov
 
     model = ov.Core().read_model(str(xml_of(path)))
-    return {"static_batch1": _rt(model, "static_batch1") == "true",
-            "input_shapes": {p.name: [d if isinstance(d, int) else -1 for d in p.shape]
-                             for p in (_port(q, i, "input") for i, q in enumerate(model.inputs))}}
+    shapes = {p.name: [d if isinstance(d, int) else -1 for d in p.shape]
+              for p in (_port(q, i, "input") for i, q in enumerate(model.inputs))}
+    first = next(iter(shapes.values()), [-1])
+    return {"input_shapes": shapes, "static_batch": first[0] if first and first[0] > 0 else None}
 
 
 class OpenVINOSession:
@@ -115,13 +106,7 @@ class OpenVINOSession:
         config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "f32"}
         try:
-            model = core.read_model(str(xml))
-            self._compiled = core.compile_model(model, "CPU", config)
-            self._static = None
-            if _rt(model, "static_batch1") == "true" and model.inputs[0].get_partial_shape()[0].is_dynamic:
-                one = model.clone()
-                one.reshape({p: [1, *list(p.get_partial_shape())[1:]] for p in one.inputs})
-                self._static = core.compile_model(one, "CPU", config)
+            self._compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{xml}: OpenVINO cannot load the model ({first})") from None
@@ -129,9 +114,7 @@ class OpenVINOSession:
         self._outputs = [_port(p, i, "output") for i, p in enumerate(self._compiled.outputs)]
         batch_axis = self._inputs[0].shape[0] if self._inputs and self._inputs[0].shape else None
         self.fixed_batch = batch_axis if isinstance(batch_axis, int) else None  # a declared static batch size
-        self._pools: dict[int, queue.SimpleQueue[Any]] = {id(self._compiled): queue.SimpleQueue()}
-        if self._static is not None:
-            self._pools[id(self._static)] = queue.SimpleQueue()
+        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._tensor = ov.Tensor
 
     def get_inputs(self) -> list[Port]:
@@ -140,24 +123,19 @@ class OpenVINOSession:
     def get_outputs(self) -> list[Port]:
         return list(self._outputs)
 
-    @property
-    def static_batch1(self) -> bool:
-        return self._static is not None
-
     @contextlib.contextmanager
-    def _request(self, compiled: Any) -> Iterator[Any]:
-        pool = self._pools[id(compiled)]
+    def _request(self) -> Iterator[Any]:
         try:
-            req = pool.get_nowait()
+            req = self._pool.get_nowait()
         except queue.Empty:
-            req = compiled.create_infer_request()
+            req = self._compiled.create_infer_request()
         try:
             yield req
         finally:
-            pool.put(req)
+            self._pool.put(req)
 
-    def _infer(self, compiled: Any, arrays: list[np.ndarray], wanted: list[int]) -> list[np.ndarray]:
-        with self._request(compiled) as req:
+    def _infer(self, arrays: list[np.ndarray], wanted: list[int]) -> list[np.ndarray]:
+        with self._request() as req:
             for i, a in enumerate(arrays):
                 # zero-copy for writeable contiguous arrays; OpenVINO refuses to share a read-only buffer (a
                 # request body decoded in place), which it copies
@@ -171,10 +149,9 @@ class OpenVINOSession:
         arrays = [np.asarray(feed[p.name]) for p in self._inputs]
         n = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
         if self.fixed_batch == 1 and n != 1:  # a static batch of 1: a row at a time
-            parts = [self._infer(self._compiled, [a[i:i + 1] for a in arrays], wanted) for i in range(n)]
+            parts = [self._infer([a[i:i + 1] for a in arrays], wanted) for i in range(n)]
             return [np.concatenate([p[k] for p in parts]) for k in range(len(wanted))]
-        compiled = self._static if (self._static is not None and n == 1) else self._compiled
-        return self._infer(compiled, arrays, wanted)
+        return self._infer(arrays, wanted)
 
 
 def has_attention(onnx_path: Path) -> bool:
@@ -204,7 +181,7 @@ def has_attention(onnx_path: Path) -> bool:
 
 def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, preset: str = "performance",
                          model_type: str = "auto", subset_size: int = 300, fast_bias_correction: bool = True,
-                         static_batch1: bool = True, shapes: Mapping[str, Sequence[int]] | None = None,
+                         batch1: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
                          compress_to_fp16: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write `src` (ONNX) as an int8 OpenVINO artifact folder `dst`: converted by openvino.convert_model, quantized
     by nncf.quantize on `calibration` rows, saved as model.xml + model.bin. Details say what ran."""
@@ -234,6 +211,8 @@ def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, pre
             if bad:
                 raise InputError(f"openvino.shapes: the batch axis (the first) of {', '.join(bad)} is 1 or -1")
             model.reshape({known[k]: list(v) for k, v in shapes.items()})
+        if batch1:  # the batch axis of every input fixed to 1, the other axes as they are
+            model.reshape({p: [1, *list(p.get_partial_shape())[1:]] for p in model.inputs})
         ins = [p.get_any_name() for p in model.inputs]
         dtypes = [np.dtype(p.get_element_type().to_dtype()) for p in model.inputs]
         fed = feeds.feed(calibration, ins, dtypes, "the model")
@@ -245,7 +224,6 @@ def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, pre
         if transformer:
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
         quantized = nncf.quantize(model, dataset, **kwargs)
-    quantized.set_rt_info("true" if static_batch1 else "false", [RT_KEY, "static_batch1"])
     dst.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(dst / XML), compress_to_fp16=compress_to_fp16)
     ops: dict[str, int] = {}
@@ -258,7 +236,7 @@ def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, pre
     return {"runtime": "openvino", "openvino": ov.get_version().split("-")[0], "nncf": nncf.__version__,
             "preset": preset, "model_type": "transformer" if transformer else "default",
             "calibration_rows": int(min(subset_size, rows)), "fast_bias_correction": fast_bias_correction,
-            "static_batch1": static_batch1, "shapes": {k: list(v) for k, v in (shapes or {}).items()},
+            "static_batch": 1 if batch1 else None, "shapes": {k: list(v) for k, v in (shapes or {}).items()},
             "compress_to_fp16": compress_to_fp16, "quant_ops": {"FakeQuantize": ops.get("FakeQuantize", 0)}}
 
 

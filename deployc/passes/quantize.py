@@ -30,16 +30,20 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.onnx"
 OPENVINO_DIR = "openvino"  # an OpenVINO artifact: this folder, holding model.xml and model.bin
 OPENVINO = "openvino-int8"
+OPENVINO_BATCH1 = "openvino-int8-batch1"  # the same, with the batch axis fixed to 1
+OPENVINO_MODES = (OPENVINO, OPENVINO_BATCH1)
 SIZE_TIE = 0.05  # within 5% of the smallest size counts as tied (int8 variants differ only by scales and
 # the layers kept float); the faster p50 wins: on a CNN int8-dynamic is 3% smaller but 6x slower than int8-static
 LATENCY_TIE = 0.05  # objective latency: within 5% of the fastest p50 counts as tied; the smaller artifact wins
 FIGURES = ("size_bytes", "gzip_bytes", "latency_p50_ms", "latency_p99_ms", "throughput_rows_s", "agreement",
            "accuracy", "max_abs_error")
-QuantizeMode = Literal["int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8", "auto"]
-QuantizeCandidate = Literal["int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8"]
+QuantizeMode = Literal["int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8",
+                       "openvino-int8-batch1", "auto"]
+QuantizeCandidate = Literal["int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8",
+                            "openvino-int8-batch1"]
 CANDIDATES: tuple[QuantizeCandidate, ...] = ("int8-dynamic", "int8-static", "int8-static-per-tensor", "float16",
-                                             "openvino-int8")
-RUNTIMES = {m: ("openvino" if m == OPENVINO else "onnxruntime") for m in CANDIDATES}
+                                             "openvino-int8", "openvino-int8-batch1")
+RUNTIMES = {m: ("openvino" if m in OPENVINO_MODES else "onnxruntime") for m in CANDIDATES}
 
 
 def _all_candidates() -> list[QuantizeCandidate]:
@@ -56,8 +60,6 @@ class OpenVINOSettings(SpecModel):
     subset_size: int = Field(300, ge=1, le=100_000, description="Calibration rows NNCF reads (of data.calibration).")
     fast_bias_correction: bool = Field(True, description="NNCF's fast bias correction (off: the slower, more "
                                        "accurate one).")
-    static_batch1: bool = Field(True, description="Also compile the model with a static batch of 1 and run "
-                                "single-row calls on it: faster batch-1 latency; batches run the dynamic model.")
     shapes: dict[str, list[int]] | None = Field(
         None, description="Static input shapes by input name, baked into the artifact (e.g. a fixed sequence "
         "length); -1 keeps an axis free. The batch axis (the first) is 1 or -1.")
@@ -69,11 +71,13 @@ class QuantizeConfig(SpecModel):
     mode: QuantizeMode = Field("int8-dynamic", description="int8-dynamic (MatMul-heavy models), int8-static "
                                "(CNNs; needs data.calibration), int8-static-per-tensor (int8-static with one scale "
                                "per weight tensor), float16, openvino-int8 (an OpenVINO model quantized by NNCF; "
-                               "needs data.calibration), or auto (try candidates, keep the best that passes the "
-                               "gates).")
-    objective: Literal["latency", "size"] = Field(
-        "latency", description="What auto keeps among the passing candidates: the fastest batch-1 p50 (near-ties "
-        "go to the smaller artifact), or the smallest artifact (near-ties go to the faster).")
+                               "needs data.calibration), openvino-int8-batch1 (the same with a static batch of 1, "
+                               "OpenVINO's latency set-up: requests run a row at a time), or auto (try candidates, "
+                               "keep the best that passes the gates).")
+    objective: Literal["latency", "throughput", "size"] = Field(
+        "latency", description="What auto keeps among the passing candidates: the fastest batch-1 p50, the most "
+        "rows a second at measure.batch_size, or the smallest artifact; near-ties (5%) go to the smaller artifact "
+        "(size: to the faster p50).")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
         "percentile", description="How int8-static picks activation ranges from data.calibration.")
     per_channel: bool = Field(True, description="Per-channel weight scales for int8-static.")
@@ -93,14 +97,14 @@ class QuantizeConfig(SpecModel):
     candidates: list[QuantizeCandidate] = Field(
         default_factory=_all_candidates,
         description="Modes `auto` tries, in order of preference when two tie. The default is every mode; with a "
-        "target that loads ONNX files itself (triton, kserve's onnx runtime) it leaves openvino-int8 out.")
+        "target that loads ONNX files itself (triton, kserve's onnx runtime) it leaves the openvino modes out.")
     openvino: OpenVINOSettings = Field(default_factory=OpenVINOSettings,
                                        description="Settings of openvino-int8 (OpenVINO conversion, NNCF).")
 
 
 DATA_BY_MODE: dict[str, tuple[str, ...]] = {
     "int8-dynamic": (), "int8-static": ("calibration",), "int8-static-per-tensor": ("calibration",),
-    "float16": (), OPENVINO: ("calibration",), "auto": ("eval",),
+    "float16": (), OPENVINO: ("calibration",), OPENVINO_BATCH1: ("calibration",), "auto": ("eval",),
 }
 
 
@@ -119,7 +123,7 @@ def data_needed_for(config: QuantizeConfig) -> tuple[str, ...]:
 
 def artifact_name(mode: str) -> str:
     """The file (ONNX) or folder (OpenVINO) a mode writes in the step's output folder."""
-    return OPENVINO_DIR if mode == OPENVINO else MODEL_FILE
+    return OPENVINO_DIR if mode in OPENVINO_MODES else MODEL_FILE
 
 
 def quantize_once(mode: str, src: Path, dst: Path, config: QuantizeConfig, inp: PassInput) -> dict[str, Any]:
@@ -130,22 +134,22 @@ def quantize_once(mode: str, src: Path, dst: Path, config: QuantizeConfig, inp: 
         return q.quantize_dynamic_onnx(src, dst, reduce_range=config.reduce_range, exclude_ops=config.exclude_ops)
     if mode == "float16":
         return q.float16_onnx(src, dst, exclude_ops=config.exclude_ops)
-    if mode in ("int8-static", "int8-static-per-tensor", OPENVINO):
+    if mode in ("int8-static", "int8-static-per-tensor", *OPENVINO_MODES):
         try:
             x, _ = inp.data("calibration")
         except ValueError as exc:
             raise InputError(f"quantize {mode} needs data.calibration ({exc})") from None
     else:
         raise InputError(f"unknown quantize mode {mode!r}")
-    if mode == OPENVINO:
+    if mode in OPENVINO_MODES:
         from deployc.ml import openvino
 
         ov = config.openvino
-        with inp.progress.task("openvino-int8: converting, calibrating (NNCF)"):
+        with inp.progress.task(f"{mode}: converting, calibrating (NNCF)"):
             return openvino.convert_and_quantize(src, dst, x, preset=ov.preset, model_type=ov.model_type,
                                                  subset_size=ov.subset_size,
                                                  fast_bias_correction=ov.fast_bias_correction,
-                                                 static_batch1=ov.static_batch1, shapes=ov.shapes,
+                                                 batch1=mode == OPENVINO_BATCH1, shapes=ov.shapes,
                                                  compress_to_fp16=ov.compress_to_fp16, log=inp.log)
     per_channel = config.per_channel and mode == "int8-static"
     return q.quantize_static_onnx(src, dst, x, method=config.calibration_method, per_channel=per_channel,
@@ -168,7 +172,7 @@ class QuantizePass(Pass):
         return data_needed_for(config)
 
     def libs_for(self, config: QuantizeConfig) -> tuple[str, ...]:
-        return (*self.libs, "openvino", "nncf") if OPENVINO in modes(config) else self.libs
+        return (*self.libs, "openvino", "nncf") if set(OPENVINO_MODES) & set(modes(config)) else self.libs
 
     def variant(self, config: QuantizeConfig) -> str:
         return config.mode
@@ -178,7 +182,7 @@ class QuantizePass(Pass):
         loads ONNX files itself, or a later optimize item reads this pass's model."""
         if config.mode != "auto" or "candidates" in config.model_fields_set or not _openvino_blocked(spec, index):
             return config
-        return config.model_copy(update={"candidates": [m for m in config.candidates if m != OPENVINO]})
+        return config.model_copy(update={"candidates": [m for m in config.candidates if m not in OPENVINO_MODES]})
 
     def check(self, spec: DeploySpec, index: int) -> list[Located]:
         from deployc.targets import onnx_only_targets
@@ -195,16 +199,17 @@ class QuantizePass(Pass):
                              "data.calibration"))
         if "eval" in needed and spec.data.eval is None:
             problems.append((loc, "auto picks the best candidate on data.eval, which is not set"))
-        explicit = config.mode == OPENVINO or (config.mode == "auto" and "candidates" in config.model_fields_set
-                                               and OPENVINO in config.candidates)
-        if explicit:
-            at = loc if config.mode == OPENVINO else ("optimize", index, self.name, "candidates")
+        named = [m for m in (config.candidates if config.mode == "auto" and "candidates" in config.model_fields_set
+                             else [config.mode]) if m in OPENVINO_MODES]
+        if named:
+            at = loc if config.mode != "auto" else ("optimize", index, self.name, "candidates")
+            what = " and ".join(named)
             if index != len(spec.optimize) - 1:
-                problems.append((at, "openvino-int8 makes an OpenVINO model, which no later optimize item can "
+                problems.append((at, f"{what} makes an OpenVINO model, which no later optimize item can "
                                  "read: make this quantize the last item"))
             for target, why in onnx_only_targets(spec).items():
-                problems.append((at, f"openvino-int8 makes an OpenVINO model, but targets.{target} {why}: "
-                                 "leave openvino-int8 out of this pass"))
+                problems.append((at, f"{what} makes an OpenVINO model, but targets.{target} {why}: "
+                                 f"leave {what} out of this pass"))
         if config.mode == "auto" and not config.candidates:
             problems.append((("optimize", index, self.name, "candidates"), "auto needs at least one candidate"))
         shapes = config.openvino.shapes or {}
@@ -229,7 +234,7 @@ class QuantizePass(Pass):
         with (tempfile.TemporaryDirectory(prefix="deployc-auto-") as tmp,
               inp.progress.task("quantize auto", total=len(config.candidates), unit="candidate") as task):
             for i, mode in enumerate(config.candidates):
-                path = Path(tmp) / (f"{i}-{mode}" + ("" if mode == OPENVINO else ".onnx"))
+                path = Path(tmp) / (f"{i}-{mode}" + ("" if mode in OPENVINO_MODES else ".onnx"))
                 row: dict[str, Any] = {"mode": mode, "runtime": RUNTIMES[mode]}
                 task.status(mode)
                 try:
@@ -272,15 +277,16 @@ def _openvino_blocked(spec: DeploySpec, index: int) -> bool:
 
 
 def _format(mode: str) -> str:
-    return "openvino" if mode == OPENVINO else "onnx"
+    return "openvino" if mode in OPENVINO_MODES else "onnx"
 
 
 def choose(rows: list[dict[str, Any]], order: Sequence[str], objective: str = "latency") -> dict[str, Any] | None:
     """Mark each built row kept or dropped (with why) and return the kept one, or None if none passes.
 
     objective latency: the fastest batch-1 p50; candidates within LATENCY_TIE of it tie, and the smallest of those
-    wins. objective size: the smallest; candidates within SIZE_TIE of it tie, and the fastest of those wins. Equal
-    figures go to the earlier candidate in `order`."""
+    wins. objective throughput: the most rows a second, with the same ties. objective size: the smallest;
+    candidates within SIZE_TIE of it tie, and the fastest of those wins. Equal figures go to the earlier candidate
+    in `order`."""
     built = [r for r in rows if "figures" in r]
     for r in built:
         if r["gate_failures"]:
@@ -295,11 +301,19 @@ def choose(rows: list[dict[str, Any]], order: Sequence[str], objective: str = "l
     def size(r: dict[str, Any]) -> int:
         return int(r["figures"]["size_bytes"])
 
+    def rows_s(r: dict[str, Any]) -> float:
+        return float(r["figures"].get("throughput_rows_s", 0.0))
+
     if objective == "size":
         smallest = min(size(r) for r in passing)
         tied = [r for r in passing if size(r) <= smallest * (1 + SIZE_TIE)]
         best = min(tied, key=lambda r: (p50(r), order.index(r["mode"])))
         kept_why = "smallest passing candidate" + (" (size tie broken by faster p50)" if len(tied) > 1 else "")
+    elif objective == "throughput":
+        most = max(rows_s(r) for r in passing)
+        tied = [r for r in passing if rows_s(r) >= most * (1 - LATENCY_TIE)]
+        best = min(tied, key=lambda r: (size(r), order.index(r["mode"])))
+        kept_why = "highest passing throughput" + (" (tie broken by smaller size)" if len(tied) > 1 else "")
     else:
         fastest = min(p50(r) for r in passing)
         tied = [r for r in passing if p50(r) <= fastest * (1 + LATENCY_TIE)]
@@ -311,9 +325,13 @@ def choose(rows: list[dict[str, Any]], order: Sequence[str], objective: str = "l
         elif r in tied and objective == "size":
             r.update(kept=False, why=f"size ties with {best['mode']}, slower p50 ({p50(r)} ms vs {p50(best)} ms)")
         elif r in tied:
-            r.update(kept=False, why=f"p50 ties with {best['mode']}, larger ({size(r)} vs {size(best)} bytes)")
+            what = "throughput" if objective == "throughput" else "p50"
+            r.update(kept=False, why=f"{what} ties with {best['mode']}, larger ({size(r)} vs {size(best)} bytes)")
         elif objective == "size":
             r.update(kept=False, why=f"passes, but larger than {best['mode']} ({size(r)} vs {size(best)} bytes)")
+        elif objective == "throughput":
+            r.update(kept=False, why=f"passes, but fewer rows a second than {best['mode']} ({rows_s(r)} vs "
+                     f"{rows_s(best)})")
         else:
             r.update(kept=False, why=f"passes, but slower than {best['mode']} (p50 {p50(r)} ms vs {p50(best)} ms)")
     return best

@@ -177,15 +177,22 @@ def _read_object(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _bundle_file(entry: dict[str, Any], root: Path, w: str, field: str, what: str, verify_sha256: bool
+                 ) -> tuple[Path, str]:
+    """The file `entry` (serving.json's `field`: path and sha256) names inside the bundle, and its sha256,
+    checked against the file when `verify_sha256`."""
+    path = _inside(root, _get(entry, "path", str, f"{w}: {field}"), f"{w}: {field}.path")
+    if not path.is_file():
+        raise InputError(f"{w}: {field}.path: {path} does not exist")
+    sha = _get(entry, "sha256", str, f"{w}: {field}").lower()
+    if verify_sha256 and _sha256(path) != sha:
+        raise InputError(f"{path}: sha256 does not match serving.json (the {what} changed after the build)")
+    return path, sha
+
+
 def _model_file(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> tuple[Path, str]:
     """The model file inside the bundle and its sha256, checked against the file when `verify_sha256`."""
-    model_path = _inside(root, _get(model, "path", str, f"{w}: model"), f"{w}: model.path")
-    if not model_path.is_file():
-        raise InputError(f"{w}: model.path: {model_path} does not exist")
-    sha = _get(model, "sha256", str, f"{w}: model").lower()
-    if verify_sha256 and _sha256(model_path) != sha:
-        raise InputError(f"{model_path}: sha256 does not match serving.json (the model changed after the build)")
-    return model_path, sha
+    return _bundle_file(model, root, w, "model", "model", verify_sha256)
 
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -206,15 +213,10 @@ def _runtime(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> 
         raise MissingExtra(f"{w}: model.runtime openvino", "openvino", "openvino")
     weights = _get(model, "weights", dict, f"{w}: model")
     model_xml = _inside(root, _get(model, "path", str, f"{w}: model"), f"{w}: model.path")
-    path = _inside(root, _get(weights, "path", str, f"{w}: model.weights"), f"{w}: model.weights.path")
+    path, _ = _bundle_file(weights, root, w, "model.weights", "weights", verify_sha256)
     if path != model_xml.with_suffix(".bin"):
         raise InputError(f"{w}: model.weights.path: OpenVINO reads the weights beside the graph, "
                          f"{model_xml.with_suffix('.bin').name}; got {weights['path']!r}")
-    if not path.is_file():
-        raise InputError(f"{w}: model.weights.path: {path} does not exist")
-    sha = _get(weights, "sha256", str, f"{w}: model.weights").lower()
-    if verify_sha256 and _sha256(path) != sha:
-        raise InputError(f"{path}: sha256 does not match serving.json (the weights changed after the build)")
     return runtime, path
 
 
