@@ -16,7 +16,8 @@ figures, never asserted.
 NNCF (bench/peers/openvino), each run in a virtual environment of its own (bench/venvs.py), each writing its
 artifacts, which this process then measures exactly like deployc's (ONNX files in onnxruntime, OpenVINO models
 in OpenVINO, through deployc.ml.evaluate). The last table sets `quantize:auto` against the fastest peer artifact
-that meets the same gates (agreement >= 0.99, accuracy drop <= 1 point).
+that meets the same gates (agreement >= 0.99, accuracy drop <= 1 point), the two timed head to head in
+alternating rounds (`head_to_head`: the peer's p50 over auto's; >= 0.97 counts as a tie or a win).
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def _evaluate(m: BenchModel, path: Path) -> dict[str, Any]:
 
 
 for _model in MODELS:
-    for _mode in ("int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8", "auto"):
+    for _mode in ("int8-dynamic", "int8-static", "int8-static-per-tensor", "float16", "openvino-int8",
+                  "openvino-int8-batch1", "auto"):
         row(_model, f"quantize:{_mode}")(_quantize(_mode))
 
 
@@ -184,7 +186,7 @@ def measure_row(m: BenchModel, name: str, fn: RowFn, work: Path, seconds: float,
            "agreement": round(float(np.mean(ref.argmax(1) == pred.argmax(1))), 4),
            "accuracy": round(acc, 4), "accuracy_drop_pts": round(100 * (acc_ref - acc), 2),
            "fp32_p50_ms": round(statistics.median(base_ms), 4), "p50_ms": round(statistics.median(cand_ms), 4),
-           "build_s": round(build_s, 1), "note": "", **extra}
+           "build_s": round(build_s, 1), "note": "", **extra, "path": str(cand)}
     out["target"] = check(out, TARGETS.get((m.name, name), {}))
     return out
 
@@ -224,7 +226,7 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str
 
 # --- peers: their own recipes, in their own venvs, measured here ---------------------------------------------
 PEER_PACKAGES = {"olive": ["olive-ai", "onnxruntime"], "openvino": ["openvino", "nncf"]}
-SPEED_NOISE = 0.03  # speed-ups within 3% of each other are a tie on this shared machine
+SPEED_NOISE = 0.03  # p50s within 3% of each other are a tie on this shared machine
 
 
 def peer_rows(m: BenchModel, work: Path, seconds: float, rounds: int) -> list[dict[str, Any]]:
@@ -267,26 +269,36 @@ def meets_gates(r: dict[str, Any]) -> bool:
             and r["accuracy_drop_pts"] <= 100 * AUTO_GATES["max_accuracy_drop"])
 
 
-def versus(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model: deployc's auto row against the fastest peer artifact that meets the same gates."""
+def versus(rows: list[dict[str, Any]], models: dict[str, BenchModel], seconds: float, rounds: int
+           ) -> list[dict[str, Any]]:
+    """Per model: deployc's auto row against the fastest peer artifact that meets the same gates, timed head to
+    head (the two artifacts in alternating rounds, so a slower moment of the machine hits both)."""
     found = []
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model, m in models.items():
         auto = next((r for r in rows if r["model"] == model and r["row"] == "quantize:auto"), None)
         peers = [r for r in rows if r["model"] == model and r["row"].startswith("peer:") and meets_gates(r)]
         if auto is None or not peers:
             continue
         best = max(peers, key=lambda r: r["speedup"])
-        faster = auto["speedup"] >= best["speedup"] * (1 - SPEED_NOISE)
+        auto_ms, peer_ms = [], []
+        for _ in range(2 * rounds):
+            auto_ms.append(p50_ms(Path(auto["path"]), m.x_eval, seconds))
+            peer_ms.append(p50_ms(Path(best["path"]), m.x_eval, seconds))
+        ratio = statistics.median(peer_ms) / statistics.median(auto_ms)
+        faster = ratio >= 1 - SPEED_NOISE
         verdict = ("ok" if faster and auto["accuracy_drop_pts"] <= best["accuracy_drop_pts"] else
                    "MISS speed" if not faster else "MISS accuracy")
         found.append({"model": model, "deployc_auto": auto["note"], "auto_speedup": auto["speedup"],
                       "auto_drop_pts": auto["accuracy_drop_pts"], "best_peer": best["row"].removeprefix("peer:"),
-                      "peer_speedup": best["speedup"], "peer_drop_pts": best["accuracy_drop_pts"], "verdict": verdict})
+                      "peer_speedup": best["speedup"], "peer_drop_pts": best["accuracy_drop_pts"],
+                      "auto_p50_ms": round(statistics.median(auto_ms), 4),
+                      "peer_p50_ms": round(statistics.median(peer_ms), 4), "head_to_head": f"{ratio:.3f}x",
+                      "verdict": verdict})
     return found
 
 
 VERSUS = ("model", "deployc_auto", "auto_speedup", "auto_drop_pts", "best_peer", "peer_speedup", "peer_drop_pts",
-          "verdict")
+          "auto_p50_ms", "peer_p50_ms", "head_to_head", "verdict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,19 +320,22 @@ def main(argv: list[str] | None = None) -> int:
             res = measure_row(m, name, fn, Path(tmp), args.min_seconds, args.rounds)
             print(json.dumps(res, sort_keys=True), flush=True)
             results.append(res)
+        head_to_head: list[dict[str, Any]] = []
         if args.peers:
             for m in models.values():
                 for res in peer_rows(m, Path(tmp), args.min_seconds, args.rounds):
                     print(json.dumps(res, sort_keys=True), flush=True)
                     results.append(res)
+            head_to_head = versus(results, models, args.min_seconds, args.rounds)
     print()
     print(cpu_info())
     print(table(results))
-    if args.peers:
+    if head_to_head:
         print()
-        print(table(versus(results), VERSUS))
+        print(table(head_to_head, VERSUS))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        args.json.write_text(json.dumps({"cpu": cpu_info(), "rows": results, "versus": head_to_head}, indent=1,
+                                        sort_keys=True) + "\n")
     return 0
 
 
