@@ -166,7 +166,7 @@ def measure_row(m: BenchModel, name: str, fn: RowFn, work: Path, seconds: float,
     from deployc.ml.evaluate import predict_onnx, sizes
 
     t0 = time.perf_counter()
-    built = fn(m, work / name.replace(":", "-"))
+    built = fn(m, work / m.name / name.replace(":", "-"))
     cand, extra = built if isinstance(built, tuple) else (built, {})
     build_s = time.perf_counter() - t0
     ref, pred = predict_onnx(m.onnx_path, m.x_eval), predict_onnx(cand, m.x_eval)
