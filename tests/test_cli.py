@@ -11,7 +11,7 @@ from aws_support import tiny_onnx
 from conftest import ROOT, deployc_env, run_deployc
 
 SPECS = Path(__file__).parent / "specs"
-HEAVY = ("tensorflow", "onnxruntime", "keras", "tf2onnx", "boto3", "onnx")
+HEAVY = ("tensorflow", "onnxruntime", "keras", "tf2onnx", "boto3", "onnx", "openvino", "nncf")
 
 
 @pytest.mark.parametrize("argv", [
