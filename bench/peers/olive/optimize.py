@@ -18,10 +18,7 @@ logging, and anything the libraries print, goes to stderr. Nothing is downloaded
 """
 from __future__ import annotations
 
-import argparse
 import collections
-import contextlib
-import json
 import logging
 import os
 import random
@@ -41,7 +38,12 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/peers
 from olive.data.registry import Registry  # noqa: E402
+from quiet import logger  # noqa: E402
+from quiet import main as peer_main  # noqa: E402
+from quiet import versions as package_versions  # noqa: E402
 
 SEED = 0
 DATASET = "deployc_npz_calibration"
@@ -57,29 +59,11 @@ def npz_calibration_dataset(npz_path: str, input_name: str, input_dtype: str) ->
     return [({input_name: row}, 0) for row in x]
 
 
-@contextlib.contextmanager
-def stdout_to_stderr() -> Any:
-    """Send fd 1 (Python's and native code's prints, progress bars) to stderr while the libraries work."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def log(msg: str) -> None:
-    print(f"[olive] {msg}", file=sys.stderr, flush=True)
+log = logger("olive")
 
 
 def versions() -> str:
-    import importlib.metadata as m
-
-    return " ".join(f"{p} {m.version(p)}" for p in ("olive-ai", "onnxruntime", "onnx", "torch", "numpy"))
+    return package_versions("olive-ai", "onnxruntime", "onnx", "torch", "numpy")
 
 
 def model_input(onnx_path: Path) -> tuple[str, str]:
@@ -226,25 +210,5 @@ def run(onnx_path: Path, data_path: Path, kind: str, out: Path) -> dict[str, Any
     return {"artifacts": artifacts, **({"failed": failed} if failed else {})}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--onnx", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--kind", choices=("mlp", "cnn", "transformer"), required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"peer": "olive", "version": versions(), "artifacts": []}
-    with stdout_to_stderr():
-        try:
-            result.update(run(args.onnx.resolve(), args.data.resolve(), args.kind, out))
-        except Exception as e:
-            traceback.print_exc(file=sys.stderr)
-            result["failed"] = [{"name": "olive", "error": f"{type(e).__name__}: {e}"[:2000]}]
-    print(json.dumps(result), flush=True)
-    return 0 if result["artifacts"] else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(peer_main("olive", versions(), run, __doc__.splitlines()[0]))

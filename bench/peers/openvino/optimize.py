@@ -14,13 +14,9 @@ logging, and anything the libraries print, goes to stderr. Nothing is downloaded
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import os
 import random
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +28,19 @@ if os.environ.get("CI", "").lower() != "true":
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/peers
+from quiet import logger  # noqa: E402
+from quiet import main as peer_main  # noqa: E402
+from quiet import versions as package_versions  # noqa: E402
+
 SEED = 0
 
 
-@contextlib.contextmanager
-def stdout_to_stderr() -> Any:
-    """Send fd 1 (Python's and native code's prints, progress bars) to stderr while the libraries work."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def log(msg: str) -> None:
-    print(f"[openvino-nncf] {msg}", file=sys.stderr, flush=True)
+log = logger("openvino-nncf")
 
 
 def versions() -> str:
-    import importlib.metadata as m
-
-    return " ".join(f"{p} {m.version(p)}" for p in ("openvino", "nncf", "numpy"))
+    return package_versions("openvino", "nncf", "numpy")
 
 
 def input_spec(model: Any) -> tuple[Any, Any]:
@@ -122,24 +105,5 @@ def run(onnx_path: Path, data_path: Path, kind: str, out: Path) -> dict[str, Any
     return {"artifacts": artifacts}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--onnx", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--kind", choices=("mlp", "cnn", "transformer"), required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"peer": "openvino-nncf", "version": versions(), "artifacts": []}
-    with stdout_to_stderr():
-        try:
-            result.update(run(args.onnx.resolve(), args.data.resolve(), args.kind, args.out.resolve()))
-        except Exception as e:  # the benchmark reads the failure from the JSON line
-            traceback.print_exc(file=sys.stderr)
-            result["failed"] = [{"name": "nncf-int8", "error": f"{type(e).__name__}: {e}"[:2000]}]
-    print(json.dumps(result), flush=True)
-    return 0 if result["artifacts"] else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(peer_main("openvino-nncf", versions(), run, __doc__.splitlines()[0]))
