@@ -44,17 +44,22 @@ def ov_predict(folder: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(compiled([x])[0])
 
 
-def test_pass_writes_an_int8_openvino_model(tmp_path: Path) -> None:
-    import openvino as ov
-
+def quantize(src: Path, out: Path, rows: int, evaluate: Any = None, **config: Any) -> Any:
+    """The quantize pass on `src` with `config`, calibrated on the first `rows` digits rows."""
     from deployc.passes.base import PassInput
     from deployc.passes.quantize import QuantizeConfig, QuantizePass
 
+    x = digits()[0][:rows]
+    return QuantizePass().apply(PassInput(model=src, out_dir=out, config=QuantizeConfig(**config),
+                                          data=lambda which: (x, None), evaluate=evaluate or (lambda p: {}),
+                                          gates=None, log=lambda s: None))
+
+
+def test_pass_writes_an_int8_openvino_model(tmp_path: Path) -> None:
+    import openvino as ov
+
     src = digits_mlp(tmp_path / "m.onnx")
-    x, _, xe, _ = digits()
-    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=QuantizeConfig(
-        mode="openvino-int8"), data=lambda which: (x[:200], None), evaluate=lambda p: {}, gates=None,
-        log=lambda s: None))
+    res = quantize(src, tmp_path / "out", 200, mode="openvino-int8")
     assert res.format == "openvino" and res.model == tmp_path / "out" / "openvino"
     assert sorted(p.name for p in res.model.iterdir()) == ["model.bin", "model.xml"]
     model = ov.Core().read_model(str(res.model / "model.xml"))
@@ -77,14 +82,10 @@ def _onnx_weights(path: Path) -> list[np.ndarray]:
 def test_session_matches_openvino_and_runs_rows_alone(tmp_path: Path) -> None:
     """The session's answers are OpenVINO's own, and a row's answer does not depend on its batch."""
     from deployc.ml.evaluate import model_session, predict_onnx
-    from deployc.passes.base import PassInput
-    from deployc.passes.quantize import QuantizeConfig, QuantizePass
 
     src = digits_mlp(tmp_path / "m.onnx")
-    x, _, xe, _ = digits()
-    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=QuantizeConfig(
-        mode="openvino-int8"), data=lambda which: (x[:200], None), evaluate=lambda p: {}, gates=None,
-        log=lambda s: None))
+    xe = digits()[2]
+    res = quantize(src, tmp_path / "out", 200, mode="openvino-int8")
     sess = model_session(res.model)
     assert sess.fixed_batch is None
     assert [(i.name, i.type, i.shape[1]) for i in sess.get_inputs()] == [("x", "tensor(float)", 64)]
@@ -104,15 +105,10 @@ def test_static_batch_runs_batches_a_row_at_a_time(tmp_path: Path, mode: str, se
     the same session, checks the one path that serves."""
     from deployc.ml.evaluate import model_session, predict_onnx
     from deployc.ml.openvino import settings_of
-    from deployc.passes.base import PassInput
-    from deployc.passes.quantize import QuantizeConfig, QuantizePass
 
     src = digits_mlp(tmp_path / "m.onnx")
-    x, _, xe, _ = digits()
-    cfg = QuantizeConfig(mode=mode, openvino=settings)
-    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=cfg,
-                                         data=lambda which: (x[:100], None), evaluate=lambda p: {}, gates=None,
-                                         log=lambda s: None))
+    xe = digits()[2]
+    res = quantize(src, tmp_path / "out", 100, mode=mode, openvino=settings)
     assert res.format == "openvino"
     sess = model_session(res.model)
     assert sess.get_inputs()[0].shape == [1, 64] and sess.fixed_batch == 1
@@ -225,11 +221,7 @@ def test_serving_json_weights_must_sit_beside_the_graph(built: Path, tmp_path: P
 # --- auto across runtimes, and what validate says --------------------------------------------------------------
 
 def test_auto_measures_every_runtime_and_says_why(tmp_path: Path) -> None:
-    from deployc.passes.base import PassInput
-    from deployc.passes.quantize import QuantizeConfig, QuantizePass
-
     src = digits_mlp(tmp_path / "m.onnx")
-    x, _, _, _ = digits()
     p50 = {"int8-dynamic": 0.05, "int8-static": 0.04, "int8-static-per-tensor": 0.041, "float16": 0.09,
            "openvino-int8-batch1": 0.03}
 
@@ -239,9 +231,7 @@ def test_auto_measures_every_runtime_and_says_why(tmp_path: Path) -> None:
         return {"size_bytes": 1000 if mode != "int8-static" else 900, "latency_p50_ms": p50.get(mode, 0.02),
                 "agreement": 1.0, "gate_failures": []}
 
-    res = QuantizePass().apply(PassInput(model=src, out_dir=tmp_path / "out", config=QuantizeConfig(mode="auto"),
-                                         data=lambda which: (x[:100], None), evaluate=evaluate, gates=None,
-                                         log=lambda s: None))
+    res = quantize(src, tmp_path / "out", 100, evaluate=evaluate, mode="auto")
     assert res.details["chosen"] == "openvino-int8" and res.details["runtime"] == "openvino"
     assert res.format == "openvino" and (res.model / "model.xml").is_file()
     why = {r["mode"]: (r["runtime"], r["kept"], r["why"]) for r in res.details["candidates"]}

@@ -66,9 +66,10 @@ def emit_all(plan: Plan, outputs: dict[str, StepOutput], spec_file: str) -> dict
     files: dict[str, bytes] = dict(monitoring.files()) if monitoring is not None else {}
     for name in plan.resolved.target_names():  # in emit order (each after the targets it names in `after`)
         target = get_target(name)
-        if ctx.model_format not in target.formats(target.config(plan.spec)):  # validate refuses such specs
+        takes = target.formats(target.config(plan.spec))
+        if ctx.model_format not in takes:  # validate refuses such specs
             raise DeploycError(f"targets.{name} cannot take the shipped {ctx.model_format} artifact (it takes "
-                               f"{', '.join(target.formats(target.config(plan.spec)))})")
+                               f"{', '.join(takes)})")
         for rel, data in target.emit(ctx).items():
             if rel in files:
                 raise DeploycError(f"targets.{name} emits {rel}, which the build already holds")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import queue
 import sys
 from collections import deque
@@ -36,8 +35,6 @@ from deployc.errors import InputError
 from deployc.ml import feeds
 
 XML, BIN = "model.xml", "model.bin"
-PRESETS = ("performance", "mixed")
-MODEL_TYPES = ("auto", "transformer", "default")
 ATTENTION_SEARCH = 32  # nodes visited back from a Softmax looking for the attention scores' MatMul
 # onnxruntime's type strings by OpenVINO element type name (what `session.get_inputs()[i].type` says)
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
@@ -112,6 +109,8 @@ class OpenVINOSession:
             raise InputError(f"{xml}: OpenVINO cannot load the model ({first})") from None
         self._inputs = [_port(p, i, "input") for i, p in enumerate(self._compiled.inputs)]
         self._outputs = [_port(p, i, "output") for i, p in enumerate(self._compiled.outputs)]
+        self._output_index = {p.name: k for k, p in enumerate(self._outputs)}  # run() looks names up per call
+        self._all_outputs = list(range(len(self._outputs)))
         batch_axis = self._inputs[0].shape[0] if self._inputs and self._inputs[0].shape else None
         self.fixed_batch = batch_axis if isinstance(batch_axis, int) else None  # a declared static batch size
         self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -135,17 +134,17 @@ class OpenVINOSession:
             self._pool.put(req)
 
     def _infer(self, arrays: list[np.ndarray], wanted: list[int]) -> list[np.ndarray]:
+        # zero-copy for writeable contiguous arrays (the list keeps them alive until `infer` returns); OpenVINO
+        # refuses to share a read-only buffer (a request body decoded in place), which it copies
+        contiguous = [np.ascontiguousarray(a) for a in arrays]
         with self._request() as req:
-            for i, a in enumerate(arrays):
-                # zero-copy for writeable contiguous arrays; OpenVINO refuses to share a read-only buffer (a
-                # request body decoded in place), which it copies
-                req.set_input_tensor(i, self._tensor(np.ascontiguousarray(a), shared_memory=a.flags.writeable))
+            for i, a in enumerate(contiguous):
+                req.set_input_tensor(i, self._tensor(a, shared_memory=a.flags.writeable))
             req.infer()
             return [np.array(req.get_output_tensor(k).data, copy=True) for k in wanted]
 
     def run(self, output_names: Sequence[str] | None, feed: Mapping[str, np.ndarray], *_: Any) -> list[np.ndarray]:
-        names = [p.name for p in self._outputs]
-        wanted = list(range(len(names))) if not output_names else [names.index(n) for n in output_names]
+        wanted = [self._output_index[n] for n in output_names] if output_names else self._all_outputs
         arrays = [np.asarray(feed[p.name]) for p in self._inputs]
         n = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
         if self.fixed_batch == 1 and n != 1:  # a static batch of 1: a row at a time
@@ -189,13 +188,13 @@ def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, pre
     import nncf
     import openvino as ov
 
-    if preset not in PRESETS or model_type not in MODEL_TYPES:
-        raise InputError(f"openvino: preset is one of {', '.join(PRESETS)}, model_type one of {', '.join(MODEL_TYPES)}")
     rows = feeds.rows(calibration)
     if rows == 0:
         raise InputError("openvino-int8 needs calibration rows (data.calibration is empty)")
     transformer = model_type == "transformer" or (model_type == "auto" and has_attention(src))
-    with _nncf_quiet():
+    # NNCF draws its progress bars on stdout (its log records are silenced with the other libraries', around
+    # every build step: deployc.ml.quiet); the build prints its own progress
+    with contextlib.redirect_stdout(io.StringIO()):
         try:
             model = ov.convert_model(str(src))
         except Exception as exc:
@@ -207,9 +206,6 @@ def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, pre
             if unknown:
                 raise InputError(f"openvino.shapes names {', '.join(unknown)}; the model's inputs are "
                                  f"{', '.join(known)}")
-            bad = sorted(k for k, v in shapes.items() if v and v[0] not in (1, -1))
-            if bad:
-                raise InputError(f"openvino.shapes: the batch axis (the first) of {', '.join(bad)} is 1 or -1")
             model.reshape({known[k]: list(v) for k, v in shapes.items()})
         if batch1:  # the batch axis of every input fixed to 1, the other axes as they are
             model.reshape({p: [1, *list(p.get_partial_shape())[1:]] for p in model.inputs})
@@ -226,28 +222,11 @@ def convert_and_quantize(src: Path, dst: Path, calibration: feeds.Inputs, *, pre
         quantized = nncf.quantize(model, dataset, **kwargs)
     dst.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(dst / XML), compress_to_fp16=compress_to_fp16)
-    ops: dict[str, int] = {}
-    for op in quantized.get_ordered_ops():
-        t = op.get_type_name()
-        if t in ("FakeQuantize", "FakeConvert", "Convert"):
-            ops[t] = ops.get(t, 0) + 1
-    log(f"openvino-int8: {ops.get('FakeQuantize', 0)} quantizers, "
-        f"{'transformer' if transformer else 'default'} model type")
+    quantizers = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops())
+    log(f"openvino-int8: {quantizers} quantizers, {'transformer' if transformer else 'default'} model type")
     return {"runtime": "openvino", "openvino": ov.get_version().split("-")[0], "nncf": nncf.__version__,
             "preset": preset, "model_type": "transformer" if transformer else "default",
             "calibration_rows": int(min(subset_size, rows)), "fast_bias_correction": fast_bias_correction,
             "static_batch": 1 if batch1 else None, "shapes": {k: list(v) for k, v in (shapes or {}).items()},
-            "compress_to_fp16": compress_to_fp16, "quant_ops": {"FakeQuantize": ops.get("FakeQuantize", 0)}}
+            "compress_to_fp16": compress_to_fp16, "quant_ops": {"FakeQuantize": quantizers}}
 
-
-@contextlib.contextmanager
-def _nncf_quiet() -> Iterator[None]:
-    """NNCF logs its progress bars and notes at INFO on stdout: the build prints its own progress."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)

@@ -25,9 +25,9 @@ TF_ENV = {
     "CUDA_VISIBLE_DEVICES": "",  # builds run on the CPU, where seeds give byte-identical models
 }
 TF_DISTRIBUTIONS = frozenset({"tensorflow", "tensorflow-cpu", "keras", "tf-keras"})
-LIBRARY_LOGGERS = ("tensorflow", "tf2onnx", "onnxruntime", "onnx", "keras", "absl", "h5py")
+LIBRARY_LOGGERS = ("tensorflow", "tf2onnx", "onnxruntime", "onnx", "keras", "absl", "h5py", "nncf", "openvino")
 LIBRARY_PACKAGES = ("keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "absl", "google", "h5py", "ml_dtypes",
-                    "ai_edge_litert")
+                    "ai_edge_litert", "nncf", "openvino")
 LIBRARY_MODULES = rf"({'|'.join(LIBRARY_PACKAGES)})(\.|$)"  # the modules whose warnings are kept out
 NOISY_WARNINGS = (UserWarning, DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 

@@ -3,12 +3,13 @@ static per-channel or per-tensor, float16) or an OpenVINO model (NNCF post-train
 
 `auto` builds every candidate, has each evaluated against the reference model (the spec's gates, the same
 measurement for every runtime), and keeps the best that passes: by default the fastest batch-1 p50, near-ties
-(within 5%) going to the smaller artifact; with `objective: size` the smallest, near-ties going to the faster.
+(within 5%) going to the smaller artifact; with `objective: throughput` the most rows a second; with
+`objective: size` the smallest, near-ties going to the faster.
 If none passes it fails the build with a table of candidates rather than silently shipping the unoptimized model.
 
 An OpenVINO artifact is served by `deployc serve` (its own runtime beside onnxruntime); targets that load ONNX files
 themselves (Triton's onnxruntime backend, KServe's onnx runtime) cannot take it: with such a target `auto`'s
-default candidates leave `openvino-int8` out, and naming it is an error `deployc validate` reports.
+default candidates leave the OpenVINO modes out, and naming one is an error `deployc validate` reports.
 """
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ class QuantizePass(Pass):
         return config.mode
 
     def settle(self, spec: DeploySpec, index: int, config: QuantizeConfig) -> QuantizeConfig:
-        """auto's default candidates without openvino-int8 where its OpenVINO model could not ship: a target
+        """auto's default candidates without the OpenVINO modes where their model could not ship: a target
         loads ONNX files itself, or a later optimize item reads this pass's model."""
         if config.mode != "auto" or "candidates" in config.model_fields_set or not _openvino_blocked(spec, index):
             return config
@@ -192,11 +193,12 @@ class QuantizePass(Pass):
         needed = data_needed_for(config)
         problems: list[Located] = []
         if "calibration" in needed and spec.data.calibration is None:
-            what = config.mode if config.mode != "auto" else "auto's candidates " + ", ".join(
-                m for m in config.candidates if "calibration" in DATA_BY_MODE[m])
-            problems.append((loc, f"{what} needs calibration data: set data.calibration (or list candidates "
-                             "without it)" if config.mode == "auto" else f"{what} needs calibration data: set "
-                             "data.calibration"))
+            if config.mode == "auto":
+                what = "auto's candidates " + ", ".join(m for m in config.candidates if DATA_BY_MODE[m])
+                hint = " (or list candidates without it)"
+            else:
+                what, hint = config.mode, ""
+            problems.append((loc, f"{what} needs calibration data: set data.calibration{hint}"))
         if "eval" in needed and spec.data.eval is None:
             problems.append((loc, "auto picks the best candidate on data.eval, which is not set"))
         named = [m for m in (config.candidates if config.mode == "auto" and "candidates" in config.model_fields_set

@@ -76,7 +76,6 @@ class ServingConfig:
     input_monitor: InputMonitor | None = None  # input ranges and watched features; None: no input counters
     capture: CaptureConfig | None = None  # masked data capture (deployc/serve/capture.py); None: off
     runtime: str = "onnxruntime"  # what runs the model: onnxruntime (model.onnx) or openvino (model.xml + .bin)
-    weights_path: Path | None = None  # openvino: model.bin, checked against its sha256 like the model file
 
     @property
     def config_path(self) -> Path:
@@ -198,13 +197,14 @@ def _model_file(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) 
 RUNTIMES = ("onnxruntime", "openvino")
 
 
-def _runtime(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> tuple[str, Path | None]:
-    """model.runtime (default onnxruntime) and, for openvino, the weights file beside model.xml, verified."""
+def _runtime(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> str:
+    """model.runtime (default onnxruntime); for openvino, the weights file beside model.xml is checked (OpenVINO
+    reads it from there) against its sha256."""
     runtime = _get(model, "runtime", str, f"{w}: model", "onnxruntime")
     if runtime not in RUNTIMES:
         raise InputError(f"{w}: model.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if runtime == "onnxruntime":
-        return runtime, None
+        return runtime
     from importlib.util import find_spec
 
     from deployc.extras import MissingExtra
@@ -217,7 +217,7 @@ def _runtime(model: dict[str, Any], root: Path, w: str, verify_sha256: bool) -> 
     if path != model_xml.with_suffix(".bin"):
         raise InputError(f"{w}: model.weights.path: OpenVINO reads the weights beside the graph, "
                          f"{model_xml.with_suffix('.bin').name}; got {weights['path']!r}")
-    return runtime, path
+    return runtime
 
 
 def _labels(raw: dict[str, Any], root: Path, w: str) -> tuple[str, ...] | None:
@@ -282,7 +282,7 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
     root = path.parent
     model = _get(raw, "model", dict, f"{w}:")
     model_path, sha = _model_file(model, root, w, verify_sha256)
-    runtime_name, weights_path = _runtime(model, root, w, verify_sha256)
+    runtime_name = _runtime(model, root, w, verify_sha256)
     labels = _labels(raw, root, w)
     server = _get(raw, "server", dict, f"{w}:", {})
     runtime = _get(raw, "runtime", dict, f"{w}:", {})
@@ -309,7 +309,7 @@ def load_config(bundle: str | Path, verify_sha256: bool = True) -> ServingConfig
         latency_buckets=latency_buckets,
         grpc_port=_get(server, "grpc_port", int, ws, None),
         limits=_limits(_get(raw, "limits", dict, f"{w}:", {}), f"{w}: limits"),
-        runtime=runtime_name, weights_path=weights_path,
+        runtime=runtime_name,
     )
     _check_ranges(cfg, w)
     shapes = {t.name: t.shape for t in cfg.inputs}

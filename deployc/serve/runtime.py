@@ -56,7 +56,6 @@ class ModelRunner:
     def __init__(self, cfg: ServingConfig):
         self.cfg = cfg
         self.session, self._invalid_argument = _session(cfg)
-        self.platform = PLATFORMS[cfg.runtime]
         self._check("inputs", cfg.inputs, self.session.get_inputs())
         self._check("outputs", cfg.outputs, self.session.get_outputs())
         self.input_dtypes = {t.name: np.dtype(DATATYPES[t.datatype]) for t in cfg.inputs}
